@@ -1,0 +1,579 @@
+//! Checkpoint generations: one directory per checkpoint under the workload's `checkpoints/`,
+//! dumped into a temp directory and renamed into place only after CRIU succeeded, so a crash
+//! or a failed dump never leaves a half generation that a restore would pick.
+//!
+//! Each generation has a manifest: when and how it was taken, the spec, the externals CRIU
+//! was told about (their roles and old ids, which restore maps onto fresh fds), the log offset
+//! at the dump, the init copy it runs from, and the size (and, for metadata images, a CRC) of
+//! every file. A restore verifies the files against the manifest and refuses a generation that
+//! does not match, naming the file.
+//!
+//! Images are not fsynced by CRIU (nor by runc or podman); `checkpoint --all`, the maintenance
+//! path, syncs the filesystem once at the end. A generation lost to a power cut fails
+//! verification and the previous one is used.
+
+use crate::criu::ExtId;
+use crate::fsutil::{self, FsError};
+use crate::proto::DumpStats;
+use crate::spec::Spec;
+use crate::state::WorkloadDir;
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Manifest file name inside a generation.
+pub const MANIFEST: &str = "manifest.json";
+/// Current manifest format.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// Errors about generations.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{name} has no checkpoint")]
+    NoGeneration { name: String },
+    #[error("{name} has no generation {gen}")]
+    NoSuchGeneration { name: String, gen: u32 },
+    #[error("generation {gen} of {name} is corrupt: {why}")]
+    Corrupt { name: String, gen: u32, why: String },
+    #[error("archive {path}: {why}")]
+    Archive { path: String, why: String },
+    #[error(transparent)]
+    Fs(#[from] FsError),
+}
+
+/// What a fd crossing the container's edge is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "role")]
+pub enum Role {
+    Stdin,
+    Stdout,
+    Stderr,
+    /// The workload's pty (its slave; the monitor holds the master).
+    Tty,
+    /// init's control socket.
+    Control,
+    /// A stream of exec session `id`: "stdin", "stdout", "stderr" or "tty".
+    Session {
+        id: String,
+        stream: String,
+    },
+}
+
+/// One external fd of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct External {
+    #[serde(flatten)]
+    pub role: Role,
+    pub id: ExtId,
+}
+
+/// A file of a generation, for verification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub name: String,
+    pub size: u64,
+    /// CRC-32 of the content (metadata images; memory pages are checked by size only, to keep
+    /// restore as fast as raw CRIU's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32: Option<u32>,
+}
+
+/// An exec session recorded in a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionEntry {
+    pub id: String,
+    pub tty: bool,
+    pub stdin: bool,
+}
+
+/// A generation's manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    pub generation: u32,
+    pub name: String,
+    pub created_at: u64,
+    pub criu_version: String,
+    pub spec: Spec,
+    pub externals: Vec<External>,
+    /// Where the workload's log stood at the dump (a restore of an older generation marks in
+    /// the log that time went back to here).
+    pub log_offset: u64,
+    /// The init copy the dumped init runs from (it must exist at restore).
+    pub init_path: PathBuf,
+    pub leave_running: bool,
+    pub tcp_established: bool,
+    pub file_locks: bool,
+    #[serde(default)]
+    pub sessions: Vec<SessionEntry>,
+    /// The workload's stdin was still open (a client could write to it).
+    #[serde(default)]
+    pub stdin_open: bool,
+    /// The workload's pty size at the dump.
+    #[serde(default)]
+    pub winsize: Option<(u16, u16)>,
+    #[serde(default)]
+    pub files: Vec<FileEntry>,
+    #[serde(default)]
+    pub stats: DumpStats,
+}
+
+/// A generation on disk.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub number: u32,
+    pub dir: PathBuf,
+}
+
+impl Generation {
+    pub fn manifest_path(&self) -> PathBuf {
+        self.dir.join(MANIFEST)
+    }
+
+    /// Reads the manifest (without verifying the files).
+    pub fn manifest(&self, name: &str) -> Result<Manifest, CheckpointError> {
+        let p = self.manifest_path();
+        let data = fs::read(&p).map_err(|e| CheckpointError::Corrupt {
+            name: name.into(),
+            gen: self.number,
+            why: format!("{}: {e}", p.display()),
+        })?;
+        serde_json::from_slice(&data).map_err(|e| CheckpointError::Corrupt {
+            name: name.into(),
+            gen: self.number,
+            why: format!("{}: {e}", p.display()),
+        })
+    }
+
+    /// Reads the manifest and checks every file against it.
+    pub fn verify(&self, name: &str) -> Result<Manifest, CheckpointError> {
+        let m = self.manifest(name)?;
+        let bad = |why: String| CheckpointError::Corrupt {
+            name: name.into(),
+            gen: self.number,
+            why,
+        };
+        if m.version > MANIFEST_VERSION {
+            return Err(bad(format!(
+                "manifest version {} is newer than this stasis understands",
+                m.version
+            )));
+        }
+        if m.files.is_empty() {
+            return Err(bad("the manifest lists no image files".into()));
+        }
+        for f in &m.files {
+            let p = self.dir.join(&f.name);
+            let meta = fs::metadata(&p).map_err(|e| bad(format!("{}: {e}", p.display())))?;
+            if meta.len() != f.size {
+                return Err(bad(format!(
+                    "{} is {} bytes, the manifest says {}",
+                    p.display(),
+                    meta.len(),
+                    f.size
+                )));
+            }
+            if let Some(want) = f.crc32 {
+                let got = crc_of(&p).map_err(|e| bad(format!("{}: {e}", p.display())))?;
+                if got != want {
+                    return Err(bad(format!("{} does not match its checksum", p.display())));
+                }
+            }
+        }
+        if !m.init_path.is_file() {
+            return Err(bad(format!(
+                "the init copy it runs from, {}, is missing",
+                m.init_path.display()
+            )));
+        }
+        Ok(m)
+    }
+}
+
+fn crc_of(p: &Path) -> io::Result<u32> {
+    let mut f = fs::File::open(p)?;
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h.finalize());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// Lists the files of a freshly dumped directory for its manifest.
+pub fn file_entries(dir: &Path) -> io::Result<Vec<FileEntry>> {
+    let mut v = Vec::new();
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == MANIFEST || !e.file_type()?.is_file() {
+            continue;
+        }
+        let size = e.metadata()?.len();
+        let crc32 = if name.starts_with("pages-") {
+            None
+        } else {
+            Some(crc_of(&e.path())?)
+        };
+        v.push(FileEntry { name, size, crc32 });
+    }
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(v)
+}
+
+/// Generations of a workload, oldest first (temp directories excluded).
+pub fn list(wd: &WorkloadDir) -> Vec<Generation> {
+    let mut v: Vec<Generation> = fs::read_dir(wd.checkpoints())
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let n: u32 = e.file_name().to_str()?.parse().ok()?;
+                    e.file_type().ok()?.is_dir().then(|| Generation {
+                        number: n,
+                        dir: e.path(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_by_key(|g| g.number);
+    v
+}
+
+/// The generation `n`, or the newest.
+pub fn pick(wd: &WorkloadDir, n: Option<u32>) -> Result<Generation, CheckpointError> {
+    let all = list(wd);
+    match n {
+        Some(n) => {
+            all.into_iter()
+                .find(|g| g.number == n)
+                .ok_or(CheckpointError::NoSuchGeneration {
+                    name: wd.name.clone(),
+                    gen: n,
+                })
+        }
+        None => all.into_iter().last().ok_or(CheckpointError::NoGeneration {
+            name: wd.name.clone(),
+        }),
+    }
+}
+
+/// The number the next generation gets (numbers are never reused, even after pruning).
+pub fn next_number(wd: &WorkloadDir, last_known: u32) -> u32 {
+    list(wd)
+        .last()
+        .map(|g| g.number)
+        .unwrap_or(0)
+        .max(last_known)
+        + 1
+}
+
+/// A temp directory for dumping generation `n` (removes leftovers of a crashed earlier try).
+pub fn temp_dir(wd: &WorkloadDir, n: u32) -> Result<PathBuf, FsError> {
+    let base = wd.checkpoints();
+    fsutil::mkdir_p(&base, 0o700)?;
+    let p = base.join(format!(".tmp-{n}"));
+    if p.exists() {
+        fs::remove_dir_all(&p).map_err(|e| FsError::new("remove", &p, e))?;
+    }
+    fsutil::mkdir_p(&p, 0o700)?;
+    Ok(p)
+}
+
+/// Removes temp directories left by dumps that never finished.
+pub fn clean_temps(wd: &WorkloadDir) {
+    if let Ok(rd) = fs::read_dir(wd.checkpoints()) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// Writes the manifest into the temp directory and renames it into place as generation
+/// `m.generation`.
+pub fn commit(wd: &WorkloadDir, tmp: &Path, m: &Manifest) -> Result<Generation, FsError> {
+    fsutil::write_json_atomic(&tmp.join(MANIFEST), m)?;
+    let dst = wd.checkpoints().join(m.generation.to_string());
+    fs::rename(tmp, &dst).map_err(|e| FsError::new("rename", &dst, e))?;
+    fsutil::sync_dir(&wd.checkpoints())?;
+    Ok(Generation {
+        number: m.generation,
+        dir: dst,
+    })
+}
+
+/// Removes all but the newest `keep` generations; returns the numbers removed.
+pub fn prune(wd: &WorkloadDir, keep: u32) -> Vec<u32> {
+    let all = list(wd);
+    let n = all.len().saturating_sub(keep as usize);
+    let mut removed = vec![];
+    for g in all.into_iter().take(n) {
+        // Rename first so a crash mid-delete never leaves a half generation under a number.
+        let trash = wd.checkpoints().join(format!(".tmp-prune-{}", g.number));
+        if fs::rename(&g.dir, &trash).is_ok() {
+            let _ = fs::remove_dir_all(&trash);
+            removed.push(g.number);
+        }
+    }
+    removed
+}
+
+/// The header of an export archive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportHeader {
+    pub format: u32,
+    pub name: String,
+    pub manifest: Manifest,
+}
+
+/// Export archive format version.
+pub const EXPORT_FORMAT: u32 = 1;
+const HEADER_NAME: &str = "stasis-export.json";
+
+/// Writes generation `g` of `wd` (its images, manifest and init copy) as a zstd-compressed
+/// tar to `out`.
+pub fn export(wd: &WorkloadDir, g: &Generation, out: impl Write) -> Result<(), CheckpointError> {
+    let m = g.verify(&wd.name)?;
+    let arch = |why: String| CheckpointError::Archive {
+        path: "export".into(),
+        why,
+    };
+    let enc = zstd::stream::write::Encoder::new(out, 3).map_err(|e| arch(e.to_string()))?;
+    let mut tar = tar::Builder::new(enc);
+    tar.mode(tar::HeaderMode::Deterministic);
+    let header = serde_json::to_vec_pretty(&ExportHeader {
+        format: EXPORT_FORMAT,
+        name: wd.name.clone(),
+        manifest: m.clone(),
+    })
+    .map_err(|e| arch(e.to_string()))?;
+    let mut h = tar::Header::new_gnu();
+    h.set_size(header.len() as u64);
+    h.set_mode(0o600);
+    h.set_cksum();
+    tar.append_data(&mut h, HEADER_NAME, header.as_slice())
+        .map_err(|e| arch(e.to_string()))?;
+    let mut names: Vec<String> = m.files.iter().map(|f| f.name.clone()).collect();
+    names.push(MANIFEST.into());
+    for n in names {
+        tar.append_path_with_name(g.dir.join(&n), format!("images/{n}"))
+            .map_err(|e| arch(format!("{n}: {e}")))?;
+    }
+    tar.append_path_with_name(&m.init_path, "init/stasis-init")
+        .map_err(|e| arch(format!("{}: {e}", m.init_path.display())))?;
+    let enc = tar.into_inner().map_err(|e| arch(e.to_string()))?;
+    enc.finish()
+        .map_err(|e| arch(e.to_string()))?
+        .flush()
+        .map_err(|e| arch(e.to_string()))?;
+    Ok(())
+}
+
+/// An unpacked import: where its images went and what it says.
+pub struct Imported {
+    pub header: ExportHeader,
+    pub images: PathBuf,
+}
+
+/// Unpacks an export archive into `dest_tmp` (a temp directory) and installs its init copy at
+/// the path its manifest names.
+pub fn import(
+    input: impl Read,
+    origin: &str,
+    dest_tmp: &Path,
+) -> Result<Imported, CheckpointError> {
+    let arch = |why: String| CheckpointError::Archive {
+        path: origin.into(),
+        why,
+    };
+    let dec = zstd::stream::read::Decoder::new(input)
+        .map_err(|e| arch(format!("not a zstd stream: {e}")))?;
+    let mut tar = tar::Archive::new(dec);
+    let images = dest_tmp.join("images");
+    fsutil::mkdir_p(&images, 0o700)?;
+    let mut header: Option<ExportHeader> = None;
+    let mut init: Option<Vec<u8>> = None;
+    for entry in tar.entries().map_err(|e| arch(e.to_string()))? {
+        let mut entry = entry.map_err(|e| arch(format!("damaged archive: {e}")))?;
+        let path = entry
+            .path()
+            .map_err(|e| arch(e.to_string()))?
+            .to_string_lossy()
+            .into_owned();
+        if path == HEADER_NAME {
+            let mut s = Vec::new();
+            entry.read_to_end(&mut s).map_err(|e| arch(e.to_string()))?;
+            header = Some(
+                serde_json::from_slice(&s).map_err(|e| arch(format!("bad {HEADER_NAME}: {e}")))?,
+            );
+        } else if path == "init/stasis-init" {
+            let mut s = Vec::new();
+            entry.read_to_end(&mut s).map_err(|e| arch(e.to_string()))?;
+            init = Some(s);
+        } else if let Some(name) = path.strip_prefix("images/") {
+            if name.is_empty() || name.contains('/') || name.starts_with('.') {
+                return Err(arch(format!("unexpected entry {path}")));
+            }
+            let dst = images.join(name);
+            let mut f = fs::File::create(&dst).map_err(|e| FsError::new("create", &dst, e))?;
+            io::copy(&mut entry, &mut f).map_err(|e| FsError::new("write", &dst, e))?;
+        } else {
+            return Err(arch(format!("unexpected entry {path}")));
+        }
+    }
+    let header = header.ok_or_else(|| arch(format!("no {HEADER_NAME}: not a stasis export")))?;
+    if header.format > EXPORT_FORMAT {
+        return Err(arch(format!(
+            "export format {} is newer than this stasis understands",
+            header.format
+        )));
+    }
+    let init = init.ok_or_else(|| arch("no init copy in the archive".into()))?;
+    crate::initstore::install(&header.manifest.init_path, &init)?;
+    Ok(Imported { header, images })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StateRoot;
+
+    fn setup() -> (tempfile::TempDir, WorkloadDir) {
+        let d = tempfile::tempdir().unwrap();
+        let r = StateRoot::from_flag(Some(d.path().to_path_buf()));
+        r.ensure().unwrap();
+        let w = r.workload("job");
+        w.create().unwrap();
+        (d, w)
+    }
+
+    fn manifest(gen: u32, files: Vec<FileEntry>, init: PathBuf) -> Manifest {
+        Manifest {
+            version: MANIFEST_VERSION,
+            generation: gen,
+            name: "job".into(),
+            created_at: 1,
+            criu_version: "4.1.1".into(),
+            spec: Spec::default(),
+            externals: vec![External {
+                role: Role::Stdout,
+                id: ExtId::Pipe { ino: 5 },
+            }],
+            log_offset: 0,
+            init_path: init,
+            leave_running: false,
+            tcp_established: false,
+            file_locks: false,
+            sessions: vec![],
+            stdin_open: false,
+            winsize: None,
+            files,
+            stats: DumpStats::default(),
+        }
+    }
+
+    fn dump_into(wd: &WorkloadDir, n: u32, init: &Path) -> Generation {
+        let tmp = temp_dir(wd, n).unwrap();
+        fs::write(tmp.join("core-1.img"), b"core").unwrap();
+        fs::write(tmp.join("pages-1.img"), vec![1u8; 8192]).unwrap();
+        let files = file_entries(&tmp).unwrap();
+        commit(wd, &tmp, &manifest(n, files, init.to_path_buf())).unwrap()
+    }
+
+    #[test]
+    fn commit_list_verify_prune() {
+        let (d, wd) = setup();
+        let init = d.path().join("stasis-init-x");
+        fs::write(&init, b"bin").unwrap();
+        for n in 1..=4 {
+            dump_into(&wd, n, &init);
+        }
+        assert_eq!(
+            list(&wd).iter().map(|g| g.number).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        assert_eq!(pick(&wd, None).unwrap().number, 4);
+        pick(&wd, Some(2)).unwrap().verify("job").unwrap();
+        assert_eq!(prune(&wd, 2), vec![1, 2]);
+        assert_eq!(
+            list(&wd).iter().map(|g| g.number).collect::<Vec<_>>(),
+            vec![3, 4]
+        );
+        assert_eq!(next_number(&wd, 0), 5);
+        assert_eq!(next_number(&wd, 9), 10);
+        assert!(matches!(
+            pick(&wd, Some(1)),
+            Err(CheckpointError::NoSuchGeneration { .. })
+        ));
+    }
+
+    #[test]
+    fn temp_dirs_are_never_generations() {
+        let (_d, wd) = setup();
+        temp_dir(&wd, 1).unwrap();
+        assert!(list(&wd).is_empty());
+        assert!(matches!(
+            pick(&wd, None),
+            Err(CheckpointError::NoGeneration { .. })
+        ));
+        clean_temps(&wd);
+        assert_eq!(fs::read_dir(wd.checkpoints()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn corruption_is_named() {
+        let (d, wd) = setup();
+        let init = d.path().join("stasis-init-x");
+        fs::write(&init, b"bin").unwrap();
+        let g = dump_into(&wd, 1, &init);
+        fs::write(g.dir.join("core-1.img"), b"CORE").unwrap();
+        let e = g.verify("job").unwrap_err().to_string();
+        assert!(e.contains("core-1.img") && e.contains("checksum"), "{e}");
+        fs::write(g.dir.join("pages-1.img"), b"short").unwrap();
+        fs::write(g.dir.join("core-1.img"), b"core").unwrap();
+        let e = g.verify("job").unwrap_err().to_string();
+        assert!(e.contains("pages-1.img") && e.contains("bytes"), "{e}");
+        fs::write(g.dir.join(MANIFEST), b"{").unwrap();
+        assert!(g.verify("job").is_err());
+    }
+
+    #[test]
+    fn missing_init_copy_is_named() {
+        let (d, wd) = setup();
+        let init = d.path().join("stasis-init-gone");
+        fs::write(&init, b"bin").unwrap();
+        let g = dump_into(&wd, 1, &init);
+        fs::remove_file(&init).unwrap();
+        let e = g.verify("job").unwrap_err().to_string();
+        assert!(e.contains("stasis-init-gone"), "{e}");
+    }
+
+    #[test]
+    fn export_import_round_trip() {
+        let (d, wd) = setup();
+        let init = d.path().join("store/stasis-init-x");
+        fs::create_dir_all(init.parent().unwrap()).unwrap();
+        fs::write(&init, b"bin").unwrap();
+        let g = dump_into(&wd, 3, &init);
+        let mut buf = Vec::new();
+        export(&wd, &g, &mut buf).unwrap();
+        fs::remove_file(&init).unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let imp = import(buf.as_slice(), "x.tar.zst", dest.path()).unwrap();
+        assert_eq!(imp.header.name, "job");
+        assert_eq!(imp.header.manifest.generation, 3);
+        assert_eq!(fs::read(imp.images.join("core-1.img")).unwrap(), b"core");
+        assert_eq!(fs::read(&init).unwrap(), b"bin");
+        let e = import(&b"not an archive"[..], "bad.tar.zst", dest.path())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("bad.tar.zst"), "{e}");
+    }
+}

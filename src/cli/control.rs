@@ -1,0 +1,137 @@
+//! `attach`, `kill`, `stop`, `wait`, `rm`.
+
+use super::{usage, Failure};
+use clap::Args;
+use stasis::api::{self, ApiError};
+use stasis::client::{self, AttachOpts, Outcome};
+use stasis::proto::{Reply, Request};
+use stasis::spec::Dur;
+use stasis::state::{self, StateRoot};
+use stasis::status::parse_signal;
+
+#[derive(Args, Debug)]
+pub struct NameArg {
+    pub name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    /// Keys that detach (with a tty): ctrl-p,ctrl-q by default; "" disables.
+    #[arg(long = "detach-keys", value_name = "KEYS")]
+    pub detach_keys: Option<String>,
+    /// Do not send our stdin.
+    #[arg(long = "no-stdin")]
+    pub no_stdin: bool,
+    pub name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct KillArgs {
+    /// Signal, by name (TERM, SIGUSR1) or number (default KILL).
+    #[arg(short = 's', long = "signal", default_value = "KILL")]
+    pub signal: String,
+    pub name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct StopArgs {
+    /// Seconds (or a duration like 500ms) to wait before SIGKILL; the spec's stop_timeout by
+    /// default.
+    #[arg(short = 't', long = "time", value_parser = |s: &str| Dur::parse(s))]
+    pub time: Option<Dur>,
+    pub name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct RmArgs {
+    /// Kill it first if it runs.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// Remove every workload.
+    #[arg(long)]
+    pub all: bool,
+    pub names: Vec<String>,
+}
+
+pub fn attach(root: &StateRoot, a: AttachArgs) -> Result<i32, Failure> {
+    let wd = root.workload(&a.name);
+    let spec = api::load_spec(&wd)?;
+    let keys = client::parse_detach_keys(
+        a.detach_keys
+            .as_deref()
+            .unwrap_or(client::DEFAULT_DETACH_KEYS),
+    )
+    .map_err(usage)?;
+    let conn = api::connect(root, &a.name)?;
+    let opts = AttachOpts {
+        stdin: (spec.stdin || spec.tty) && !a.no_stdin,
+        tty: spec.tty,
+        detach_keys: if spec.tty { keys } else { vec![] },
+        session: None,
+        name: a.name.clone(),
+    };
+    let relays = client::relays(&opts)?;
+    let first = Request::Attach {
+        attach: relays.spec.clone(),
+    };
+    match client::attach(&conn, &first, relays, &opts, |_| {})? {
+        Outcome::Ended(Reply::Exit { code, .. }) => Ok(code),
+        Outcome::Ended(_) => Ok(0),
+        Outcome::Detached => {
+            eprintln!("stasis: detached from {}", a.name);
+            Ok(0)
+        }
+    }
+}
+
+pub fn kill(root: &StateRoot, a: KillArgs) -> Result<i32, Failure> {
+    let sig =
+        parse_signal(&a.signal).ok_or_else(|| usage(format!("unknown signal {:?}", a.signal)))?;
+    api::kill(root, &a.name, sig)?;
+    Ok(0)
+}
+
+pub fn stop(root: &StateRoot, a: StopArgs) -> Result<i32, Failure> {
+    api::stop(root, &a.name, a.time.map(|d| d.0))?;
+    println!("{}", a.name);
+    Ok(0)
+}
+
+pub fn wait(root: &StateRoot, a: NameArg) -> Result<i32, Failure> {
+    match api::wait(root, &a.name)? {
+        Reply::Exit { code, .. } => {
+            println!("{code}");
+            Ok(code)
+        }
+        other => Err(usage(format!("unexpected reply {other:?}"))),
+    }
+}
+
+pub fn rm(root: &StateRoot, a: RmArgs) -> Result<i32, Failure> {
+    let names = if a.all { root.names() } else { a.names.clone() };
+    if names.is_empty() && !a.all {
+        return Err(usage("rm needs a workload name (or --all)"));
+    }
+    let mut failed = None;
+    for n in names {
+        match api::rm(root, &n, a.force) {
+            Ok(()) => println!("{n}"),
+            Err(e @ ApiError::State(state::StateError::NotFound(_)))
+            | Err(e @ ApiError::Running(_)) => {
+                eprintln!("stasis: {e}");
+                failed = Some(e.code());
+            }
+            Err(e) => {
+                eprintln!("stasis: {n}: {e}");
+                failed = Some(e.code());
+            }
+        }
+    }
+    match failed {
+        Some(code) => Err(Failure {
+            code,
+            message: String::new(),
+        }),
+        None => Ok(0),
+    }
+}

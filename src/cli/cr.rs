@@ -1,0 +1,341 @@
+//! `checkpoint` and `restore`, one workload or all of them.
+
+use super::{usage, Failure};
+use clap::Args;
+use stasis::api::{self, ApiError};
+use stasis::proto::{CheckpointOpts, Reply, RestoreOpts};
+use stasis::state::{StateRoot, Status};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug)]
+pub struct CheckpointArgs {
+    /// Keep the workload running after the dump.
+    #[arg(long = "leave-running")]
+    pub leave_running: bool,
+    /// Dump established TCP connections (and restore them).
+    #[arg(long = "tcp-established")]
+    pub tcp_established: bool,
+    /// Dump file locks.
+    #[arg(long = "file-locks")]
+    pub file_locks: bool,
+    /// Keep only the newest N generations.
+    #[arg(long)]
+    pub keep: Option<u32>,
+    /// Also write the new generation as an archive (FILE, or - for stdout).
+    #[arg(long, value_name = "FILE")]
+    pub export: Option<String>,
+    /// Checkpoint every running workload.
+    #[arg(long)]
+    pub all: bool,
+    /// With --all: only workloads whose spec says `on_shutdown: checkpoint`.
+    #[arg(long = "on-shutdown")]
+    pub on_shutdown: bool,
+    /// With --all: how many at once.
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+    /// No progress, no summary lines; errors only.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    pub name: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// The generation to restore (the newest by default).
+    #[arg(short = 'g', long)]
+    pub generation: Option<u32>,
+    /// Import an exported archive (FILE, or - for stdin) and restore it.
+    #[arg(long, value_name = "FILE")]
+    pub import: Option<String>,
+    /// With --import: the name to give the imported workload.
+    #[arg(long = "name", value_name = "NEW")]
+    pub new_name: Option<String>,
+    #[arg(long = "tcp-established")]
+    pub tcp_established: bool,
+    #[arg(long = "file-locks")]
+    pub file_locks: bool,
+    /// Restore every checkpointed workload.
+    #[arg(long)]
+    pub all: bool,
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    pub name: Option<String>,
+}
+
+/// Shows elapsed time on a terminal while a long operation runs.
+struct Progress {
+    done: Arc<AtomicBool>,
+    t: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(what: String, quiet: bool) -> Progress {
+        let done = Arc::new(AtomicBool::new(false));
+        let t = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let d = done.clone();
+            std::thread::spawn(move || {
+                let t0 = Instant::now();
+                let mut shown = false;
+                while !d.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if t0.elapsed() > Duration::from_millis(500) {
+                        eprint!("\r{what}... {:.1}s", t0.elapsed().as_secs_f64());
+                        shown = true;
+                    }
+                }
+                if shown {
+                    eprint!("\r\x1b[K");
+                }
+            })
+        });
+        Progress { done, t }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(t) = self.t.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs `f` over `names` with at most `parallel` at a time; prints one line per name and a
+/// progress count on a terminal; returns the names that failed.
+fn for_all(
+    names: Vec<String>,
+    parallel: usize,
+    quiet: bool,
+    verb: &str,
+    f: impl Fn(&str) -> Result<String, ApiError> + Sync,
+) -> Vec<(String, String)> {
+    let total = names.len();
+    let queue = Mutex::new(names.into_iter());
+    let failed = Mutex::new(Vec::new());
+    let done = AtomicUsize::new(0);
+    let tty = !quiet && std::io::stderr().is_terminal();
+    std::thread::scope(|s| {
+        for _ in 0..parallel.max(1) {
+            s.spawn(|| loop {
+                let next = queue.lock().ok().and_then(|mut q| q.next());
+                let Some(n) = next else { return };
+                let r = f(&n);
+                let k = done.fetch_add(1, Ordering::Relaxed) + 1;
+                match r {
+                    Ok(line) => {
+                        if !quiet {
+                            println!("{n}: {line}");
+                        }
+                    }
+                    Err(e) => {
+                        println!("{n}: FAILED: {e}");
+                        if let Ok(mut f) = failed.lock() {
+                            f.push((n.clone(), e.to_string()));
+                        }
+                    }
+                }
+                if tty {
+                    eprint!("\r{verb} {k}/{total}\x1b[K");
+                    if k == total {
+                        eprintln!();
+                    }
+                }
+            });
+        }
+    });
+    failed.into_inner().unwrap_or_default()
+}
+
+fn summary(verb: &str, failed: Vec<(String, String)>) -> Result<i32, Failure> {
+    if failed.is_empty() {
+        return Ok(0);
+    }
+    let names: Vec<String> = failed.into_iter().map(|(n, _)| n).collect();
+    Err(Failure {
+        code: stasis::status::CODE_STASIS_ERROR,
+        message: format!(
+            "{verb} failed for {} workload(s): {}",
+            names.len(),
+            names.join(", ")
+        ),
+    })
+}
+
+fn describe_checkpoint(r: &Reply) -> String {
+    match r {
+        Reply::Checkpointed {
+            generation,
+            stats,
+            leave_running,
+        } => {
+            let frozen = stats
+                .frozen_ms
+                .map(|f| format!(", frozen {f:.1} ms"))
+                .unwrap_or_default();
+            let lr = if *leave_running { ", left running" } else { "" };
+            format!(
+                "checkpointed generation {generation} ({:.1} ms{frozen}, {} bytes{lr})",
+                stats.dump_ms, stats.size
+            )
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+pub fn checkpoint(root: &StateRoot, a: CheckpointArgs) -> Result<i32, Failure> {
+    let opts = CheckpointOpts {
+        leave_running: a.leave_running,
+        tcp_established: a.tcp_established,
+        file_locks: a.file_locks,
+        keep: a.keep,
+        reason: "user".into(),
+    };
+    if a.all {
+        if a.name.is_some() || a.export.is_some() {
+            return Err(usage("--all takes no name and no --export"));
+        }
+        let names: Vec<String> = api::list(root)
+            .into_iter()
+            .filter_map(|(n, o)| {
+                o.ok()
+                    .filter(|o| o.state.status == Status::Running && o.monitor_alive)
+                    .map(|_| n)
+            })
+            .filter(|n| {
+                !a.on_shutdown
+                    || api::load_spec(&root.workload(n))
+                        .is_ok_and(|s| s.on_shutdown == stasis::spec::ShutdownAction::Checkpoint)
+            })
+            .collect();
+        let opts = CheckpointOpts {
+            reason: if a.on_shutdown {
+                "shutdown".into()
+            } else {
+                "user".into()
+            },
+            ..opts
+        };
+        let failed = for_all(names, a.parallel, a.quiet, "checkpointed", |n| {
+            api::checkpoint(root, n, opts.clone()).map(|r| describe_checkpoint(&r))
+        });
+        // Maintenance path: make every new generation durable before the host goes down.
+        nix::unistd::sync();
+        return summary("checkpoint", failed);
+    }
+    let name = a
+        .name
+        .clone()
+        .ok_or_else(|| usage("checkpoint needs a workload name (or --all)"))?;
+    let r = {
+        let _p = Progress::start(format!("checkpointing {name}"), a.quiet);
+        api::checkpoint(root, &name, opts)?
+    };
+    let gen = match &r {
+        Reply::Checkpointed { generation, .. } => Some(*generation),
+        _ => None,
+    };
+    if let Some(dest) = &a.export {
+        export_to(root, &name, gen, dest)?;
+    }
+    if !a.quiet && a.export.as_deref() != Some("-") {
+        println!("{}", describe_checkpoint(&r));
+    }
+    Ok(0)
+}
+
+fn export_to(root: &StateRoot, name: &str, gen: Option<u32>, dest: &str) -> Result<(), Failure> {
+    if dest == "-" {
+        let out = std::io::stdout().lock();
+        api::export(root, name, gen, out)?;
+        return Ok(());
+    }
+    let path = PathBuf::from(dest);
+    let tmp = path.with_extension("partial");
+    let f =
+        std::fs::File::create(&tmp).map_err(|e| usage(format!("create {}: {e}", tmp.display())))?;
+    let mut w = std::io::BufWriter::new(f);
+    let r = api::export(root, name, gen, &mut w);
+    let r = r.and_then(|g| {
+        std::io::Write::flush(&mut w).map_err(|e| ApiError::Io {
+            what: format!("write {}", tmp.display()),
+            source: e,
+        })?;
+        Ok(g)
+    });
+    match r {
+        Ok(_) => std::fs::rename(&tmp, &path)
+            .map_err(|e| usage(format!("rename to {}: {e}", path.display()))),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e.into())
+        }
+    }
+}
+
+fn describe_restore(r: &Reply) -> String {
+    match r {
+        Reply::Restored { generation, pid } => {
+            format!("restored from generation {generation} (pid {pid})")
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+pub fn restore(root: &StateRoot, a: RestoreArgs) -> Result<i32, Failure> {
+    let opts = RestoreOpts {
+        generation: a.generation,
+        tcp_established: a.tcp_established,
+        file_locks: a.file_locks,
+    };
+    if a.all {
+        let names: Vec<String> = api::list(root)
+            .into_iter()
+            .filter_map(|(n, o)| {
+                o.ok()
+                    .filter(|o| o.state.status == Status::Checkpointed)
+                    .map(|_| n)
+            })
+            .collect();
+        let failed = for_all(names, a.parallel, a.quiet, "restored", |n| {
+            api::restore(root, n, opts.clone()).map(|r| describe_restore(&r))
+        });
+        return summary("restore", failed);
+    }
+    let name = match &a.import {
+        Some(src) => {
+            let imported = if src == "-" {
+                api::import(root, std::io::stdin().lock(), "stdin", a.new_name.clone())?
+            } else {
+                let f = std::fs::File::open(src).map_err(|e| usage(format!("{src}: {e}")))?;
+                api::import(root, std::io::BufReader::new(f), src, a.new_name.clone())?
+            };
+            if let Some(n) = &a.name {
+                if *n != imported {
+                    return Err(usage(format!(
+                        "imported as {imported}, not {n} (use --name)"
+                    )));
+                }
+            }
+            imported
+        }
+        None => a
+            .name
+            .clone()
+            .ok_or_else(|| usage("restore needs a workload name (or --all, or --import)"))?,
+    };
+    let r = {
+        let _p = Progress::start(format!("restoring {name}"), a.quiet);
+        api::restore(root, &name, opts)?
+    };
+    if !a.quiet {
+        println!("{name}: {}", describe_restore(&r));
+    }
+    Ok(0)
+}

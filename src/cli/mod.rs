@@ -1,0 +1,238 @@
+//! The `stasis` command line: clap argument structs and one small function per verb that maps
+//! arguments onto the library's API and its errors onto exit codes.
+
+mod control;
+mod cr;
+mod exec;
+mod query;
+mod run;
+
+use clap::{Args, Parser, Subcommand};
+use stasis::state::StateRoot;
+use stasis::status::CODE_STASIS_ERROR;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "stasis",
+    version,
+    about = "Run workloads in lightweight containers; checkpoint and restore them with CRIU, keeping their stdio",
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    /// State root (default /var/lib/stasis; or STASIS_ROOT).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run a workload in a new container (attached, like ssh, unless -d).
+    Run(run::RunArgs),
+    /// List workloads.
+    Ps(query::PsArgs),
+    /// Show everything about a workload.
+    Inspect(query::InspectArgs),
+    /// Print a workload's output.
+    Logs(query::LogsArgs),
+    /// Attach to a running workload's stdio.
+    Attach(control::AttachArgs),
+    /// Send a signal to a workload.
+    Kill(control::KillArgs),
+    /// Stop a workload: its stop signal, then SIGKILL to the whole container after a timeout.
+    Stop(control::StopArgs),
+    /// Wait for a workload to end; print and return its exit code.
+    Wait(control::NameArg),
+    /// Remove workloads.
+    Rm(control::RmArgs),
+    /// Run a command inside a running workload, or manage exec sessions.
+    Exec(exec::ExecArgs),
+    /// Checkpoint a workload (or every running one) with CRIU.
+    Checkpoint(cr::CheckpointArgs),
+    /// Restore a workload (or every checkpointed one) from a checkpoint.
+    Restore(cr::RestoreArgs),
+    /// List a workload's checkpoint generations.
+    Checkpoints(query::InspectArgs),
+    /// Show a workload's history: checkpoints, restores, restarts.
+    Events(query::InspectArgs),
+    /// Check what stasis needs from this host.
+    Check,
+}
+
+/// `--format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Default)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct NameOnly {
+    pub name: String,
+}
+
+/// A failure of a verb: the code to exit with and a one-line message (empty: already said).
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl From<stasis::api::ApiError> for Failure {
+    fn from(e: stasis::api::ApiError) -> Failure {
+        Failure {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<stasis::client::ClientError> for Failure {
+    fn from(e: stasis::client::ClientError) -> Failure {
+        match e {
+            stasis::client::ClientError::Refused { code, message } => Failure { code, message },
+            other => Failure {
+                code: CODE_STASIS_ERROR,
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Failure {
+        Failure {
+            code: CODE_STASIS_ERROR,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// A usage error (exit 125).
+pub fn usage(msg: impl Into<String>) -> Failure {
+    Failure {
+        code: CODE_STASIS_ERROR,
+        message: msg.into(),
+    }
+}
+
+/// Runs the CLI; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    CODE_STASIS_ERROR
+                } else {
+                    0
+                };
+            }
+            // clap's message, on one line, and docker's code for a usage error.
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("bad usage")
+                .trim_start_matches("error: ");
+            eprintln!("stasis: {first}");
+            return CODE_STASIS_ERROR;
+        }
+    };
+    let root = StateRoot::from_flag(cli.root.clone());
+    let r = match cli.cmd {
+        Cmd::Run(a) => run::run(&root, a),
+        Cmd::Ps(a) => query::ps(&root, a),
+        Cmd::Inspect(a) => query::inspect(&root, a),
+        Cmd::Logs(a) => query::logs(&root, a),
+        Cmd::Attach(a) => control::attach(&root, a),
+        Cmd::Kill(a) => control::kill(&root, a),
+        Cmd::Stop(a) => control::stop(&root, a),
+        Cmd::Wait(a) => control::wait(&root, a),
+        Cmd::Rm(a) => control::rm(&root, a),
+        Cmd::Exec(a) => exec::exec(&root, a),
+        Cmd::Checkpoint(a) => cr::checkpoint(&root, a),
+        Cmd::Restore(a) => cr::restore(&root, a),
+        Cmd::Checkpoints(a) => query::checkpoints(&root, a),
+        Cmd::Events(a) => query::events(&root, a),
+        Cmd::Check => query::check(&root),
+    };
+    match r {
+        Ok(code) => code,
+        Err(f) => {
+            if !f.message.is_empty() {
+                eprintln!(
+                    "stasis: {}",
+                    f.message.lines().collect::<Vec<_>>().join(" ")
+                );
+            }
+            f.code
+        }
+    }
+}
+
+/// Formats milliseconds since the epoch as UTC `YYYY-MM-DD HH:MM:SS`.
+pub fn fmt_time(ms: u64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    let secs = (ms / 1000) as i64;
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // civil-from-days (Howard Hinnant)
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// A short "how long ago": `5s`, `3m`, `2h`, `4d`.
+pub fn ago(ms: u64) -> String {
+    let now = stasis::state::now_ms();
+    let s = now.saturating_sub(ms) / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_format() {
+        assert_eq!(fmt_time(0), "-");
+        assert_eq!(fmt_time(86_400_000), "1970-01-02 00:00:00");
+        assert_eq!(fmt_time(1_795_000_000_000), "2026-11-18 07:06:40");
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,443 @@
+//! `ps`, `inspect`, `logs`, `checkpoints`, `events`, `check`.
+
+use super::{ago, fmt_time, usage, Failure, Format};
+use clap::Args;
+use serde::Serialize;
+use stasis::api;
+use stasis::log::{LogReader, Stream};
+use stasis::state::{self, StateRoot, Status};
+use std::io::Write;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct PsArgs {
+    /// Show exited and failed workloads too.
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+    pub name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// Keep printing what the workload writes until it ends.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Also print stasis's markers (restores, rolled-back time) on stderr.
+    #[arg(long)]
+    pub markers: bool,
+    /// The log of exec session ID (its output while no client was attached).
+    #[arg(long = "exec", value_name = "ID")]
+    pub exec: Option<String>,
+    pub name: String,
+}
+
+#[derive(Serialize)]
+struct PsRow {
+    name: String,
+    status: Status,
+    pid: Option<i32>,
+    exit_code: Option<i32>,
+    generation: Option<u32>,
+    created_at: u64,
+    command: Vec<String>,
+    monitor: bool,
+    note: Option<String>,
+}
+
+fn status_text(st: &state::WorkloadState) -> String {
+    match st.status {
+        Status::Exited | Status::Failed => {
+            let code = st
+                .exit
+                .as_ref()
+                .map(|e| e.code.to_string())
+                .unwrap_or_else(|| "?".into());
+            let oom = if st.exit.as_ref().is_some_and(|e| e.oom_killed) {
+                ", oom"
+            } else {
+                ""
+            };
+            let w = if st.status == Status::Failed {
+                "failed"
+            } else {
+                "exited"
+            };
+            format!("{w} ({code}{oom}) {} ago", ago(st.finished_at.unwrap_or(0)))
+        }
+        Status::Checkpointed => format!("checkpointed (gen {})", st.generation.unwrap_or(0)),
+        Status::Running => format!("running {}", ago(st.started_at.unwrap_or(st.created_at))),
+        Status::Restoring => "restoring".into(),
+        Status::Created => "created".into(),
+    }
+}
+
+pub fn ps(root: &StateRoot, a: PsArgs) -> Result<i32, Failure> {
+    let mut rows = Vec::new();
+    for (name, o) in api::list(root) {
+        let o = match o {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("stasis: {name}: {e}");
+                continue;
+            }
+        };
+        if !a.all && o.state.status.is_final() {
+            continue;
+        }
+        let spec = api::load_spec(&root.workload(&name)).ok();
+        rows.push((
+            PsRow {
+                name: name.clone(),
+                status: o.state.status,
+                pid: o.state.init.map(|i| i.pid),
+                exit_code: o.state.exit.as_ref().map(|e| e.code),
+                generation: o.state.generation,
+                created_at: o.state.created_at,
+                command: spec.map(|s| s.command).unwrap_or_default(),
+                monitor: o.monitor_alive,
+                note: o.state.note.clone(),
+            },
+            status_text(&o.state),
+        ));
+    }
+    if a.format == Format::Json {
+        let v: Vec<&PsRow> = rows.iter().map(|(r, _)| r).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(|e| usage(e.to_string()))?
+        );
+        return Ok(0);
+    }
+    println!(
+        "{:<24} {:<30} {:>8}  {}",
+        "NAME", "STATUS", "PID", "COMMAND"
+    );
+    for (r, s) in rows {
+        let pid = r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        let mut status = s;
+        if let Some(n) = &r.note {
+            status = format!("{status} [{n}]");
+        }
+        println!(
+            "{:<24} {:<30} {:>8}  {}",
+            r.name,
+            status,
+            pid,
+            r.command.join(" ")
+        );
+    }
+    Ok(0)
+}
+
+pub fn inspect(root: &StateRoot, a: InspectArgs) -> Result<i32, Failure> {
+    let i = api::inspect(root, &a.name)?;
+    if a.format == Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&i).map_err(|e| usage(e.to_string()))?
+        );
+        return Ok(0);
+    }
+    let st = &i.state;
+    println!("name:        {}", i.name);
+    println!("status:      {}", status_text(st));
+    if let Some(n) = &st.note {
+        println!("note:        {n}");
+    }
+    println!(
+        "monitor:     {}",
+        if i.monitor_alive {
+            st.monitor
+                .map(|m| format!("pid {}", m.pid))
+                .unwrap_or_else(|| "alive".into())
+        } else {
+            "none".into()
+        }
+    );
+    if let Some(init) = st.init {
+        println!("pid:         {} (the container's init)", init.pid);
+    }
+    println!("command:     {}", i.spec.command.join(" "));
+    println!("created:     {}", fmt_time(st.created_at));
+    if let Some(e) = &st.exit {
+        let how = e
+            .status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        println!(
+            "exit:        code {} ({how}){}",
+            e.code,
+            if e.oom_killed { ", OOM-killed" } else { "" }
+        );
+        if let Some(r) = &e.reason {
+            println!("reason:      {r}");
+        }
+    }
+    if let Some(e) = &st.error {
+        println!("error:       {e}");
+    }
+    println!(
+        "checkpoints: {} taken, {} restores, {} restarts",
+        st.checkpoints, st.restores, st.restarts
+    );
+    for g in &i.generations {
+        println!(
+            "  gen {:>4}  {}  {:>10} bytes  {}",
+            g.generation,
+            fmt_time(g.created_at),
+            g.size,
+            if g.ok {
+                ""
+            } else {
+                g.problem.as_deref().unwrap_or("bad")
+            }
+        );
+    }
+    for s in &i.sessions {
+        println!(
+            "exec {}  {:?}  {}  {}",
+            s.id,
+            s.status,
+            s.exit_code.map(|c| format!("code {c}")).unwrap_or_default(),
+            s.command.join(" ")
+        );
+    }
+    println!("cgroup:      {}", i.cgroup);
+    println!("log:         {}", i.log);
+    Ok(0)
+}
+
+pub fn logs(root: &StateRoot, a: LogsArgs) -> Result<i32, Failure> {
+    let wd = root.workload(&a.name);
+    if !wd.exists() {
+        return Err(api::ApiError::from(state::StateError::NotFound(a.name.clone())).into());
+    }
+    let path = match &a.exec {
+        Some(id) => stasis::exec::log_path(&wd, id),
+        None => wd.log_path(),
+    };
+    let mut reader = loop {
+        match LogReader::open(&path, 0) {
+            Ok(r) => break r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && a.follow => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(usage(format!("{}: {e}", path.display()))),
+        }
+    };
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    loop {
+        let mut wrote = false;
+        while let Some(rec) = reader
+            .next_record()
+            .map_err(|e| usage(format!("{}: {e}", path.display())))?
+        {
+            wrote = true;
+            let r = match rec.stream {
+                Stream::Stdout => stdout.lock().write_all(&rec.data),
+                Stream::Stderr => stderr.lock().write_all(&rec.data),
+                Stream::Marker if a.markers => writeln!(
+                    stderr.lock(),
+                    "--- stasis: {} ---",
+                    String::from_utf8_lossy(&rec.data)
+                ),
+                Stream::Marker => Ok(()),
+            };
+            if r.is_err() {
+                // the reader went away (`| head`)
+                return Ok(0);
+            }
+        }
+        let _ = stdout.lock().flush();
+        if !a.follow {
+            return Ok(0);
+        }
+        if !wrote {
+            // Follow until the workload (or session) is over and nothing more can come.
+            let done = match &a.exec {
+                Some(id) => stasis::exec::load(&wd, id)
+                    .is_none_or(|r| r.status == stasis::exec::SessionStatus::Exited),
+                None => state::observe(&wd)
+                    .map(|o| o.state.status.is_final() && !o.monitor_alive)
+                    .unwrap_or(true),
+            };
+            if done {
+                while let Some(rec) = reader.next_record().ok().flatten() {
+                    let _ = match rec.stream {
+                        Stream::Stdout => stdout.lock().write_all(&rec.data),
+                        Stream::Stderr => stderr.lock().write_all(&rec.data),
+                        Stream::Marker => Ok(()),
+                    };
+                }
+                let _ = stdout.lock().flush();
+                return Ok(0);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+pub fn checkpoints(root: &StateRoot, a: InspectArgs) -> Result<i32, Failure> {
+    let wd = root.workload(&a.name);
+    if !wd.exists() {
+        return Err(api::ApiError::from(state::StateError::NotFound(a.name.clone())).into());
+    }
+    let gens = api::generations(&wd);
+    if a.format == Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&gens).map_err(|e| usage(e.to_string()))?
+        );
+        return Ok(0);
+    }
+    println!(
+        "{:>5}  {:<19}  {:>12}  {:>9}  {:>10}  {}",
+        "GEN", "CREATED", "SIZE", "DUMP MS", "FROZEN MS", "NOTE"
+    );
+    for g in gens {
+        let note = if !g.ok {
+            g.problem.unwrap_or_default()
+        } else if g.leave_running {
+            "left running".into()
+        } else {
+            String::new()
+        };
+        let frozen = g
+            .frozen_ms
+            .map(|f| format!("{f:.1}"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:>5}  {:<19}  {:>12}  {:>9.1}  {:>10}  {}",
+            g.generation,
+            fmt_time(g.created_at),
+            g.size,
+            g.dump_ms,
+            frozen,
+            note
+        );
+    }
+    Ok(0)
+}
+
+pub fn events(root: &StateRoot, a: InspectArgs) -> Result<i32, Failure> {
+    let wd = root.workload(&a.name);
+    if !wd.exists() {
+        return Err(api::ApiError::from(state::StateError::NotFound(a.name.clone())).into());
+    }
+    let ev = stasis::events::read(&wd);
+    if a.format == Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&ev).map_err(|e| usage(e.to_string()))?
+        );
+        return Ok(0);
+    }
+    for e in ev {
+        let ms = e.at % 1000;
+        let g = e
+            .generation
+            .map(|g| format!(" gen={g}"))
+            .unwrap_or_default();
+        let c = e.code.map(|c| format!(" code={c}")).unwrap_or_default();
+        println!(
+            "{}.{ms:03}  {:<20}{g}{c}  {}",
+            fmt_time(e.at),
+            e.kind,
+            e.reason
+        );
+    }
+    Ok(0)
+}
+
+pub fn check(root: &StateRoot) -> Result<i32, Failure> {
+    let mut ok = true;
+    let mut line = |good: bool, what: &str, detail: String| {
+        ok &= good;
+        println!(
+            "{:<4} {what:<12} {detail}",
+            if good { "ok" } else { "FAIL" }
+        );
+    };
+    let uname = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    line(true, "kernel", uname);
+    line(
+        nix::unistd::geteuid().is_root(),
+        "root",
+        if nix::unistd::geteuid().is_root() {
+            "running as root".into()
+        } else {
+            "stasis needs root (namespaces, cgroups, CRIU)".into()
+        },
+    );
+    let mode = stasis::cgroup::detect();
+    let cg = stasis::cgroup::Cgroup::for_workload("check", "check");
+    let dirs: Vec<String> = cg
+        .dirs()
+        .iter()
+        .map(|(c, _)| {
+            if c.is_empty() {
+                "unified".to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
+    line(
+        !dirs.is_empty(),
+        "cgroup",
+        format!("{mode:?} ({})", dirs.join(", ")),
+    );
+    match stasis::criu::locate() {
+        Ok(c) => {
+            line(true, "criu", format!("{} {}", c.path.display(), c.version));
+            match c.check() {
+                Ok(()) => line(true, "criu check", "Looks good".into()),
+                Err(e) => line(false, "criu check", e.to_string()),
+            }
+            let feats = c.features(&[
+                "uffd",
+                "uffd-noncoop",
+                "mem_dirty_track",
+                "pidfd_store",
+                "timens",
+                "network_lock_nftables",
+            ]);
+            let list: Vec<String> = feats
+                .iter()
+                .map(|(n, y)| format!("{n}={}", if *y { "yes" } else { "no" }))
+                .collect();
+            line(
+                true,
+                "features",
+                format!("{} (no mem_dirty_track: no pre-dump)", list.join(" ")),
+            );
+        }
+        Err(e) => line(false, "criu", e.to_string()),
+    }
+    let store = stasis::initstore::dir();
+    match stasis::initstore::ensure() {
+        Ok(p) => line(true, "init store", p.display().to_string()),
+        Err(e) => line(false, "init store", format!("{}: {e}", store.display())),
+    }
+    match root.ensure() {
+        Ok(()) => line(true, "state root", root.root.display().to_string()),
+        Err(e) => line(false, "state root", e.to_string()),
+    }
+    Ok(if ok {
+        0
+    } else {
+        stasis::status::CODE_STASIS_ERROR
+    })
+}

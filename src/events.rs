@@ -1,0 +1,102 @@
+//! A workload's event history (`events.jsonl`): checkpoints, restores, restarts, failures,
+//! with time, generation and reason. Appended one JSON line at a time and fsynced; a torn last
+//! line (a crash mid-append) is skipped by readers.
+
+use crate::state::{now_ms, WorkloadDir};
+use serde::{Deserialize, Serialize};
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
+
+/// One event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Milliseconds since the epoch.
+    pub at: u64,
+    /// "start", "exit", "checkpoint", "checkpoint-failed", "restore", "restore-failed",
+    /// "restart", "failed", "stop".
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+impl Event {
+    pub fn new(kind: &str, reason: impl Into<String>) -> Event {
+        Event {
+            at: now_ms(),
+            kind: kind.to_string(),
+            generation: None,
+            code: None,
+            reason: reason.into(),
+        }
+    }
+    pub fn generation(mut self, g: u32) -> Event {
+        self.generation = Some(g);
+        self
+    }
+    pub fn code(mut self, c: i32) -> Event {
+        self.code = Some(c);
+        self
+    }
+}
+
+/// Appends an event (best effort: a full disk must not stop supervision).
+pub fn append(wd: &WorkloadDir, ev: &Event) {
+    let Ok(mut line) = serde_json::to_vec(ev) else {
+        return;
+    };
+    line.push(b'\n');
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(wd.events_path());
+    if let Ok(mut f) = f {
+        if f.write_all(&line).is_ok() {
+            let _ = f.sync_data();
+        }
+    }
+}
+
+/// Reads all events, oldest first.
+pub fn read(wd: &WorkloadDir) -> Vec<Event> {
+    let Ok(f) = std::fs::File::open(wd.events_path()) else {
+        return vec![];
+    };
+    BufReader::new(f)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StateRoot;
+
+    #[test]
+    fn append_and_read_skip_torn_lines() {
+        let d = tempfile::tempdir().unwrap();
+        let r = StateRoot::from_flag(Some(d.path().into()));
+        r.ensure().unwrap();
+        let w = r.workload("a");
+        w.create().unwrap();
+        append(&w, &Event::new("checkpoint", "periodic").generation(1));
+        append(&w, &Event::new("restore", "crash").generation(1).code(137));
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(w.events_path())
+            .unwrap();
+        f.write_all(b"{\"at\":1,\"ki").unwrap();
+        let ev = read(&w);
+        assert_eq!(ev.len(), 2);
+        assert_eq!(ev[1].kind, "restore");
+        assert_eq!(ev[1].code, Some(137));
+    }
+}

@@ -1,0 +1,147 @@
+//! Durable file writes: every state file goes through a temp file in the same directory, an
+//! fsync, a rename and an fsync of the directory, so a crash leaves either the old file or the
+//! new one, never a torn one.
+
+use serde::Serialize;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// A filesystem operation that failed, with the path it was about.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {source}")]
+pub struct FsError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+impl FsError {
+    pub fn new(op: &'static str, path: &Path, source: io::Error) -> FsError {
+        FsError {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// True when the disk (or quota) is full.
+    pub fn is_no_space(&self) -> bool {
+        matches!(
+            self.source.raw_os_error(),
+            Some(libc::ENOSPC) | Some(libc::EDQUOT)
+        )
+    }
+}
+
+/// Writes `data` to `path` atomically and durably (temp file, fsync, rename, fsync dir).
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), FsError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let res = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&tmp)
+            .map_err(|e| FsError::new("create", &tmp, e))?;
+        f.write_all(data)
+            .map_err(|e| FsError::new("write", &tmp, e))?;
+        f.sync_all().map_err(|e| FsError::new("fsync", &tmp, e))?;
+        fs::rename(&tmp, path).map_err(|e| FsError::new("rename", path, e))?;
+        sync_dir(dir)
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// Serialises `value` as pretty JSON and writes it atomically.
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), FsError> {
+    let mut data = serde_json::to_vec_pretty(value).map_err(|e| {
+        FsError::new(
+            "serialise",
+            path,
+            io::Error::new(io::ErrorKind::InvalidData, e),
+        )
+    })?;
+    data.push(b'\n');
+    write_atomic(path, &data)
+}
+
+/// fsyncs a directory, so a rename or create inside it survives a crash.
+pub fn sync_dir(dir: &Path) -> Result<(), FsError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| FsError::new("fsync", dir, e))
+}
+
+/// Creates a directory and its parents with the given mode.
+pub fn mkdir_p(path: &Path, mode: u32) -> Result<(), FsError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|e| FsError::new("mkdir", path, e))
+}
+
+/// Total size in bytes of the regular files under `dir`.
+pub fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => total += dir_size(&e.path()),
+                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn atomic_write_into_missing_dir_names_the_path() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("nope/state.json");
+        let e = write_atomic(&p, b"x").unwrap_err();
+        assert!(e.to_string().contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn dir_size_counts_nested_files() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("a"), [0u8; 10]).unwrap();
+        fs::create_dir(d.path().join("s")).unwrap();
+        fs::write(d.path().join("s/b"), [0u8; 5]).unwrap();
+        assert_eq!(dir_size(d.path()), 15);
+    }
+}

@@ -1,0 +1,114 @@
+//! The init store: immutable copies of the stasis binary that containers' init processes run
+//! from, one per build, named by the binary's GNU build-id.
+//!
+//! init's executable is part of every checkpoint, and CRIU checks at restore that each mapped
+//! file still has the size (and build-id) it had at dump. If init ran from the installed
+//! binary, upgrading stasis between a dump and its restore would make every old checkpoint
+//! unrestorable. A copy that never changes, at a path that does not depend on the state root,
+//! keeps old checkpoints restorable across upgrades, state roots and hosts (an export archive
+//! carries the copy and import puts it back at the same path).
+
+use crate::fsutil::{self, FsError};
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// The default store (host-wide, independent of `--root`).
+pub const DEFAULT_DIR: &str = "/var/lib/stasis/init";
+/// File name prefix of the copies.
+pub const PREFIX: &str = "stasis-init-";
+
+/// The store directory: `STASIS_INIT_DIR` or the default.
+pub fn dir() -> PathBuf {
+    std::env::var_os("STASIS_INIT_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
+}
+
+/// An identifier for the running binary: its build-id, or (without one) its size and mtime.
+pub fn build_key() -> io::Result<String> {
+    if let Some(id) = crate::sys::own_build_id() {
+        return Ok(id);
+    }
+    let m = fs::metadata("/proc/self/exe")?;
+    use std::os::unix::fs::MetadataExt;
+    Ok(format!("nobuildid-{}-{}", m.size(), m.mtime()))
+}
+
+/// Returns the path of the init copy for the running binary, creating it if needed.
+pub fn ensure() -> Result<PathBuf, FsError> {
+    let d = dir();
+    let key = build_key().map_err(|e| FsError::new("identify", Path::new("/proc/self/exe"), e))?;
+    let path = d.join(format!("{PREFIX}{key}"));
+    if path.is_file() {
+        return Ok(path);
+    }
+    fsutil::mkdir_p(&d, 0o755)?;
+    let tmp = d.join(format!(".{PREFIX}{key}.{}.tmp", std::process::id()));
+    let res = (|| {
+        fs::copy("/proc/self/exe", &tmp)
+            .map_err(|e| FsError::new("copy /proc/self/exe to", &tmp, e))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o555))
+            .map_err(|e| FsError::new("chmod", &tmp, e))?;
+        fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| FsError::new("fsync", &tmp, e))?;
+        fs::rename(&tmp, &path).map_err(|e| FsError::new("rename", &path, e))?;
+        fsutil::sync_dir(&d)
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res.map(|()| path)
+}
+
+/// Installs an init copy brought by an import at the exact path recorded in its checkpoint.
+pub fn install(path: &Path, data: &[u8]) -> Result<(), FsError> {
+    if let Ok(existing) = fs::read(path) {
+        if existing == data {
+            return Ok(());
+        }
+        return Err(FsError::new(
+            "install init copy",
+            path,
+            io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a different file already has this name",
+            ),
+        ));
+    }
+    let d = path.parent().unwrap_or(Path::new("/"));
+    fsutil::mkdir_p(d, 0o755)?;
+    let tmp = d.join(format!(".import.{}.tmp", std::process::id()));
+    fs::write(&tmp, data).map_err(|e| FsError::new("write", &tmp, e))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o555))
+        .map_err(|e| FsError::new("chmod", &tmp, e))?;
+    fs::rename(&tmp, path).map_err(|e| FsError::new("rename", path, e))?;
+    fsutil::sync_dir(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_key_is_stable() {
+        assert_eq!(build_key().unwrap(), build_key().unwrap());
+    }
+
+    #[test]
+    fn install_is_idempotent_and_refuses_a_different_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("sub/stasis-init-abc");
+        install(&p, b"binary").unwrap();
+        install(&p, b"binary").unwrap();
+        assert!(install(&p, b"other").is_err());
+        assert_eq!(fs::read(&p).unwrap(), b"binary");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o555
+        );
+    }
+}

@@ -1,0 +1,387 @@
+//! Messages between the CLI and a monitor, and between a monitor and its container's init.
+//!
+//! Both links are `SOCK_SEQPACKET` unix sockets: one JSON document per packet (message
+//! boundaries for free) with fds attached as SCM_RIGHTS when a message hands over stdio.
+//! The monitor↔init link is itself a socketpair whose init end lives inside the container, so
+//! CRIU dumps it as an external unix socket and restore re-creates it with `--inherit-fd`.
+
+use crate::spawn::ProcSpec;
+use crate::status::ExitStatus;
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::Path;
+
+/// Version of the protocol; a CLI refuses a monitor that speaks another one.
+pub const PROTO_VERSION: u32 = 1;
+/// Largest message.
+pub const MAX_MSG: usize = 256 * 1024;
+
+/// What a client attaches to and how.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AttachSpec {
+    /// The client sends stdin (one fd: the read end of a pipe it writes).
+    pub stdin: bool,
+    /// The client receives stdout (one fd: the write end of a pipe it reads).
+    pub stdout: bool,
+    /// The client receives stderr (one fd; ignored for a tty, whose output is one stream).
+    pub stderr: bool,
+    /// Initial terminal size (rows, cols) for a tty.
+    #[serde(default)]
+    pub winsize: Option<(u16, u16)>,
+}
+
+/// Options of a checkpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CheckpointOpts {
+    pub leave_running: bool,
+    pub tcp_established: bool,
+    pub file_locks: bool,
+    /// Generations to keep after this one (overrides the spec's `keep`).
+    pub keep: Option<u32>,
+    /// Why (recorded in the events): "user", "periodic", "shutdown".
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Options of a restore.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RestoreOpts {
+    /// The generation to restore; the newest when absent.
+    pub generation: Option<u32>,
+    pub tcp_established: bool,
+    pub file_locks: bool,
+}
+
+/// An exec session to start.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExecRequest {
+    pub command: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub tty: bool,
+    /// Keep stdin open (the client sends it).
+    pub stdin: bool,
+    pub detach: bool,
+    /// Target fd numbers of the extra fds attached after the stdio ones.
+    pub preserve_fds: Vec<i32>,
+    pub term: Option<String>,
+    pub attach: AttachSpec,
+}
+
+/// A request from the CLI to a monitor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Only on a new monitor's first connection: start the workload, with a client attached or
+    /// not. `version` lets either side refuse a mismatch.
+    Start {
+        version: u32,
+        attach: Option<AttachSpec>,
+        term: Option<String>,
+    },
+    /// Restore instead of start (a new monitor for a checkpointed workload).
+    StartRestore {
+        version: u32,
+        opts: RestoreOpts,
+    },
+    Attach {
+        attach: AttachSpec,
+    },
+    Signal {
+        sig: i32,
+        session: Option<String>,
+    },
+    Resize {
+        rows: u16,
+        cols: u16,
+        session: Option<String>,
+    },
+    Stop {
+        timeout_ms: Option<u64>,
+    },
+    Wait,
+    Checkpoint {
+        opts: CheckpointOpts,
+    },
+    Restore {
+        opts: RestoreOpts,
+    },
+    Exec {
+        req: ExecRequest,
+    },
+    ExecAttach {
+        id: String,
+        attach: AttachSpec,
+    },
+    ExecStop {
+        id: String,
+        timeout_ms: Option<u64>,
+    },
+    ExecRemove {
+        id: String,
+    },
+    /// The client leaves (detach keys); the workload or session goes on.
+    Detach,
+    /// Exit the monitor once the workload is in a final or checkpointed state.
+    Shutdown,
+}
+
+/// Statistics of one checkpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct DumpStats {
+    /// Wall time of the dump, as stasis saw it.
+    pub dump_ms: f64,
+    /// How long the workload was frozen (CRIU's stats), when known.
+    pub frozen_ms: Option<f64>,
+    /// Bytes of the generation on disk.
+    pub size: u64,
+}
+
+/// A monitor's reply or event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply {
+    Ok,
+    Started {
+        pid: i32,
+    },
+    Error {
+        code: i32,
+        message: String,
+    },
+    Exit {
+        code: i32,
+        status: Option<ExitStatus>,
+        oom_killed: bool,
+        reason: Option<String>,
+    },
+    Checkpointed {
+        generation: u32,
+        stats: DumpStats,
+        leave_running: bool,
+    },
+    Restored {
+        generation: u32,
+        pid: i32,
+    },
+    ExecStarted {
+        id: String,
+    },
+    /// Something the attached user should know ("checkpointed; waiting for restore").
+    Notice {
+        message: String,
+    },
+}
+
+/// A message from a monitor to its container's init.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ToInit {
+    /// Fork and exec a process; its stdio (and extra) fds are attached in `proc.fds` order.
+    Spawn { id: String, proc: ProcSpec },
+    /// Send a signal to the process group of a spawned process.
+    Signal { id: String, sig: i32 },
+}
+
+/// A message from init to its monitor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "ev", rename_all = "snake_case")]
+pub enum FromInit {
+    Spawned {
+        id: String,
+        pid: i32,
+    },
+    SpawnFailed {
+        id: String,
+        code: i32,
+        message: String,
+    },
+    Exited {
+        id: String,
+        status: ExitStatus,
+    },
+}
+
+/// Encodes a message.
+pub fn encode<T: Serialize>(msg: &T) -> io::Result<Vec<u8>> {
+    serde_json::to_vec(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Decodes a message.
+pub fn decode<T: DeserializeOwned>(data: &[u8]) -> io::Result<T> {
+    serde_json::from_slice(data)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad message: {e}")))
+}
+
+/// Sends a message (blocking) with fds.
+pub fn send<T: Serialize>(sock: BorrowedFd<'_>, msg: &T, fds: &[RawFd]) -> io::Result<()> {
+    let data = encode(msg)?;
+    crate::sys::send_with_fds(sock, &data, fds, false)?;
+    Ok(())
+}
+
+/// Receives a message (blocking); `None` at end of stream.
+pub fn recv<T: DeserializeOwned>(sock: BorrowedFd<'_>) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
+    let mut buf = vec![0u8; MAX_MSG];
+    let (n, fds) = crate::sys::recv_with_fds(sock, &mut buf, false)?;
+    if n == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((decode(&buf[..n])?, fds)))
+}
+
+/// A connected pair of seqpacket sockets (both CLOEXEC).
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    socket::socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(io::Error::from)
+}
+
+/// A unix socket address for `path`; a path too long for sun_path goes through
+/// `/proc/self/fd/DIRFD/NAME`, which the kernel resolves like the real directory.
+fn unix_addr(path: &Path, dirfd_holder: &mut Option<OwnedFd>) -> io::Result<UnixAddr> {
+    let s = path.as_os_str();
+    if s.len() < 100 {
+        return UnixAddr::new(path).map_err(io::Error::from);
+    }
+    let dir = path
+        .parent()
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?;
+    let fd = nix::fcntl::open(
+        dir,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let short = Path::new("/proc/self/fd")
+        .join(fd.as_raw_fd().to_string())
+        .join(name);
+    *dirfd_holder = Some(fd);
+    UnixAddr::new(&short).map_err(io::Error::from)
+}
+
+/// Creates a listening seqpacket socket at `path`, mode 0600.
+pub fn listen(path: &Path) -> io::Result<OwnedFd> {
+    let _ = std::fs::remove_file(path);
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let mut holder = None;
+    let addr = unix_addr(path, &mut holder)?;
+    // Only root (and the owner) may talk to a monitor: create the socket 0600 from the start.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let r = socket::bind(fd.as_raw_fd(), &addr);
+    nix::sys::stat::umask(old);
+    r?;
+    socket::listen(&fd, socket::Backlog::new(64).map_err(io::Error::from)?)?;
+    Ok(fd)
+}
+
+/// Connects to a monitor's socket.
+pub fn connect(path: &Path) -> io::Result<OwnedFd> {
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let mut holder = None;
+    let addr = unix_addr(path, &mut holder)?;
+    socket::connect(fd.as_raw_fd(), &addr)?;
+    Ok(fd)
+}
+
+/// The uid of the process at the other end of a unix socket.
+pub fn peer_uid(fd: impl AsFd) -> io::Result<u32> {
+    let cred = socket::getsockopt(&fd, socket::sockopt::PeerCredentials)?;
+    Ok(cred.uid())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn requests_round_trip() {
+        let r = Request::Checkpoint {
+            opts: CheckpointOpts {
+                leave_running: true,
+                ..Default::default()
+            },
+        };
+        let b = encode(&r).unwrap();
+        assert_eq!(decode::<Request>(&b).unwrap(), r);
+        let e = Reply::Exit {
+            code: 137,
+            status: Some(ExitStatus::Signaled {
+                signal: 9,
+                core_dumped: false,
+            }),
+            oom_killed: true,
+            reason: None,
+        };
+        assert_eq!(decode::<Reply>(&encode(&e).unwrap()).unwrap(), e);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(decode::<Request>(b"{\"op\":\"fly\"}").is_err());
+        assert!(decode::<Request>(b"\xff").is_err());
+    }
+
+    #[test]
+    fn messages_carry_fds() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let (mut pr, pw) = std::os::unix::net::UnixStream::pair().unwrap();
+        send(a.as_fd(), &Request::Wait, &[pw.as_raw_fd()]).unwrap();
+        drop(pw);
+        let (msg, fds) = recv::<Request>(b.as_fd()).unwrap().unwrap();
+        assert_eq!(msg, Request::Wait);
+        assert_eq!(fds.len(), 1);
+        let mut w = std::os::unix::net::UnixStream::from(fds.into_iter().next().unwrap());
+        w.write_all(b"hi").unwrap();
+        drop(w);
+        let mut s = String::new();
+        pr.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "hi");
+        drop(a);
+        assert!(recv::<Request>(b.as_fd()).unwrap().is_none());
+    }
+
+    #[test]
+    fn listen_and_connect_with_a_long_path() {
+        let d = tempfile::tempdir().unwrap();
+        let deep = d.path().join("x".repeat(60)).join("y".repeat(40));
+        std::fs::create_dir_all(&deep).unwrap();
+        let path = deep.join("workload-with-a-long-name.sock");
+        assert!(path.as_os_str().len() > 108);
+        let l = listen(&path).unwrap();
+        let c = connect(&path).unwrap();
+        let s = crate::sys::accept(l.as_fd(), false).unwrap();
+        assert_eq!(peer_uid(&s).unwrap(), nix::unistd::getuid().as_raw());
+        send(c.as_fd(), &Request::Detach, &[]).unwrap();
+        assert_eq!(
+            recv::<Request>(s.as_fd()).unwrap().unwrap().0,
+            Request::Detach
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+}

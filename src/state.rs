@@ -1,0 +1,575 @@
+//! The state root: where each workload's spec, state, log and checkpoints live, and how a
+//! reader tells what the files say from what really runs.
+//!
+//! Layout (`--root`, `STASIS_ROOT`, default `/var/lib/stasis`):
+//! ```text
+//! ROOT/workloads/NAME/spec.json     the resolved spec
+//!                    state.json     status, pids, exit, counters (atomic writes)
+//!                    lock           flock held by the live monitor for its whole life
+//!                    log            framed stdout/stderr (see `log`)
+//!                    events.jsonl   restarts, restores, checkpoints
+//!                    checkpoints/N  one directory per generation
+//!                    exec/ID.json   exec sessions
+//! RUNTIME/NAME.sock                 the monitor's socket (RUNTIME = /run/stasis or ROOT/run)
+//! ```
+//! The monitor's flock is the ground truth for "is a monitor alive": the kernel drops it when
+//! the monitor dies, however it dies, so a reader never trusts a stale pid.
+
+use crate::fsutil::{self, FsError};
+use crate::status::ExitStatus;
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The default state root.
+pub const DEFAULT_ROOT: &str = "/var/lib/stasis";
+/// The runtime directory used with the default state root.
+pub const DEFAULT_RUNTIME: &str = "/run/stasis";
+
+/// Errors reading or changing workload state.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("no such workload: {0}")]
+    NotFound(String),
+    #[error("a workload named {0} already exists")]
+    Exists(String),
+    #[error("state of {name} is unreadable ({path}): {msg}")]
+    Corrupt {
+        name: String,
+        path: PathBuf,
+        msg: String,
+    },
+    #[error(transparent)]
+    Fs(#[from] FsError),
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The state root and its runtime directory.
+#[derive(Debug, Clone)]
+pub struct StateRoot {
+    pub root: PathBuf,
+    pub runtime: PathBuf,
+}
+
+impl StateRoot {
+    /// Picks the root: the flag, else `STASIS_ROOT`, else the default.
+    pub fn from_flag(flag: Option<PathBuf>) -> StateRoot {
+        let root = flag
+            .or_else(|| {
+                std::env::var_os("STASIS_ROOT")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT));
+        let root = std::path::absolute(&root).unwrap_or(root);
+        let runtime = if root == Path::new(DEFAULT_ROOT) {
+            PathBuf::from(DEFAULT_RUNTIME)
+        } else {
+            root.join("run")
+        };
+        StateRoot { root, runtime }
+    }
+
+    /// Creates the root's directories (mode 0700: specs and logs may hold secrets).
+    pub fn ensure(&self) -> Result<(), FsError> {
+        fsutil::mkdir_p(&self.root.join("workloads"), 0o700)?;
+        fsutil::mkdir_p(&self.runtime, 0o700)
+    }
+
+    /// The directory of workload `name` (which may not exist).
+    pub fn workload(&self, name: &str) -> WorkloadDir {
+        WorkloadDir {
+            name: name.to_string(),
+            dir: self.root.join("workloads").join(name),
+            socket: self.runtime.join(format!("{name}.sock")),
+        }
+    }
+
+    /// Names of all workloads, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.root.join("workloads"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// A short stable key for this root, used to keep cgroups of two roots apart.
+    pub fn key(&self) -> String {
+        let s = self.root.to_string_lossy();
+        let mut h: u32 = 0x811c9dc5;
+        for b in s.bytes() {
+            h = (h ^ b as u32).wrapping_mul(0x01000193);
+        }
+        format!("{h:08x}")
+    }
+}
+
+/// Paths of one workload.
+#[derive(Debug, Clone)]
+pub struct WorkloadDir {
+    pub name: String,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl WorkloadDir {
+    pub fn spec_path(&self) -> PathBuf {
+        self.dir.join("spec.json")
+    }
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("log")
+    }
+    pub fn lock_path(&self) -> PathBuf {
+        self.dir.join("lock")
+    }
+    pub fn checkpoints(&self) -> PathBuf {
+        self.dir.join("checkpoints")
+    }
+    pub fn exec_dir(&self) -> PathBuf {
+        self.dir.join("exec")
+    }
+    pub fn events_path(&self) -> PathBuf {
+        self.dir.join("events.jsonl")
+    }
+    pub fn criu_logs(&self) -> PathBuf {
+        self.dir.join("criu")
+    }
+    pub fn exists(&self) -> bool {
+        self.dir.is_dir()
+    }
+
+    /// Creates the directory; fails with `Exists` if the name is taken (mkdir is the atomic
+    /// claim on a name, so two concurrent `run --name x` never both succeed).
+    pub fn create(&self) -> Result<(), StateError> {
+        match fs::create_dir(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(StateError::Exists(self.name.clone()))
+            }
+            Err(e) => Err(FsError::new("mkdir", &self.dir, e).into()),
+        }
+    }
+
+    /// Reads state.json.
+    pub fn load(&self) -> Result<WorkloadState, StateError> {
+        let p = self.state_path();
+        let data = match fs::read(&p) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StateError::NotFound(self.name.clone()))
+            }
+            Err(e) => return Err(FsError::new("read", &p, e).into()),
+        };
+        serde_json::from_slice(&data).map_err(|e| StateError::Corrupt {
+            name: self.name.clone(),
+            path: p,
+            msg: e.to_string(),
+        })
+    }
+
+    /// Writes state.json atomically.
+    pub fn save(&self, st: &WorkloadState) -> Result<(), StateError> {
+        Ok(fsutil::write_json_atomic(&self.state_path(), st)?)
+    }
+
+    /// Opens the lock file (creating it).
+    pub fn open_lock(&self) -> Result<File, StateError> {
+        let p = self.lock_path();
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&p)
+            .map_err(|e| FsError::new("open", &p, e).into())
+    }
+
+    /// Takes the workload lock if no live process holds it. `None` means a monitor is alive.
+    pub fn try_lock(&self) -> Result<Option<File>, StateError> {
+        let f = self.open_lock()?;
+        // A plain flock, not nix's Flock guard: the lock must stay with the monitor when the
+        // CLI that took it closes its own copy after forking, and a guard unlocks on drop.
+        match crate::sys::flock_try_exclusive(f.as_fd()) {
+            Ok(true) => Ok(Some(f)),
+            Ok(false) => Ok(None),
+            Err(e) => Err(FsError::new("flock", &self.lock_path(), e).into()),
+        }
+    }
+
+    /// True when a live monitor holds the lock.
+    pub fn monitor_alive(&self) -> bool {
+        matches!(self.try_lock(), Ok(None))
+    }
+}
+
+/// A process named by pid and start time, so a reused pid is never mistaken for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcRef {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+impl ProcRef {
+    /// Names the live process `pid`, if it exists.
+    pub fn of(pid: i32) -> Option<ProcRef> {
+        crate::sys::proc_start_time(pid).map(|start_time| ProcRef { pid, start_time })
+    }
+
+    /// True when this very process still exists and is not a zombie.
+    pub fn alive(&self) -> bool {
+        crate::sys::proc_start_time(self.pid) == Some(self.start_time)
+            && !matches!(
+                crate::sys::proc_state(self.pid),
+                Some('Z') | Some('X') | None
+            )
+    }
+}
+
+/// The lifecycle of a workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Recorded, not yet started.
+    Created,
+    Running,
+    /// Dumped to a generation and stopped; `restore` continues it.
+    Checkpointed,
+    /// A restore is under way.
+    Restoring,
+    /// Ended (see `exit`).
+    Exited,
+    /// Ended and the exit policy gave up on it (see `error`).
+    Failed,
+}
+
+impl Status {
+    /// True for states in which no process of the workload runs or will run by itself.
+    pub fn is_final(&self) -> bool {
+        matches!(self, Status::Exited | Status::Failed)
+    }
+}
+
+/// How the workload ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// None when the exit could not be observed (the monitor was lost).
+    pub status: Option<ExitStatus>,
+    /// The code `run` and `wait` return.
+    pub code: i32,
+    /// The kernel's OOM killer ended it (the memory limit was hit).
+    #[serde(default)]
+    pub oom_killed: bool,
+    pub at: u64,
+    /// Why, in words, when the status alone does not say it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The contents of state.json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadState {
+    pub version: u32,
+    pub name: String,
+    pub status: Status,
+    pub created_at: u64,
+    #[serde(default)]
+    pub started_at: Option<u64>,
+    #[serde(default)]
+    pub finished_at: Option<u64>,
+    #[serde(default)]
+    pub monitor: Option<ProcRef>,
+    /// The container's init (PID 1 inside), as seen from the host.
+    #[serde(default)]
+    pub init: Option<ProcRef>,
+    #[serde(default)]
+    pub exit: Option<ExitInfo>,
+    /// The last error (a failed start, a failed restore, why it ended `failed`).
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Something the reader should know that the status does not say ("monitor lost").
+    #[serde(default)]
+    pub note: Option<String>,
+    #[serde(default)]
+    pub checkpoints: u32,
+    #[serde(default)]
+    pub restores: u32,
+    #[serde(default)]
+    pub restarts: u32,
+    /// The generation the running process was last dumped to or restored from.
+    #[serde(default)]
+    pub generation: Option<u32>,
+    /// The user asked it to stop; an exit policy must not bring it back.
+    #[serde(default)]
+    pub stop_requested: bool,
+}
+
+/// Current state.json format.
+pub const STATE_VERSION: u32 = 1;
+
+impl WorkloadState {
+    /// A freshly created workload.
+    pub fn new(name: &str) -> WorkloadState {
+        WorkloadState {
+            version: STATE_VERSION,
+            name: name.to_string(),
+            status: Status::Created,
+            created_at: now_ms(),
+            started_at: None,
+            finished_at: None,
+            monitor: None,
+            init: None,
+            exit: None,
+            error: None,
+            note: None,
+            checkpoints: 0,
+            restores: 0,
+            restarts: 0,
+            generation: None,
+            stop_requested: false,
+        }
+    }
+
+    /// Records an exit.
+    pub fn set_exited(&mut self, exit: ExitInfo) {
+        self.status = Status::Exited;
+        self.finished_at = Some(exit.at);
+        self.exit = Some(exit);
+        self.init = None;
+    }
+}
+
+/// What a reader learns about a workload: its state, reconciled with what runs.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub state: WorkloadState,
+    pub monitor_alive: bool,
+}
+
+/// Reads a workload's state and reconciles it with reality: when no monitor holds the lock,
+/// a `running` workload is checked by pid and start time; what died is recorded (so the next
+/// reader sees it too), and nothing is dropped.
+pub fn observe(wd: &WorkloadDir) -> Result<Observed, StateError> {
+    if !wd.exists() {
+        return Err(StateError::NotFound(wd.name.clone()));
+    }
+    let lock = wd.try_lock()?;
+    let mut st = wd.load()?;
+    let Some(_lock) = lock else {
+        return Ok(Observed {
+            state: st,
+            monitor_alive: true,
+        });
+    };
+    let changed = reconcile_dead_monitor(&mut st);
+    if changed {
+        wd.save(&st)?;
+    }
+    Ok(Observed {
+        state: st,
+        monitor_alive: false,
+    })
+}
+
+/// Adjusts `st` for a monitor that is gone; returns true if anything changed.
+pub fn reconcile_dead_monitor(st: &mut WorkloadState) -> bool {
+    const LOST: &str = "monitor lost";
+    match st.status {
+        Status::Running | Status::Restoring => {
+            match st.init {
+                Some(init) if init.alive() => {
+                    let note = format!(
+                        "{LOST}: the workload still runs as pid {} but nothing supervises it",
+                        init.pid
+                    );
+                    if st.note.as_deref() != Some(note.as_str()) {
+                        st.note = Some(note);
+                        st.monitor = None;
+                        return true;
+                    }
+                    false
+                }
+                _ => {
+                    st.set_exited(ExitInfo {
+                    status: None,
+                    code: crate::status::CODE_STASIS_ERROR,
+                    oom_killed: false,
+                    at: now_ms(),
+                    reason: Some(format!("{LOST}: the workload ended while unsupervised; its exit status is unknown")),
+                });
+                    st.note = Some(LOST.to_string());
+                    st.monitor = None;
+                    true
+                }
+            }
+        }
+        Status::Created => {
+            st.set_exited(ExitInfo {
+                status: None,
+                code: crate::status::CODE_STASIS_ERROR,
+                oom_killed: false,
+                at: now_ms(),
+                reason: Some(format!("{LOST} before the workload started")),
+            });
+            st.monitor = None;
+            true
+        }
+        Status::Checkpointed | Status::Exited | Status::Failed => {
+            if st.monitor.is_some() {
+                st.monitor = None;
+                return true;
+            }
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> (tempfile::TempDir, StateRoot) {
+        let d = tempfile::tempdir().unwrap();
+        let r = StateRoot::from_flag(Some(d.path().to_path_buf()));
+        r.ensure().unwrap();
+        (d, r)
+    }
+
+    #[test]
+    fn runtime_dir_follows_the_root() {
+        let r = StateRoot::from_flag(Some("/x/y".into()));
+        assert_eq!(r.runtime, Path::new("/x/y/run"));
+        let d = StateRoot::from_flag(Some(DEFAULT_ROOT.into()));
+        assert_eq!(d.runtime, Path::new(DEFAULT_RUNTIME));
+        assert_ne!(r.key(), d.key());
+    }
+
+    #[test]
+    fn create_claims_a_name_once() {
+        let (_d, r) = root();
+        let w = r.workload("a");
+        w.create().unwrap();
+        assert!(matches!(w.create(), Err(StateError::Exists(_))));
+        assert_eq!(r.names(), vec!["a"]);
+    }
+
+    #[test]
+    fn save_and_load() {
+        let (_d, r) = root();
+        let w = r.workload("a");
+        w.create().unwrap();
+        let mut st = WorkloadState::new("a");
+        st.status = Status::Running;
+        w.save(&st).unwrap();
+        assert_eq!(w.load().unwrap(), st);
+        assert!(matches!(
+            r.workload("b").load(),
+            Err(StateError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn old_state_files_still_load() {
+        // a state.json from before the counters existed
+        let (_d, r) = root();
+        let w = r.workload("a");
+        w.create().unwrap();
+        fs::write(
+            w.state_path(),
+            r#"{"version":1,"name":"a","status":"exited","created_at":1}"#,
+        )
+        .unwrap();
+        let st = w.load().unwrap();
+        assert_eq!(st.status, Status::Exited);
+        assert_eq!(st.restores, 0);
+    }
+
+    #[test]
+    fn corrupt_state_is_reported_with_its_path() {
+        let (_d, r) = root();
+        let w = r.workload("a");
+        w.create().unwrap();
+        fs::write(w.state_path(), "{nope").unwrap();
+        let e = w.load().unwrap_err().to_string();
+        assert!(e.contains("state.json"), "{e}");
+    }
+
+    #[test]
+    fn lock_is_exclusive_between_descriptions() {
+        let (_d, r) = root();
+        let w = r.workload("a");
+        w.create().unwrap();
+        let held = w.try_lock().unwrap().expect("free lock");
+        assert!(w.try_lock().unwrap().is_none());
+        assert!(w.monitor_alive());
+        drop(held);
+        assert!(!w.monitor_alive());
+    }
+
+    #[test]
+    fn dead_monitor_with_dead_init_means_exited_unknown() {
+        let mut st = WorkloadState::new("a");
+        st.status = Status::Running;
+        st.init = Some(ProcRef {
+            pid: i32::MAX,
+            start_time: 1,
+        });
+        assert!(reconcile_dead_monitor(&mut st));
+        assert_eq!(st.status, Status::Exited);
+        let exit = st.exit.unwrap();
+        assert_eq!(exit.status, None);
+        assert!(exit.reason.unwrap().contains("monitor lost"));
+    }
+
+    #[test]
+    fn dead_monitor_with_live_init_stays_running_with_a_note() {
+        let mut st = WorkloadState::new("a");
+        st.status = Status::Running;
+        st.init = ProcRef::of(std::process::id() as i32);
+        assert!(reconcile_dead_monitor(&mut st));
+        assert_eq!(st.status, Status::Running);
+        assert!(st.note.as_deref().unwrap().contains("monitor lost"));
+        // a second look changes nothing
+        assert!(!reconcile_dead_monitor(&mut st));
+    }
+
+    #[test]
+    fn checkpointed_survives_a_dead_monitor() {
+        let mut st = WorkloadState::new("a");
+        st.status = Status::Checkpointed;
+        reconcile_dead_monitor(&mut st);
+        assert_eq!(st.status, Status::Checkpointed);
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_the_same_process() {
+        let me = ProcRef::of(std::process::id() as i32).unwrap();
+        assert!(me.alive());
+        let other = ProcRef {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(!other.alive());
+    }
+}

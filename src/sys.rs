@@ -1,0 +1,686 @@
+//! Thin wrappers over the syscalls nix does not cover (clone3, pidfds, close_range, splice
+//! flags, pivot_root, prctl), so that every `unsafe` block of the crate sits here with the
+//! reason it is sound.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+fn cvt(r: libc::c_long) -> io::Result<libc::c_long> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Result of [`clone3_fork`] in the parent: the child's pid and a pidfd for it.
+pub struct Cloned {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Forks into new namespaces with `clone3(CLONE_PIDFD | flags)`. Returns `None` in the child.
+///
+/// # Safety
+/// Like `fork`: the caller must be single-threaded, and the child must only do what is safe
+/// after fork in that caller before it execs or exits.
+pub unsafe fn clone3_fork(ns_flags: i32) -> io::Result<Option<Cloned>> {
+    let mut pidfd: RawFd = -1;
+    let mut args = CloneArgs {
+        flags: (ns_flags as u64) | libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut RawFd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    // SAFETY: args is a valid clone_args of the size we pass; stack 0 means the child runs on a
+    // copy of our stack, as with fork. The caller guarantees fork-safety.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    let pid = cvt(r)? as i32;
+    if pid == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the kernel stored a fresh pidfd, owned by nobody else.
+    Ok(Some(Cloned {
+        pid,
+        pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
+    }))
+}
+
+/// Plain fork. Returns `None` in the child.
+///
+/// # Safety
+/// The caller must be single-threaded (or the child must only call async-signal-safe code).
+pub unsafe fn fork() -> io::Result<Option<i32>> {
+    // SAFETY: forwarded to the caller's contract.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        p => Ok(Some(p)),
+    }
+}
+
+/// `pidfd_open(pid, 0)`.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    let r = cvt(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })?;
+    // SAFETY: the kernel returned a new fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// `pidfd_send_signal(pidfd, sig)`: signals exactly the process the pidfd refers to, even if
+/// its pid has since been reused.
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {
+    // SAFETY: null siginfo is allowed; the fd is borrowed for the call.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    })?;
+    Ok(())
+}
+
+/// Marks every fd from `first` up as close-on-exec (`close_range(first, ~0, CLOEXEC)`).
+pub fn cloexec_from(first: u32) -> io::Result<()> {
+    // SAFETY: plain syscall with integer arguments.
+    cvt(unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    })?;
+    Ok(())
+}
+
+/// Closes every fd from `first` up.
+pub fn close_from(first: u32) -> io::Result<()> {
+    // SAFETY: plain syscall; the caller owns the whole fd table range it asks to close (used
+    // only in a fresh child before exec or at start-up).
+    cvt(unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) })?;
+    Ok(())
+}
+
+/// Makes this process a child subreaper: orphans below it are reparented to it.
+pub fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    cvt(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Asks for `sig` when the parent dies.
+pub fn set_parent_death_signal(sig: i32) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    cvt(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig, 0, 0, 0) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Sets no_new_privs.
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Keeps permitted capabilities across setuid (re-dropped explicitly afterwards).
+pub fn set_keep_caps(on: bool) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    cvt(
+        unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, on as libc::c_ulong, 0, 0, 0) } as libc::c_long,
+    )?;
+    Ok(())
+}
+
+/// Sets the process name shown by `ps` (comm).
+pub fn set_name(name: &str) {
+    if let Ok(c) = CString::new(name) {
+        // SAFETY: PR_SET_NAME reads at most 16 bytes from a valid NUL-terminated string.
+        unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr(), 0, 0, 0) };
+    }
+}
+
+/// `splice(fd_in, fd_out, len, flags)` without offsets; `Ok(0)` is end of input.
+pub fn splice(
+    fd_in: BorrowedFd<'_>,
+    fd_out: BorrowedFd<'_>,
+    len: usize,
+    flags: u32,
+) -> io::Result<usize> {
+    // SAFETY: null offsets mean "use and update the file positions"; the fds are borrowed.
+    let r = unsafe {
+        libc::splice(
+            fd_in.as_raw_fd(),
+            std::ptr::null_mut(),
+            fd_out.as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            flags,
+        )
+    };
+    Ok(cvt(r as libc::c_long)? as usize)
+}
+
+/// Grows (or shrinks) a pipe's buffer; returns the size the kernel chose.
+pub fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) -> io::Result<usize> {
+    // SAFETY: fcntl with integer arguments.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size as libc::c_int) };
+    Ok(cvt(r as libc::c_long)? as usize)
+}
+
+/// Bytes waiting to be read in a pipe or socket (`FIONREAD`).
+pub fn bytes_readable(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int into n.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) } as libc::c_long)?;
+    Ok(n.max(0) as usize)
+}
+
+/// `pivot_root(new_root, put_old)`.
+pub fn pivot_root(new_root: &Path, put_old: &Path) -> io::Result<()> {
+    let a = cpath(new_root)?;
+    let b = cpath(put_old)?;
+    // SAFETY: both pointers are valid NUL-terminated strings for the call.
+    cvt(unsafe { libc::syscall(libc::SYS_pivot_root, a.as_ptr(), b.as_ptr()) })?;
+    Ok(())
+}
+
+fn cpath(p: &Path) -> io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Makes `fd` (a tty) the controlling terminal of this session.
+pub fn set_controlling_tty(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: TIOCSCTTY takes an int argument, not a pointer.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Window size of a terminal: (rows, cols).
+pub fn get_winsize(fd: BorrowedFd<'_>) -> io::Result<(u16, u16)> {
+    // SAFETY: winsize is plain old data; TIOCGWINSZ fills it.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) } as libc::c_long)?;
+    Ok((ws.ws_row, ws.ws_col))
+}
+
+/// Sets the window size of a terminal (the pty sends SIGWINCH to its foreground group).
+pub fn set_winsize(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Brings the loopback interface up in the current network namespace.
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: a plain socket() call; the fd is owned right away.
+    let s = cvt(
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) }
+            as libc::c_long,
+    )?;
+    // SAFETY: s is a fresh fd we own.
+    let sock = unsafe { OwnedFd::from_raw_fd(s as RawFd) };
+    // SAFETY: ifreq is plain old data.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in b"lo".iter().enumerate() {
+        ifr.ifr_name[i] = *b as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own.
+    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) } as libc::c_long)?;
+    unsafe { ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) } as libc::c_long)?;
+    Ok(())
+}
+
+/// The GNU build-id of the running executable, as hex, if the linker recorded one.
+///
+/// It names the init copy in the init store: two binaries with the same build-id are the same
+/// program, which is exactly what CRIU checks at restore.
+pub fn own_build_id() -> Option<String> {
+    struct Found(Option<Vec<u8>>);
+    unsafe extern "C" fn cb(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: dl_iterate_phdr passes valid info for each loaded object; the first object
+        // is the main program; data is our Found.
+        unsafe {
+            let found = &mut *(data as *mut Found);
+            let info = &*info;
+            for i in 0..info.dlpi_phnum as isize {
+                let ph = &*info.dlpi_phdr.offset(i);
+                if ph.p_type != libc::PT_NOTE {
+                    continue;
+                }
+                let mut p = (info.dlpi_addr + ph.p_vaddr) as *const u8;
+                let end = p.add(ph.p_memsz as usize);
+                while p.add(12) <= end {
+                    let namesz = *(p as *const u32) as usize;
+                    let descsz = *(p.add(4) as *const u32) as usize;
+                    let ntype = *(p.add(8) as *const u32);
+                    let name = p.add(12);
+                    let desc = name.add((namesz + 3) & !3);
+                    if desc.add(descsz) > end {
+                        break;
+                    }
+                    if ntype == 3 && namesz == 4 && std::slice::from_raw_parts(name, 4) == b"GNU\0"
+                    {
+                        found.0 = Some(std::slice::from_raw_parts(desc, descsz).to_vec());
+                        return 1;
+                    }
+                    p = desc.add((descsz + 3) & !3);
+                }
+            }
+            1 // only the main program
+        }
+    }
+    let mut found = Found(None);
+    // SAFETY: the callback only reads the headers the loader hands it.
+    unsafe { libc::dl_iterate_phdr(Some(cb), &mut found as *mut Found as *mut libc::c_void) };
+    found
+        .0
+        .map(|b| b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// `execve` with pre-built C strings; returns only on failure.
+pub fn execve(path: &CString, argv: &[CString], envp: &[CString]) -> io::Error {
+    let mut a: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
+    a.push(std::ptr::null());
+    let mut e: Vec<*const libc::c_char> = envp.iter().map(|s| s.as_ptr()).collect();
+    e.push(std::ptr::null());
+    // SAFETY: all pointers point into CStrings that outlive the call; both arrays end in NULL.
+    unsafe { libc::execve(path.as_ptr(), a.as_ptr(), e.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// `_exit(code)`: leaves a forked child without running the parent's atexit handlers or
+/// flushing buffers that belong to the parent.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and is async-signal-safe.
+    unsafe { libc::_exit(code) }
+}
+
+/// Blocks `sigs` for this thread and returns a signalfd (CLOEXEC, NONBLOCK) reading them.
+pub fn block_into_signalfd(sigs: &[i32]) -> io::Result<OwnedFd> {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for s in sigs {
+        if let Ok(sig) = nix::sys::signal::Signal::try_from(*s) {
+            set.add(sig);
+        }
+    }
+    set.thread_block().map_err(io::Error::from)?;
+    // SAFETY: signalfd with a valid set; -1 creates a new fd.
+    let r = cvt(unsafe {
+        libc::signalfd(
+            -1,
+            set.as_ref() as *const libc::sigset_t,
+            libc::SFD_CLOEXEC | libc::SFD_NONBLOCK,
+        )
+    } as libc::c_long)?;
+    // SAFETY: a fresh fd we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// Reads one pending signal number from a signalfd, if any.
+pub fn read_signalfd(fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
+    // SAFETY: signalfd_siginfo is plain old data of the size the kernel writes.
+    let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+    let n = unsafe {
+        libc::read(
+            fd.as_raw_fd(),
+            &mut info as *mut _ as *mut libc::c_void,
+            std::mem::size_of::<libc::signalfd_siginfo>(),
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::WouldBlock {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(Some(info.ssi_signo as i32))
+}
+
+/// Unblocks every signal and resets every handler to its default (for a child before exec).
+pub fn reset_signals() {
+    let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
+    for s in 1..libc::SIGRTMAX() {
+        if s == libc::SIGKILL || s == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: resetting to SIG_DFL installs no code of ours.
+        unsafe { libc::signal(s, libc::SIG_DFL) };
+    }
+}
+
+/// Sets O_NONBLOCK on a description we created ourselves (never on one a caller handed us:
+/// that flag is shared with every other holder of the description).
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: fcntl with integer arguments.
+    let fl = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    cvt(fl as libc::c_long)?;
+    cvt(
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) }
+            as libc::c_long,
+    )?;
+    Ok(())
+}
+
+/// `dup3(old, new, 0)`: puts `old` at fd number `new` (without CLOEXEC).
+pub fn dup_to(old: RawFd, new: RawFd) -> io::Result<()> {
+    if old == new {
+        // dup3 refuses equal fds; clear CLOEXEC instead so the fd survives exec.
+        // SAFETY: fcntl with integer arguments.
+        cvt(unsafe { libc::fcntl(old, libc::F_SETFD, 0) } as libc::c_long)?;
+        return Ok(());
+    }
+    // SAFETY: dup3 with integer arguments; `new` is replaced atomically.
+    cvt(unsafe { libc::dup3(old, new, 0) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Duplicates `fd` to the lowest number >= `min`, with CLOEXEC.
+pub fn dup_above(fd: RawFd, min: RawFd) -> io::Result<RawFd> {
+    // SAFETY: fcntl with integer arguments.
+    let r = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) } as libc::c_long)?;
+    Ok(r as RawFd)
+}
+
+/// Takes ownership of a raw fd number.
+///
+/// # Safety
+/// `fd` must be open and owned by nobody else.
+pub unsafe fn owned(fd: RawFd) -> OwnedFd {
+    // SAFETY: forwarded to the caller's contract.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Borrows a raw fd number for the duration of a call.
+///
+/// # Safety
+/// `fd` must stay open while the borrow is used.
+pub unsafe fn borrow<'a>(fd: RawFd) -> BorrowedFd<'a> {
+    // SAFETY: forwarded to the caller's contract.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// The process's start time in clock ticks since boot (field 22 of /proc/PID/stat); with the
+/// pid it names a process uniquely, so a recorded pid is never confused with a reused one.
+pub fn proc_start_time(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm may contain spaces and parentheses: fields start after the last ')'.
+    let rest = &s[s.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The state letter of a process (field 3 of /proc/PID/stat): 'R', 'S', 'Z'…
+pub fn proc_state(pid: i32) -> Option<char> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s[s.rfind(')')? + 2..].chars().next()
+}
+
+/// Sends one datagram (a seqpacket message) with `fds` attached as SCM_RIGHTS.
+/// `MSG_DONTWAIT` is used when `nonblock` is set; `MSG_NOSIGNAL` always (a vanished peer is an
+/// error to handle, not a reason to die).
+pub fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[RawFd],
+    nonblock: bool,
+) -> io::Result<usize> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    let cmsg_len = if fds.is_empty() {
+        0
+    } else {
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) as usize }
+    };
+    let mut cbuf = vec![0u8; cmsg_len];
+    // SAFETY: msghdr is plain old data; every pointer in it refers to buffers alive for the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = cmsg_len as _;
+        // SAFETY: cbuf is CMSG_SPACE bytes, enough for one header and the fd array.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as _;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr(),
+                libc::CMSG_DATA(c) as *mut RawFd,
+                fds.len(),
+            );
+        }
+    }
+    let flags = libc::MSG_NOSIGNAL | if nonblock { libc::MSG_DONTWAIT } else { 0 };
+    loop {
+        // SAFETY: msg is fully initialised above.
+        let r = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, flags) };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Receives one datagram into `buf`, and the fds that came with it (as owned, CLOEXEC fds).
+/// Returns `Ok((0, []))` at end of stream.
+pub fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    nonblock: bool,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    const MAX_FDS: usize = 16;
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: a pure size computation.
+    let cmsg_len =
+        unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) as usize };
+    let mut cbuf = vec![0u8; cmsg_len];
+    // SAFETY: msghdr is plain old data; its pointers refer to buffers alive for the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = cmsg_len as _;
+    let flags = libc::MSG_CMSG_CLOEXEC | if nonblock { libc::MSG_DONTWAIT } else { 0 };
+    let n = loop {
+        // SAFETY: msg is fully initialised above.
+        let r = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: walking the control buffer the kernel filled, with the CMSG_* accessors.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c) as *const RawFd;
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                    / std::mem::size_of::<RawFd>();
+                for i in 0..count {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    if msg.msg_flags & libc::MSG_TRUNC != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "message larger than the receive buffer",
+        ));
+    }
+    Ok((n, fds))
+}
+
+/// Accepts a connection (CLOEXEC; non-blocking when asked).
+pub fn accept(listener: BorrowedFd<'_>, nonblock: bool) -> io::Result<OwnedFd> {
+    let flags = libc::SOCK_CLOEXEC | if nonblock { libc::SOCK_NONBLOCK } else { 0 };
+    loop {
+        // SAFETY: null address pointers are allowed; the returned fd is fresh.
+        let r = unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                flags,
+            )
+        };
+        if r >= 0 {
+            // SAFETY: a fresh fd we now own.
+            return Ok(unsafe { OwnedFd::from_raw_fd(r) });
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// `setrlimit` with a raw resource number.
+pub fn setrlimit_raw(resource: i32, rl: &libc::rlimit) -> io::Result<()> {
+    // SAFETY: setrlimit reads one rlimit struct.
+    cvt(unsafe { libc::setrlimit(resource as libc::__rlimit_resource_t, rl) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Spawns `cmd` with each `(src, dst)` fd placed at number `dst` in the child (without
+/// CLOEXEC), e.g. the fresh pipes `criu restore --inherit-fd fd[dst]:...` hands to a restored
+/// workload. The caller reaps the child (the monitor's reaper does).
+pub fn spawn_with_fds(
+    cmd: &mut std::process::Command,
+    fds: &[(RawFd, RawFd)],
+) -> io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let fds = fds.to_vec();
+    // Move every source above every target first, so placing one never clobbers another.
+    let high = fds.iter().map(|(s, d)| (*s).max(*d)).max().unwrap_or(0) + 1;
+    // SAFETY: the closure runs in the forked child before exec and only calls fcntl and dup3,
+    // which are async-signal-safe; it allocates nothing (the Vec was built before the fork).
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut moved = [0 as RawFd; 64];
+            for (i, (src, _)) in fds.iter().enumerate().take(64) {
+                let r = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, high);
+                if r < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                moved[i] = r;
+            }
+            for (i, (_, dst)) in fds.iter().enumerate().take(64) {
+                if libc::dup3(moved[i], *dst, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+    };
+    cmd.spawn()
+}
+
+/// `flock(LOCK_EX | LOCK_NB)`: true when taken, false when another description holds it.
+pub fn flock_try_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: flock with integer arguments on a borrowed fd.
+    let r = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// Borrows an fd this process inherited (e.g. for `exec --preserve-fd N`), after checking
+/// it is open. The CLI never closes such fds, so the borrow may last the process's life.
+pub fn borrow_open_fd(fd: RawFd) -> io::Result<BorrowedFd<'static>> {
+    // SAFETY: fcntl(F_GETFD) only queries the fd table.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the fd is open (checked above) and nothing in the CLI closes it.
+    Ok(unsafe { BorrowedFd::borrow_raw(fd) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_has_a_start_time_and_state() {
+        let me = std::process::id() as i32;
+        assert!(proc_start_time(me).is_some());
+        assert!(matches!(proc_state(me), Some('R' | 'S')));
+        assert_eq!(proc_start_time(-1), None);
+    }
+
+    #[test]
+    fn test_binary_has_a_build_id() {
+        // rustc links through cc, which passes --build-id on Debian; the init store relies on it.
+        let id = own_build_id().expect("no GNU build-id note in the test binary");
+        assert!(
+            id.len() >= 16 && id.chars().all(|c| c.is_ascii_hexdigit()),
+            "{id}"
+        );
+    }
+}
