@@ -160,7 +160,10 @@ impl Monitor {
                 .into_iter()
                 .map(|(m, k, _)| (m, k))
                 .collect(),
-            freeze_cgroup: self.cgroup.freezer(),
+            // Not the cgroup freezer: CRIU polls a v1 freezer in 100 ms steps, which made every
+            // dump ~100 ms slower. Seizing with ptrace is consistent for a tree that lives
+            // wholly in its own PID namespace (CRIU re-scans children until none appear).
+            freeze_cgroup: None,
             leave_running: opts.leave_running,
             tcp_established: opts.tcp_established,
             file_locks: opts.file_locks,
@@ -236,6 +239,7 @@ impl Monitor {
         if !opts.leave_running {
             self.stopped_by_dump().await;
             self.st.status = Status::Checkpointed;
+            self.st.init = None;
             self.notice(&format!(
                 "{} checkpointed (generation {gen}); output resumes after `stasis restore {}`",
                 self.wd.name, self.wd.name
@@ -632,15 +636,19 @@ impl Monitor {
     }
 }
 
-/// Reads whatever is buffered in a non-blocking fd.
+/// Reads whatever is buffered in a pipe, without blocking and without touching its flags
+/// (the description is shared with the workload's stdin).
 fn read_available(fd: &OwnedFd) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = [0u8; 65536];
-    while let Ok(n) = nix::unistd::read(fd.as_fd(), &mut buf) {
+    loop {
+        let n = sys::bytes_readable(fd.as_fd()).unwrap_or(0).min(buf.len());
         if n == 0 {
-            break;
+            return out;
         }
-        out.extend_from_slice(&buf[..n]);
+        match nix::unistd::read(fd.as_fd(), &mut buf[..n]) {
+            Ok(0) | Err(_) => return out,
+            Ok(k) => out.extend_from_slice(&buf[..k]),
+        }
     }
-    out
 }
