@@ -75,9 +75,18 @@ pub fn generate_name(root: &StateRoot) -> String {
     }
 }
 
+/// A workload just recorded, with its lock held (handed on to its monitor).
+pub struct Created {
+    pub wd: WorkloadDir,
+    pub lock: std::fs::File,
+}
+
 /// Records a new workload: validates the spec, checks the host-side paths it names, claims
 /// the name, writes spec.json and state.json. On any failure nothing is left behind.
-pub fn create(root: &StateRoot, mut spec: Spec) -> Result<WorkloadDir, ApiError> {
+///
+/// The workload lock is taken right after the name is claimed and kept until the monitor
+/// inherits it, so no reader ever mistakes the new workload for one whose monitor died.
+pub fn create(root: &StateRoot, mut spec: Spec) -> Result<Created, ApiError> {
     spec.validate()?;
     root.ensure()?;
     if spec.name.is_none() {
@@ -114,16 +123,22 @@ pub fn create(root: &StateRoot, mut spec: Spec) -> Result<WorkloadDir, ApiError>
     }
     let wd = root.workload(&name);
     wd.create()?;
-    let res = (|| -> Result<(), ApiError> {
+    let res = (|| -> Result<std::fs::File, ApiError> {
+        let lock = wd.lock_for_monitor()?.ok_or_else(|| ApiError::Monitor {
+            code: CODE_STASIS_ERROR,
+            message: format!("{name} is locked by another process"),
+        })?;
         crate::fsutil::write_json_atomic(&wd.spec_path(), &spec)?;
         wd.save(&WorkloadState::new(&name))?;
-        Ok(())
+        Ok(lock)
     })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_dir_all(&wd.dir);
-        return Err(e);
+    match res {
+        Ok(lock) => Ok(Created { wd, lock }),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&wd.dir);
+            Err(e)
+        }
     }
-    Ok(wd)
 }
 
 /// Reads a workload's spec.
@@ -151,13 +166,14 @@ pub fn load_spec(wd: &WorkloadDir) -> Result<Spec, ApiError> {
 /// a second fork, so it belongs to no terminal and no caller waits for it) and returns the
 /// caller's end of the monitor's first connection.
 ///
+/// `lock` is the workload lock, held by the caller (see [`create`] and [`lock_existing`]).
 /// The caller must be single-threaded.
 #[allow(unsafe_code)]
-pub fn spawn_monitor(root: &StateRoot, wd: &WorkloadDir) -> Result<OwnedFd, ApiError> {
-    let lock = wd.try_lock()?.ok_or_else(|| ApiError::Monitor {
-        code: CODE_STASIS_ERROR,
-        message: format!("{} already has a monitor", wd.name),
-    })?;
+pub fn spawn_monitor(
+    root: &StateRoot,
+    wd: &WorkloadDir,
+    lock: std::fs::File,
+) -> Result<OwnedFd, ApiError> {
     let (cli, mon) = proto::seqpacket_pair().map_err(io_err("socketpair"))?;
     // SAFETY: the CLI is single-threaded here; the children only call async-signal-safe
     // setsid/fork before the grandchild becomes the monitor (a fresh single-threaded process).
@@ -183,6 +199,14 @@ pub fn spawn_monitor(root: &StateRoot, wd: &WorkloadDir) -> Result<OwnedFd, ApiE
             Ok(cli)
         }
     }
+}
+
+/// Takes the lock of an existing workload for a new monitor.
+pub fn lock_existing(wd: &WorkloadDir) -> Result<std::fs::File, ApiError> {
+    wd.lock_for_monitor()?.ok_or_else(|| ApiError::Monitor {
+        code: CODE_STASIS_ERROR,
+        message: format!("{} already has a monitor", wd.name),
+    })
 }
 
 /// Connects to the live monitor of `name`.
@@ -446,7 +470,8 @@ pub fn restore(root: &StateRoot, name: &str, opts: RestoreOpts) -> Result<Reply,
     // Check before starting a monitor, so a refusal leaves nothing changed.
     let g = checkpoint::pick(&wd, opts.generation)?;
     g.verify(name)?;
-    let conn = spawn_monitor(root, &wd)?;
+    let lock = lock_existing(&wd)?;
+    let conn = spawn_monitor(root, &wd, lock)?;
     proto::send(
         conn.as_fd(),
         &Request::StartRestore {

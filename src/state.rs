@@ -218,9 +218,25 @@ impl WorkloadDir {
         }
     }
 
-    /// True when a live monitor holds the lock.
+    /// Takes the workload lock for a new monitor, waiting briefly for readers that hold it
+    /// for a moment (reconciling); `None` when a live monitor holds it.
+    pub fn lock_for_monitor(&self) -> Result<Option<File>, StateError> {
+        for _ in 0..100 {
+            if let Some(f) = self.try_lock()? {
+                return Ok(Some(f));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Ok(None)
+    }
+
+    /// True when a live monitor holds the lock. Probes with a shared lock, so concurrent
+    /// readers never disturb each other or a CLI about to start a monitor.
     pub fn monitor_alive(&self) -> bool {
-        matches!(self.try_lock(), Ok(None))
+        let Ok(f) = self.open_lock() else {
+            return false;
+        };
+        matches!(crate::sys::flock_try_shared(f.as_fd()), Ok(false))
     }
 }
 
@@ -374,14 +390,23 @@ pub fn observe(wd: &WorkloadDir) -> Result<Observed, StateError> {
     if !wd.exists() {
         return Err(StateError::NotFound(wd.name.clone()));
     }
-    let lock = wd.try_lock()?;
-    let mut st = wd.load()?;
-    let Some(_lock) = lock else {
+    if wd.monitor_alive() {
         return Ok(Observed {
-            state: st,
+            state: wd.load()?,
             monitor_alive: true,
         });
+    }
+    // No monitor: reconcile under the exclusive lock. If someone else holds it right now (a
+    // monitor starting, another reader reconciling), report what the file says.
+    let Some(_lock) = wd.try_lock()? else {
+        let st = wd.load()?;
+        let alive = wd.monitor_alive();
+        return Ok(Observed {
+            state: st,
+            monitor_alive: alive,
+        });
     };
+    let mut st = wd.load()?;
     let changed = reconcile_dead_monitor(&mut st);
     if changed {
         wd.save(&st)?;

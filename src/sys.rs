@@ -662,6 +662,21 @@ pub fn borrow_open_fd(fd: RawFd) -> io::Result<BorrowedFd<'static>> {
     Ok(unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
+/// `flock(LOCK_SH | LOCK_NB)`, released when the fd closes: true when taken.
+pub fn flock_try_shared(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: flock with integer arguments on a borrowed fd.
+    let r = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -133,8 +133,9 @@ pub(crate) fn make_stdio(
         role: role("stderr"),
         id: ExtId::Pipe { ino: ino(&err_r) },
     });
+    // Same description as the workload's stdin: never make it non-blocking (the reader of
+    // leftovers asks FIONREAD first instead).
     let peek = in_r.try_clone()?;
-    crate::sys::set_nonblocking(peek.as_fd())?;
     ends.push((role("stdin"), in_r));
     ends.push((role("stdout"), out_w));
     ends.push((role("stderr"), err_w));
