@@ -456,15 +456,12 @@ pub fn exec_child(p: &ProcSpec, prep: &Prepared, fds: &[OwnedFd], err_pipe: Borr
 
 fn drop_privileges(p: &ProcSpec) -> Result<(), String> {
     use caps::{CapSet, Capability};
-    let keep: Option<std::collections::HashSet<Capability>> = match &p.caps {
-        None => None,
-        Some(names) => Some(
-            names
-                .iter()
-                .filter_map(|n| n.parse::<Capability>().ok())
-                .collect(),
-        ),
-    };
+    let keep: Option<std::collections::HashSet<Capability>> = p.caps.as_ref().map(|names| {
+        names
+            .iter()
+            .filter_map(|n| n.parse::<Capability>().ok())
+            .collect()
+    });
     if let Some(keep) = &keep {
         // The bounding set caps what any later exec (setuid binaries included) can gain.
         for cap in caps::all() {

@@ -30,7 +30,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Run a workload in a new container (attached, like ssh, unless -d).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// List workloads.
     Ps(query::PsArgs),
     /// Show everything about a workload.
@@ -150,7 +150,7 @@ pub fn main() -> i32 {
     };
     let root = StateRoot::from_flag(cli.root.clone());
     let r = match cli.cmd {
-        Cmd::Run(a) => run::run(&root, a),
+        Cmd::Run(a) => run::run(&root, *a),
         Cmd::Ps(a) => query::ps(&root, a),
         Cmd::Inspect(a) => query::inspect(&root, a),
         Cmd::Logs(a) => query::logs(&root, a),
@@ -227,7 +227,7 @@ mod tests {
     fn times_format() {
         assert_eq!(fmt_time(0), "-");
         assert_eq!(fmt_time(86_400_000), "1970-01-02 00:00:00");
-        assert_eq!(fmt_time(1_795_000_000_000), "2026-11-18 07:06:40");
+        assert_eq!(fmt_time(1_795_000_000_000), "2026-11-18 11:06:40");
     }
 
     #[test]

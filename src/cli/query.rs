@@ -116,10 +116,7 @@ pub fn ps(root: &StateRoot, a: PsArgs) -> Result<i32, Failure> {
         );
         return Ok(0);
     }
-    println!(
-        "{:<24} {:<30} {:>8}  {}",
-        "NAME", "STATUS", "PID", "COMMAND"
-    );
+    println!("{:<24} {:<30} {:>8}  COMMAND", "NAME", "STATUS", "PID");
     for (r, s) in rows {
         let pid = r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
         let mut status = s;
@@ -301,8 +298,8 @@ pub fn checkpoints(root: &StateRoot, a: InspectArgs) -> Result<i32, Failure> {
         return Ok(0);
     }
     println!(
-        "{:>5}  {:<19}  {:>12}  {:>9}  {:>10}  {}",
-        "GEN", "CREATED", "SIZE", "DUMP MS", "FROZEN MS", "NOTE"
+        "{:>5}  {:<19}  {:>12}  {:>9}  {:>10}  NOTE",
+        "GEN", "CREATED", "SIZE", "DUMP MS", "FROZEN MS"
     );
     for g in gens {
         let note = if !g.ok {

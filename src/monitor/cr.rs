@@ -214,7 +214,7 @@ impl Monitor {
             tcp_established: opts.tcp_established,
             file_locks: opts.file_locks,
             sessions,
-            stdin_open: self.stdin_tx.borrow().is_some() && self.spec.tty == false,
+            stdin_open: self.stdin_tx.borrow().is_some() && !self.spec.tty,
             winsize: self.winsize,
             files,
             stats: stats.clone(),

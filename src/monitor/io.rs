@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
@@ -42,19 +42,8 @@ impl Fd {
         Ok(Fd { inner, is_pipe })
     }
 
-    pub fn raw(&self) -> RawFd {
-        self.inner.get_ref().as_raw_fd()
-    }
-
     pub fn borrow(&self) -> BorrowedFd<'_> {
         self.inner.get_ref().as_fd()
-    }
-
-    /// Inode number (names a pipe or socket for CRIU).
-    pub fn ino(&self) -> u64 {
-        nix::sys::stat::fstat(self.borrow())
-            .map(|s| s.st_ino)
-            .unwrap_or(0)
     }
 
     /// Reads some bytes; 0 at end of file. A pty master whose slave is gone reads EIO: that is

@@ -127,9 +127,12 @@ pub(crate) enum Event {
     PolicyDue,
 }
 
+/// Spawns init has been asked for, by id: each gets init's pid for it, or (code, reason).
+pub(crate) type PendingSpawns =
+    Rc<RefCell<HashMap<String, oneshot::Sender<Result<i32, (i32, String)>>>>>;
+
 /// The running container.
 pub(crate) struct Live {
-    pub epoch: u64,
     pub init: ProcRef,
     pub pidfd: OwnedFd,
     pub exit_rx: oneshot::Receiver<ExitStatus>,
@@ -138,7 +141,7 @@ pub(crate) struct Live {
     pub ctl_ino: u64,
     pub reader: JoinHandle<()>,
     pub main_status: Rc<Cell<Option<ExitStatus>>>,
-    pub pending: Rc<RefCell<HashMap<String, oneshot::Sender<Result<i32, (i32, String)>>>>>,
+    pub pending: PendingSpawns,
 }
 
 /// The monitor's ends of a workload's (or session's) stdio.

@@ -40,11 +40,6 @@ impl Reaper {
         rx
     }
 
-    /// Stops watching `pid` (its exit is then kept as unclaimed).
-    pub fn forget(&self, pid: i32) {
-        self.inner.borrow_mut().waiters.remove(&pid);
-    }
-
     /// Reaps every exited child now.
     pub fn reap_all(&self) {
         loop {

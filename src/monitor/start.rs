@@ -189,7 +189,7 @@ pub(crate) fn spawn_reader(
     epoch: u64,
     ctl: Rc<Fd>,
     tx: tokio::sync::mpsc::UnboundedSender<Event>,
-    pending: Rc<RefCell<HashMap<String, oneshot::Sender<Result<i32, (i32, String)>>>>>,
+    pending: super::PendingSpawns,
     main_status: Rc<Cell<Option<crate::status::ExitStatus>>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::task::spawn_local(async move {
@@ -282,7 +282,6 @@ impl Monitor {
         let exit_rx = self.reaper.watch(pid);
         let init = ProcRef::of(pid).unwrap_or(ProcRef { pid, start_time: 0 });
         self.live = Some(Live {
-            epoch: self.epoch,
             init,
             pidfd,
             exit_rx,
