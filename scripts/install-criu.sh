@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# install-criu.sh - make a working CRIU >= 4.0 available as `criu` on PATH.
+# install-criu.sh - make a working CRIU >= 4.2 available as `criu` on PATH.
 #
 # Debian 12 ships CRIU 3.17, which fails on kernels >= 6.13 ("Unexpected rt vDSO area bounds":
-# it does not know the [vvar_vclock] mapping). We build CRIU 4.x from the orig tarball of
-# Debian trixie's source package instead. Idempotent and cached:
-#   1. a `criu` on PATH that is >= 4.0 and passes `criu check` -> nothing to do;
+# it does not know the [vvar_vclock] mapping). CRIU 4.1 works but cannot dump TCP sockets on
+# kernels >= 6.16 (they refuse SO_PASSCRED/SO_PASSSEC on non-unix sockets; fixed in 4.2). We
+# build the newest CRIU from the orig tarball of Debian's trixie or sid source package.
+# Idempotent and cached:
+#   1. a `criu` on PATH that is >= 4.2 and passes `criu check` -> nothing to do;
 #   2. a binary cached under $STASIS_CRIU_CACHE (default /var/cache/stasis/criu) -> install it;
 #   3. otherwise download the source, build `criu` and cache it.
 # Knobs: STASIS_CRIU_CACHE, STASIS_CRIU_PREFIX (default /usr/local; the binary goes to sbin/).
@@ -25,13 +27,15 @@ die() { say "error: $*"; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (installs packages and $DEST)"
 
-# criu_ok BIN: true when BIN reports a version >= 4.0 and `criu check` passes
+MIN_MAJOR=4 MIN_MINOR=2
+# criu_ok BIN: true when BIN reports a version >= 4.2 and `criu check` passes
 criu_ok() {
-  local bin=$1 ver major
+  local bin=$1 ver major minor
   [ -x "$bin" ] || return 1
   ver=$("$bin" --version 2>/dev/null | awk '/^Version:/{print $2; exit}') || return 1
-  major=${ver%%.*}
-  [ -n "$major" ] && [ "$major" -ge 4 ] 2>/dev/null || return 1
+  major=${ver%%.*}; minor=${ver#*.}; minor=${minor%%.*}
+  [ -n "$major" ] && [ -n "$minor" ] || return 1
+  [ "$major" -gt "$MIN_MAJOR" ] 2>/dev/null || { [ "$major" -eq "$MIN_MAJOR" ] && [ "$minor" -ge "$MIN_MINOR" ]; } 2>/dev/null || return 1
   "$bin" check >/dev/null 2>&1
 }
 
@@ -78,11 +82,12 @@ if [ ! -f "$SRC_LIST" ]; then
   {
     echo "Types: deb-src"
     echo "URIs: $uris"
-    echo "Suites: trixie"
+    # sid carries the newest CRIU; trixie is there for when sid moves past what builds here.
+    echo "Suites: trixie sid"
     echo "Components: main"
     [ -n "$key" ] && echo "Signed-By: $key"
   } > "$SRC_LIST"
-  say "added deb-src trixie entry ($uris) in $SRC_LIST"
+  say "added deb-src trixie/sid entry ($uris) in $SRC_LIST"
 fi
 apt-get update -qq >/dev/null 2>&1 || true
 
@@ -92,7 +97,7 @@ cd "$work"
 # apt exits non-zero when the .debian.tar.xz part is missing (404); only the orig tarball matters.
 apt-get source --download-only criu >/dev/null 2>&1 || true
 tarball=$(ls criu_*.orig.tar.* 2>/dev/null | sort -V | tail -n1 || true)
-[ -n "$tarball" ] || die "could not download criu's orig tarball from the trixie deb-src entry in $SRC_LIST"
+[ -n "$tarball" ] || die "could not download criu's orig tarball from the deb-src entry in $SRC_LIST"
 say "building CRIU from $tarball"
 tar xf "$tarball"
 srcdir=$(find . -maxdepth 1 -type d -name 'criu-*' | head -n1)
