@@ -188,6 +188,26 @@ fn child(cfg: &ContainerConfig, ctl: RawFd, init: &CString, argv: &[CString]) ->
         }
         Err(e) => return format!("open /dev/null: {e}"),
     }
+    // CRIU finds unix sockets through the dumped tasks' network namespace: in a private
+    // one, init's control socket must be made there. Hand the monitor its end over the
+    // bootstrap socket it gave us.
+    let own_ctl;
+    let ctl = if cfg.network == Network::None {
+        match crate::proto::seqpacket_pair() {
+            Ok((mine, theirs)) => {
+                if let Err(e) =
+                    crate::proto::send(sys::borrowed(&ctl), &"ctl", &[theirs.as_raw_fd()])
+                {
+                    return format!("hand over the control socket: {e}");
+                }
+                own_ctl = mine;
+                own_ctl.as_raw_fd()
+            }
+            Err(e) => return format!("socketpair: {e}"),
+        }
+    } else {
+        ctl
+    };
     if let Err(e) = sys::dup_to(ctl, INIT_CTL_FD) {
         return format!("dup control socket: {e}");
     }

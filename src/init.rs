@@ -12,7 +12,7 @@ use crate::status::ExitStatus;
 use crate::sys;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 /// The id of the workload's main process in spawn messages.
 pub const MAIN_ID: &str = "main";
@@ -68,6 +68,13 @@ impl Init {
                         if is_main {
                             return Some(f.code);
                         }
+                    }
+                }
+            }
+            ToInit::Rekey => {
+                if let Some(newfd) = fds.first() {
+                    if sys::dup_to(newfd.as_raw_fd(), crate::container::INIT_CTL_FD).is_ok() {
+                        self.report(&FromInit::Rekeyed);
                     }
                 }
             }

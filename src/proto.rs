@@ -44,6 +44,10 @@ pub struct CheckpointOpts {
     /// Why (recorded in the events): "user", "periodic", "shutdown".
     #[serde(default)]
     pub reason: String,
+    /// The CRIU the caller located (in its own environment); the monitor finds one itself
+    /// when absent (periodic checkpoints).
+    #[serde(default)]
+    pub criu: Option<crate::criu::Criu>,
 }
 
 /// Options of a restore.
@@ -53,6 +57,9 @@ pub struct RestoreOpts {
     pub generation: Option<u32>,
     pub tcp_established: bool,
     pub file_locks: bool,
+    /// As in [`CheckpointOpts::criu`].
+    #[serde(default)]
+    pub criu: Option<crate::criu::Criu>,
 }
 
 /// An exec session to start.
@@ -185,6 +192,9 @@ pub enum ToInit {
     Spawn { id: String, proc: ProcSpec },
     /// Send a signal to the process group of a spawned process.
     Signal { id: String, sig: i32 },
+    /// Replace the control socket with the one attached (made in the container's network
+    /// namespace after a restore); answer `Rekeyed` on the new one.
+    Rekey,
 }
 
 /// A message from init to its monitor.
@@ -204,6 +214,7 @@ pub enum FromInit {
         id: String,
         status: ExitStatus,
     },
+    Rekeyed,
 }
 
 /// Encodes a message.

@@ -677,6 +677,24 @@ pub fn flock_try_shared(fd: BorrowedFd<'_>) -> io::Result<bool> {
     }
 }
 
+/// Borrows a raw fd that the caller keeps open for the duration of the borrow (a child's
+/// inherited fd between fork and exec).
+pub fn borrowed(fd: &RawFd) -> BorrowedFd<'_> {
+    // SAFETY: the caller owns `fd` and keeps it open while the borrow lives; the lifetime is
+    // tied to the reference.
+    unsafe { BorrowedFd::borrow_raw(*fd) }
+}
+
+/// The inode a process's fd points to, read from /proc/PID/fd/N ("socket:[INO]",
+/// "pipe:[INO]").
+pub fn fd_inode(pid: i32, fd: i32) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let s = link.to_str()?;
+    let start = s.find('[')? + 1;
+    let end = s.find(']')?;
+    s.get(start..end)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

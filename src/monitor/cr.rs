@@ -43,7 +43,11 @@ struct Fresh {
 
 impl Monitor {
     /// Finds and checks CRIU once per monitor.
-    pub(crate) fn criu(&mut self) -> Result<Criu, Reply> {
+    pub(crate) fn criu(&mut self, given: Option<&Criu>) -> Result<Criu, Reply> {
+        if let Some(c) = given {
+            // The CLI located it and `criu check` passed there.
+            return Ok(c.clone());
+        }
         if let Some(c) = &self.criu {
             return Ok(c.clone());
         }
@@ -113,7 +117,7 @@ impl Monitor {
                 format!("{} is not running", self.wd.name),
             );
         }
-        let criu = match self.criu() {
+        let criu = match self.criu(opts.criu.as_ref()) {
             Ok(c) => c,
             Err(r) => return r,
         };
@@ -386,7 +390,7 @@ impl Monitor {
         number: u32,
         count_it: bool,
     ) -> Result<Reply, Reply> {
-        let criu = self.criu()?;
+        let criu = self.criu(opts.criu.as_ref())?;
         self.prepare_cgroup().map_err(|(c, m)| err_reply(c, m))?;
         let mut fresh = self.fresh_fds(&manifest).map_err(|e| {
             err_reply(
@@ -468,6 +472,12 @@ impl Monitor {
             .ok_or_else(|| err_reply(CODE_STASIS_ERROR, "manifest has no control socket"))?;
         self.adopt(pid, pidfd, ctl, ctl_ino)
             .map_err(|(c, m)| err_reply(c, m))?;
+        if self.spec.network == crate::spec::Network::None {
+            if let Err(e) = self.rekey_control(pid).await {
+                // init runs but cannot be checkpointed again; say so, keep supervising.
+                diag(&format!("rekey of the control socket failed: {e}"));
+            }
+        }
         if let Some(mut stdio) = fresh.stdio.take() {
             let carry = std::mem::take(&mut self.stdin_carry);
             if !carry.is_empty() {
@@ -633,6 +643,56 @@ impl Monitor {
         }
         start_pumps(&mut stdio, Some(s.log.clone()), &s.out_sinks, &s.err_sinks);
         s.stdio = Some(stdio);
+    }
+}
+
+impl Monitor {
+    /// After a restore into a new network namespace the inherited control socket lives in
+    /// the host's namespace, where CRIU would not find it at the next dump. Make a new pair
+    /// inside the restored namespace (entering it briefly: the monitor is single-threaded)
+    /// and have init switch to it.
+    async fn rekey_control(&mut self, pid: i32) -> Result<(), String> {
+        use nix::sched::{setns, CloneFlags};
+        let host =
+            std::fs::File::open("/proc/self/ns/net").map_err(|e| format!("open own netns: {e}"))?;
+        let target = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+            .map_err(|e| format!("open netns of {pid}: {e}"))?;
+        setns(&target, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns: {e}"))?;
+        let pair = crate::proto::seqpacket_pair();
+        if let Err(e) = setns(&host, CloneFlags::CLONE_NEWNET) {
+            // Never stay in a workload's namespace.
+            diag(&format!("cannot return to the host network namespace: {e}"));
+            sys::exit_now(CODE_STASIS_ERROR);
+        }
+        let (mine, theirs) = pair.map_err(|e| format!("socketpair: {e}"))?;
+        let live = self.live.as_mut().ok_or("not running")?;
+        live.ctl
+            .send_msg(&crate::proto::ToInit::Rekey, &[theirs.as_raw_fd()])
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        drop(theirs);
+        let new = std::rc::Rc::new(super::io::Fd::new(mine).map_err(|e| e.to_string())?);
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            new.recv_msg::<crate::proto::FromInit>(),
+        )
+        .await
+        {
+            Ok(Ok(Some((crate::proto::FromInit::Rekeyed, _)))) => {}
+            other => return Err(format!("no answer from init: {other:?}")),
+        }
+        let reader = super::start::spawn_reader(
+            self.epoch,
+            new.clone(),
+            self.tx.clone(),
+            live.pending.clone(),
+            live.main_status.clone(),
+        );
+        // The old reader ends by itself: init closed its end of the old socket.
+        live.reader = reader;
+        live.ctl = new;
+        live.ctl_ino = sys::fd_inode(pid, crate::container::INIT_CTL_FD).unwrap_or(0);
+        Ok(())
     }
 }
 

@@ -206,6 +206,7 @@ pub(crate) fn spawn_reader(
                             let _ = tx.send(Err((code, message)));
                         }
                     }
+                    FromInit::Rekeyed => {}
                     FromInit::Exited { id, status } => {
                         if id == crate::init::MAIN_ID {
                             main_status.set(Some(status));
@@ -337,16 +338,27 @@ impl Monitor {
             crate::initstore::ensure().map_err(|e| (CODE_STASIS_ERROR, e.to_string()))?;
         let cfg = self.container_config(init_path)?;
         self.prepare_cgroup()?;
-        let (mon_ctl, init_ctl) = crate::proto::seqpacket_pair()
+        let (mut mon_ctl, init_ctl) = crate::proto::seqpacket_pair()
             .map_err(|e| (CODE_STASIS_ERROR, format!("socketpair: {e}")))?;
-        let ctl_ino = nix::sys::stat::fstat(&init_ctl)
-            .map(|s| s.st_ino)
-            .unwrap_or(0);
         let (mut stdio, child) = make_stdio(self.spec.tty, None, self.winsize)
             .map_err(|e| (CODE_STASIS_ERROR, format!("stdio: {e}")))?;
         let started =
             container::start(&cfg, &init_ctl).map_err(|e| (CODE_STASIS_ERROR, e.to_string()))?;
         drop(init_ctl);
+        if self.spec.network == crate::spec::Network::None {
+            // The child made the real control socket inside the new network namespace and
+            // sent our end over the bootstrap pair (see container::start).
+            mon_ctl = match crate::proto::recv::<String>(mon_ctl.as_fd()) {
+                Ok(Some((_, mut fds))) if fds.len() == 1 => fds.remove(0),
+                other => {
+                    return Err((
+                        CODE_STASIS_ERROR,
+                        format!("control socket handover failed: {other:?}"),
+                    ))
+                }
+            };
+        }
+        let ctl_ino = crate::sys::fd_inode(started.pid, container::INIT_CTL_FD).unwrap_or(0);
         self.adopt(started.pid, started.pidfd, mon_ctl, ctl_ino)?;
         let fds = child
             .stdio_fds()
