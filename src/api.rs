@@ -27,6 +27,8 @@ pub enum ApiError {
     Spawn(#[from] crate::spawn::SpawnError),
     #[error(transparent)]
     Container(#[from] crate::container::ContainerError),
+    #[error(transparent)]
+    Criu(#[from] crate::criu::CriuError),
     #[error("{0} is not running")]
     NotRunning(String),
     #[error("{0} is running (stop it first, or use -f)")]
@@ -278,6 +280,19 @@ pub fn call(root: &StateRoot, name: &str, req: &Request) -> Result<Reply, ApiErr
     request(&c, req)
 }
 
+/// Observes a workload, first letting a monitor whose workload has ended finish exiting (it
+/// records the exit before it goes), so the caller never talks to a monitor on its way out.
+pub fn settled(wd: &WorkloadDir) -> Result<Observed, ApiError> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let o = state::observe(wd)?;
+        if !(o.monitor_alive && o.state.status.is_final()) || std::time::Instant::now() > deadline {
+            return Ok(o);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Sends a signal to a workload.
 pub fn kill(root: &StateRoot, name: &str, sig: i32) -> Result<(), ApiError> {
     let o = state::observe(&root.workload(name))?;
@@ -443,11 +458,24 @@ pub fn rm(root: &StateRoot, name: &str, force: bool) -> Result<(), ApiError> {
 }
 
 /// Takes a checkpoint.
-pub fn checkpoint(root: &StateRoot, name: &str, opts: CheckpointOpts) -> Result<Reply, ApiError> {
+/// Finds CRIU in the caller's environment and checks it (once per boot).
+pub fn locate_criu(root: &StateRoot) -> Result<crate::criu::Criu, ApiError> {
+    let c = crate::criu::locate()?;
+    root.ensure()?;
+    c.check_cached(&root.runtime)?;
+    Ok(c)
+}
+
+pub fn checkpoint(
+    root: &StateRoot,
+    name: &str,
+    mut opts: CheckpointOpts,
+) -> Result<Reply, ApiError> {
     let o = state::observe(&root.workload(name))?;
     if !o.monitor_alive {
         return Err(not_running_or_orphan(&o, name));
     }
+    opts.criu = Some(locate_criu(root)?);
     let c = connect(root, name)?;
     proto::send(c.as_fd(), &Request::Checkpoint { opts }, &[])
         .map_err(io_err("send to the monitor"))?;
@@ -455,9 +483,10 @@ pub fn checkpoint(root: &StateRoot, name: &str, opts: CheckpointOpts) -> Result<
 }
 
 /// Restores a workload: through its monitor if it has one, else by starting a new monitor.
-pub fn restore(root: &StateRoot, name: &str, opts: RestoreOpts) -> Result<Reply, ApiError> {
+pub fn restore(root: &StateRoot, name: &str, mut opts: RestoreOpts) -> Result<Reply, ApiError> {
     let wd = root.workload(name);
-    let o = state::observe(&wd)?;
+    let o = settled(&wd)?;
+    opts.criu = Some(locate_criu(root)?);
     if o.monitor_alive {
         let c = connect(root, name)?;
         proto::send(c.as_fd(), &Request::Restore { opts }, &[])
@@ -529,6 +558,10 @@ pub fn import(
             let dst = wd.checkpoints().join(gen.to_string());
             std::fs::rename(&imp.images, &dst)
                 .map_err(io_err(format!("move images to {}", dst.display())))?;
+            if let Some(log) = &imp.log {
+                std::fs::rename(log, wd.log_path())
+                    .map_err(io_err(format!("move log to {}", wd.log_path().display())))?;
+            }
             let mut st = WorkloadState::new(&name);
             st.status = Status::Checkpointed;
             st.generation = Some(gen);

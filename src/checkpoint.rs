@@ -367,6 +367,20 @@ pub fn export(wd: &WorkloadDir, g: &Generation, out: impl Write) -> Result<(), C
     }
     tar.append_path_with_name(&m.init_path, "init/stasis-init")
         .map_err(|e| arch(format!("{}: {e}", m.init_path.display())))?;
+    // The log up to the dump, so the log on the new host continues this one.
+    if let Ok(f) = fs::File::open(wd.log_path()) {
+        let len = f
+            .metadata()
+            .map(|md| md.len())
+            .unwrap_or(0)
+            .min(m.log_offset);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(len);
+        h.set_mode(0o600);
+        h.set_cksum();
+        tar.append_data(&mut h, "log", f.take(len))
+            .map_err(|e| arch(format!("log: {e}")))?;
+    }
     let enc = tar.into_inner().map_err(|e| arch(e.to_string()))?;
     enc.finish()
         .map_err(|e| arch(e.to_string()))?
@@ -375,10 +389,11 @@ pub fn export(wd: &WorkloadDir, g: &Generation, out: impl Write) -> Result<(), C
     Ok(())
 }
 
-/// An unpacked import: where its images went and what it says.
+/// An unpacked import: where its images (and log) went and what it says.
 pub struct Imported {
     pub header: ExportHeader,
     pub images: PathBuf,
+    pub log: Option<PathBuf>,
 }
 
 /// Unpacks an export archive into `dest_tmp` (a temp directory) and installs its init copy at
@@ -399,6 +414,7 @@ pub fn import(
     fsutil::mkdir_p(&images, 0o700)?;
     let mut header: Option<ExportHeader> = None;
     let mut init: Option<Vec<u8>> = None;
+    let mut log: Option<PathBuf> = None;
     for entry in tar.entries().map_err(|e| arch(e.to_string()))? {
         let mut entry = entry.map_err(|e| arch(format!("damaged archive: {e}")))?;
         let path = entry
@@ -412,6 +428,11 @@ pub fn import(
             header = Some(
                 serde_json::from_slice(&s).map_err(|e| arch(format!("bad {HEADER_NAME}: {e}")))?,
             );
+        } else if path == "log" {
+            let dst = dest_tmp.join("log");
+            let mut f = fs::File::create(&dst).map_err(|e| FsError::new("create", &dst, e))?;
+            io::copy(&mut entry, &mut f).map_err(|e| FsError::new("write", &dst, e))?;
+            log = Some(dst);
         } else if path == "init/stasis-init" {
             let mut s = Vec::new();
             entry.read_to_end(&mut s).map_err(|e| arch(e.to_string()))?;
@@ -436,7 +457,11 @@ pub fn import(
     }
     let init = init.ok_or_else(|| arch("no init copy in the archive".into()))?;
     crate::initstore::install(&header.manifest.init_path, &init)?;
-    Ok(Imported { header, images })
+    Ok(Imported {
+        header,
+        images,
+        log,
+    })
 }
 
 #[cfg(test)]

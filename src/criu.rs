@@ -43,7 +43,7 @@ impl CriuError {
 }
 
 /// A located, version-checked CRIU.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Criu {
     pub path: PathBuf,
     pub version: String,

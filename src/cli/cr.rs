@@ -196,6 +196,7 @@ pub fn checkpoint(root: &StateRoot, a: CheckpointArgs) -> Result<i32, Failure> {
         file_locks: a.file_locks,
         keep: a.keep,
         reason: "user".into(),
+        criu: None,
     };
     if a.all {
         if a.name.is_some() || a.export.is_some() {
@@ -293,6 +294,7 @@ pub fn restore(root: &StateRoot, a: RestoreArgs) -> Result<i32, Failure> {
         generation: a.generation,
         tcp_established: a.tcp_established,
         file_locks: a.file_locks,
+        criu: None,
     };
     if a.all {
         let names: Vec<String> = api::list(root)

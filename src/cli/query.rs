@@ -399,6 +399,18 @@ pub fn check(root: &StateRoot) -> Result<i32, Failure> {
     match stasis::criu::locate() {
         Ok(c) => {
             line(true, "criu", format!("{} {}", c.path.display(), c.version));
+            // Kernels since 6.16 refuse SO_PASSCRED/SO_PASSSEC on non-unix sockets, and CRIU
+            // before 4.2 asks for them on every socket: TCP sockets cannot be dumped.
+            let old = c
+                .version
+                .split('.')
+                .take(2)
+                .map(|x| x.parse::<u32>().unwrap_or(0))
+                .collect::<Vec<_>>()
+                < vec![4, 2];
+            if old {
+                line(true, "tcp", "CRIU < 4.2 cannot dump TCP sockets on kernels >= 6.16 (scripts/install-criu.sh builds 4.2)".into());
+            }
             match c.check() {
                 Ok(()) => line(true, "criu check", "Looks good".into()),
                 Err(e) => line(false, "criu check", e.to_string()),
