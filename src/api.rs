@@ -107,6 +107,7 @@ pub fn create(root: &StateRoot, mut spec: Spec) -> Result<Created, ApiError> {
                 .collect::<Result<_, _>>()?,
             cgroup_procs: vec![],
             init_path: Default::default(),
+            init_cwd: None,
         };
         cfg.check()?;
     }
@@ -176,6 +177,19 @@ pub fn spawn_monitor(
     wd: &WorkloadDir,
     lock: std::fs::File,
 ) -> Result<OwnedFd, ApiError> {
+    // Forking a multi-threaded process can leave the child stuck on a lock another thread held.
+    let threads = std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(1);
+    if threads != 1 {
+        return Err(ApiError::Monitor {
+            code: CODE_STASIS_ERROR,
+            message: format!(
+                "cannot start a monitor for {} from a multi-threaded process",
+                wd.name
+            ),
+        });
+    }
     let (cli, mon) = proto::seqpacket_pair().map_err(io_err("socketpair"))?;
     // SAFETY: the CLI is single-threaded here; the children only call async-signal-safe
     // setsid/fork before the grandchild becomes the monitor (a fresh single-threaded process).

@@ -102,6 +102,9 @@ pub struct Manifest {
     pub log_offset: u64,
     /// The init copy the dumped init runs from (it must exist at restore).
     pub init_path: PathBuf,
+    /// init's working directory (containers without a rootfs); made again before a restore.
+    #[serde(default)]
+    pub init_cwd: Option<PathBuf>,
     pub leave_running: bool,
     pub tcp_established: bool,
     pub file_locks: bool,
@@ -492,6 +495,7 @@ mod tests {
             }],
             log_offset: 0,
             init_path: init,
+            init_cwd: None,
             leave_running: false,
             tcp_established: false,
             file_locks: false,

@@ -47,6 +47,8 @@ pub struct ContainerConfig {
     pub cgroup_procs: Vec<PathBuf>,
     /// Host path of the init copy.
     pub init_path: PathBuf,
+    /// init's working directory when there is no rootfs (see [`init_cwd`]).
+    pub init_cwd: Option<PathBuf>,
 }
 
 impl ContainerConfig {
@@ -93,6 +95,19 @@ fn errno_text(e: &io::Error) -> String {
     s.find(" (os error")
         .map(|i| s[..i].to_string())
         .unwrap_or(s)
+}
+
+/// init's working directory for a container on the host's filesystem.
+///
+/// CRIU's parasite, run inside init at a dump, finds that /proc belongs to another PID
+/// namespace and mounts a private one at "proc.crtools" relative to init's cwd. With "/" as
+/// every init's cwd, two dumps at once collided there (EEXIST) and CRIU wrote into the host's
+/// root. One directory per workload, under the host-wide init store (a path that exists, or
+/// is made, wherever the checkpoint is restored), keeps them apart.
+pub fn init_cwd(root_key: &str, name: &str) -> PathBuf {
+    crate::initstore::dir()
+        .join("cwd")
+        .join(format!("{root_key}-{name}"))
 }
 
 /// A started container: its init's host pid and pidfd.
@@ -167,6 +182,10 @@ fn child(cfg: &ContainerConfig, ctl: RawFd, init: &CString, argv: &[CString]) ->
     if let Some(r) = &cfg.rootfs {
         if let Err(e) = setup_rootfs(r, &cfg.volumes, &cfg.init_path) {
             return e;
+        }
+    } else if let Some(d) = &cfg.init_cwd {
+        if let Err(e) = std::env::set_current_dir(d) {
+            return format!("chdir {}: {e}", d.display());
         }
     }
     // init's own stdio: /dev/null opened in its final mount namespace (one from another
@@ -384,6 +403,7 @@ mod tests {
             volumes: vec![],
             cgroup_procs: vec![],
             init_path: "/var/lib/stasis/init/stasis-init-ab".into(),
+            init_cwd: None,
         }
     }
 

@@ -911,6 +911,8 @@ impl Monitor {
         if let Err(e) = self.cgroup.remove() {
             diag(&format!("{e}"));
         }
+        // A later restore makes it again from the manifest.
+        let _ = std::fs::remove_dir(crate::container::init_cwd(&self.root.key(), &self.wd.name));
     }
 
     /// `--rm`: the workload's directory goes once it has exited and been reported.

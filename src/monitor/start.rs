@@ -240,6 +240,11 @@ impl Monitor {
             volumes,
             cgroup_procs: self.cgroup.procs_files(),
             init_path,
+            init_cwd: self
+                .spec
+                .rootfs
+                .is_none()
+                .then(|| container::init_cwd(&self.root.key(), &self.wd.name)),
         })
     }
 
@@ -337,6 +342,9 @@ impl Monitor {
         let init_path =
             crate::initstore::ensure().map_err(|e| (CODE_STASIS_ERROR, e.to_string()))?;
         let cfg = self.container_config(init_path)?;
+        if let Some(d) = &cfg.init_cwd {
+            crate::fsutil::mkdir_p(d, 0o700).map_err(|e| (CODE_STASIS_ERROR, e.to_string()))?;
+        }
         self.prepare_cgroup()?;
         let (mut mon_ctl, init_ctl) = crate::proto::seqpacket_pair()
             .map_err(|e| (CODE_STASIS_ERROR, format!("socketpair: {e}")))?;
