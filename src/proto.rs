@@ -60,6 +60,9 @@ pub struct RestoreOpts {
     /// As in [`CheckpointOpts::criu`].
     #[serde(default)]
     pub criu: Option<crate::criu::Criu>,
+    /// Why (recorded in the events): empty for a user's restore, "crash: …" for a policy's.
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// An exec session to start.

@@ -280,6 +280,52 @@ fn export_to(root: &StateRoot, name: &str, gen: Option<u32>, dest: &str) -> Resu
     }
 }
 
+fn restore_in_child(root: &StateRoot, name: &str, opts: &RestoreOpts) -> Result<String, ApiError> {
+    let exe = std::env::current_exe().map_err(|e| ApiError::Io {
+        what: "find own executable".into(),
+        source: e,
+    })?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--root")
+        .arg(&root.root)
+        .args(["restore", "--quiet"]);
+    if let Some(g) = opts.generation {
+        cmd.args(["--generation", &g.to_string()]);
+    }
+    if opts.tcp_established {
+        cmd.arg("--tcp-established");
+    }
+    if opts.file_locks {
+        cmd.arg("--file-locks");
+    }
+    let out = cmd
+        .arg(name)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| ApiError::Io {
+            what: "run stasis restore".into(),
+            source: e,
+        })?;
+    if out.status.success() {
+        let st = stasis::state::observe(&root.workload(name))?;
+        Ok(format!(
+            "restored from generation {} (pid {})",
+            st.state.generation.unwrap_or(0),
+            st.state.init.map(|i| i.pid).unwrap_or(0)
+        ))
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let msg = err.trim().trim_start_matches("stasis: ").to_string();
+        Err(ApiError::Monitor {
+            code: out
+                .status
+                .code()
+                .unwrap_or(stasis::status::CODE_STASIS_ERROR),
+            message: msg,
+        })
+    }
+}
+
 fn describe_restore(r: &Reply) -> String {
     match r {
         Reply::Restored { generation, pid } => {
@@ -295,6 +341,7 @@ pub fn restore(root: &StateRoot, a: RestoreArgs) -> Result<i32, Failure> {
         tcp_established: a.tcp_established,
         file_locks: a.file_locks,
         criu: None,
+        reason: String::new(),
     };
     if a.all {
         let names: Vec<String> = api::list(root)
@@ -305,8 +352,10 @@ pub fn restore(root: &StateRoot, a: RestoreArgs) -> Result<i32, Failure> {
                     .map(|_| n)
             })
             .collect();
+        // Each restore may fork a new monitor, which a multi-threaded process must not do:
+        // run every restore as its own `stasis restore NAME` process.
         let failed = for_all(names, a.parallel, a.quiet, "restored", |n| {
-            api::restore(root, n, opts.clone()).map(|r| describe_restore(&r))
+            restore_in_child(root, n, &opts)
         });
         return summary("restore", failed);
     }

@@ -172,7 +172,7 @@ impl Monitor {
             tcp_established: opts.tcp_established,
             file_locks: opts.file_locks,
         };
-        let log_offset = self.log.borrow().as_ref().map(|l| l.offset()).unwrap_or(0);
+        let stdin_open = self.stdin_tx.borrow().is_some() && !self.spec.tty;
         let init_path = match crate::initstore::ensure() {
             Ok(p) => p,
             Err(e) => {
@@ -191,6 +191,13 @@ impl Monitor {
             return self.checkpoint_failed(gen, Some(&tmp), why, no_space);
         }
         let dump_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        // Where the log stood at the dump: once the stopped job's pipes are drained, exactly;
+        // for a job left running, right after CRIU (the pumps kept reading while it was frozen,
+        // so everything written before the freeze is in, and little after the thaw).
+        if !opts.leave_running {
+            self.stopped_by_dump().await;
+        }
+        let log_offset = self.log.borrow().as_ref().map(|l| l.offset()).unwrap_or(0);
         let times = criu::read_dump_times(&tmp.join("stats-dump"));
         let files = match checkpoint::file_entries(&tmp) {
             Ok(f) => f,
@@ -214,11 +221,16 @@ impl Monitor {
             externals,
             log_offset,
             init_path,
+            init_cwd: self
+                .spec
+                .rootfs
+                .is_none()
+                .then(|| crate::container::init_cwd(&self.root.key(), &self.wd.name)),
             leave_running: opts.leave_running,
             tcp_established: opts.tcp_established,
             file_locks: opts.file_locks,
             sessions,
-            stdin_open: self.stdin_tx.borrow().is_some() && !self.spec.tty,
+            stdin_open,
             winsize: self.winsize,
             files,
             stats: stats.clone(),
@@ -241,7 +253,6 @@ impl Monitor {
             stats.frozen_ms
         ));
         if !opts.leave_running {
-            self.stopped_by_dump().await;
             self.st.status = Status::Checkpointed;
             self.st.init = None;
             self.notice(&format!(
@@ -392,6 +403,9 @@ impl Monitor {
     ) -> Result<Reply, Reply> {
         let criu = self.criu(opts.criu.as_ref())?;
         self.prepare_cgroup().map_err(|(c, m)| err_reply(c, m))?;
+        if let Some(d) = &manifest.init_cwd {
+            fsutil::mkdir_p(d, 0o700).map_err(|e| err_reply(CODE_STASIS_ERROR, e.to_string()))?;
+        }
         let mut fresh = self.fresh_fds(&manifest).map_err(|e| {
             err_reply(
                 CODE_STASIS_ERROR,
@@ -530,7 +544,12 @@ impl Monitor {
         }
         self.st.note = None;
         self.save();
-        self.event(HistEvent::new("restore", "").generation(number));
+        let reason = if opts.reason.is_empty() {
+            "user".to_string()
+        } else {
+            opts.reason.clone()
+        };
+        self.event(HistEvent::new("restore", reason).generation(number));
         self.policy_started();
         diag(&format!(
             "restored generation {number} in {restore_ms:.1} ms: init pid {pid}"

@@ -185,18 +185,14 @@ impl Monitor {
                     .restore(
                         RestoreOpts {
                             generation: Some(g),
+                            reason: reason.clone(),
                             ..Default::default()
                         },
                         None,
                     )
                     .await
                 {
-                    Ok(_) => {
-                        self.event(
-                            HistEvent::new("restored-after-crash", reason.clone()).generation(g),
-                        );
-                        return;
-                    }
+                    Ok(_) => return,
                     Err(Reply::Error { message, .. }) => diag(&format!(
                         "restore of generation {g} after a crash failed: {message}"
                     )),
