@@ -1017,6 +1017,17 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_examples_parse_and_validate() {
+        for (name, text) in [
+            ("config/job.yaml", include_str!("../config/job.yaml")),
+            ("config/train.yaml", include_str!("../config/train.yaml")),
+        ] {
+            let s = Spec::from_yaml(text, name).unwrap_or_else(|e| panic!("{e}"));
+            s.validate().unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
     fn spec_round_trips_through_json() {
         let s =
             parse("command: [a]\ncheckpoint: {every: 1s}\non_exit: {policy: restart}\n").unwrap();

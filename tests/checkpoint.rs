@@ -542,3 +542,38 @@ fn checkpoint_of_something_not_running_is_an_error() {
     assert_eq!(code(&o), 125);
     assert!(stderr(&o).contains("no checkpoint"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_rootfs_container_with_a_volume_round_trips() {
+    let env = setup();
+    let rootfs = busybox_rootfs(env.root());
+    let vol = env.root().join("vol");
+    std::fs::create_dir_all(&vol).expect("vol");
+    std::fs::write(vol.join("f"), "host\n").expect("write");
+    let v = format!("{}:/data", vol.display());
+    let script = "i=0; while :; do echo $i; i=$((i+1)); cat /data/f >/dev/null; sleep 0.05; done";
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "rf",
+        "--rootfs",
+        rootfs.to_str().expect("p"),
+        "-v",
+        &v,
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+    ]);
+    wait_counter(&env, "rf", 3);
+    for _ in 0..2 {
+        env.ok(&["checkpoint", "rf"]);
+        env.ok(&["restore", "rf"]);
+        let n = counter_values(&env.logs("rf")).len();
+        wait_counter(&env, "rf", n + 3);
+    }
+    assert_counter_continuous(&counter_values(&env.logs("rf")));
+    let o = env.run(&["exec", "rf", "--", "cat", "/data/f"]);
+    assert_eq!(stdout(&o), "host\n", "{}", stderr(&o));
+}

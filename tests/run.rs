@@ -722,19 +722,7 @@ fn a_tty_workload_sees_a_terminal() {
 #[test]
 fn rootfs_with_volumes() {
     let env = Env::new();
-    let rootfs = env.root().join("rootfs");
-    for d in ["bin", "etc", "data"] {
-        std::fs::create_dir_all(rootfs.join(d)).expect("mkdir");
-    }
-    let bb = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("busybox is needed (apt-get install busybox-static)");
-    std::fs::copy(bb, rootfs.join("bin/busybox")).expect("copy busybox");
-    for app in ["sh", "ls", "cat", "echo", "hostname", "ps", "touch"] {
-        let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(app));
-    }
-    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
+    let rootfs = busybox_rootfs(env.root());
     let vol = env.root().join("vol");
     std::fs::create_dir_all(&vol).expect("vol");
     std::fs::write(vol.join("hello"), "from the host\n").expect("hello");

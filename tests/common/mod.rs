@@ -265,3 +265,23 @@ pub fn assert_counter_continuous(vals: &[u64]) {
 
 /// A shell counter printing an increasing number every 50 ms.
 pub const COUNTER: &str = "i=0; while :; do echo $i; i=$((i+1)); sleep 0.05; done";
+
+/// A minimal busybox rootfs under `dir` (needs busybox-static, which install-deps.sh installs).
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    for d in ["bin", "etc", "data", "proc", "dev", "tmp", "sys"] {
+        std::fs::create_dir_all(rootfs.join(d)).expect("mkdir");
+    }
+    let bb = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox is needed (apt-get install busybox-static)");
+    std::fs::copy(bb, rootfs.join("bin/busybox")).expect("copy busybox");
+    for app in [
+        "sh", "ls", "cat", "echo", "hostname", "ps", "touch", "sleep", "wc",
+    ] {
+        let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(app));
+    }
+    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
+    rootfs
+}
