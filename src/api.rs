@@ -81,6 +81,9 @@ pub fn generate_name(root: &StateRoot) -> String {
 pub struct Created {
     pub wd: WorkloadDir,
     pub lock: std::fs::File,
+    /// What was written, for the monitor to start from.
+    pub spec: Spec,
+    pub state: WorkloadState,
 }
 
 /// Records a new workload: validates the spec, checks the host-side paths it names, claims
@@ -126,17 +129,24 @@ pub fn create(root: &StateRoot, mut spec: Spec) -> Result<Created, ApiError> {
     }
     let wd = root.workload(&name);
     wd.create()?;
+    let state = WorkloadState::new(&name);
     let res = (|| -> Result<std::fs::File, ApiError> {
         let lock = wd.lock_for_monitor()?.ok_or_else(|| ApiError::Monitor {
             code: CODE_STASIS_ERROR,
             message: format!("{name} is locked by another process"),
         })?;
-        crate::fsutil::write_json_atomic(&wd.spec_path(), &spec)?;
-        wd.save(&WorkloadState::new(&name))?;
+        // spec.json and state.json are written by the monitor, while the container's init
+        // starts: their fsyncs stay off the start's critical path. Until then readers see a
+        // workload being created (see state::observe).
         Ok(lock)
     })();
     match res {
-        Ok(lock) => Ok(Created { wd, lock }),
+        Ok(lock) => Ok(Created {
+            wd,
+            lock,
+            spec,
+            state,
+        }),
         Err(e) => {
             let _ = std::fs::remove_dir_all(&wd.dir);
             Err(e)
@@ -176,6 +186,7 @@ pub fn spawn_monitor(
     root: &StateRoot,
     wd: &WorkloadDir,
     lock: std::fs::File,
+    preloaded: Option<(Spec, WorkloadState)>,
 ) -> Result<OwnedFd, ApiError> {
     // Forking a multi-threaded process can leave the child stuck on a lock another thread held.
     let threads = std::fs::read_dir("/proc/self/task")
@@ -193,25 +204,24 @@ pub fn spawn_monitor(
     let (cli, mon) = proto::seqpacket_pair().map_err(io_err("socketpair"))?;
     // SAFETY: the CLI is single-threaded here; the children only call async-signal-safe
     // setsid/fork before the grandchild becomes the monitor (a fresh single-threaded process).
+    // One fork, then setsid: the monitor leaves the caller's session and terminal. The
+    // caller does not wait for it; when the caller exits first, init (or the nearest
+    // subreaper) adopts and later reaps it.
     match unsafe { sys::fork() }.map_err(io_err("fork"))? {
         None => {
             drop(cli);
             let _ = nix::unistd::setsid();
-            // SAFETY: as above.
-            match unsafe { sys::fork() } {
-                Ok(None) => crate::monitor::run(crate::monitor::Launch {
-                    root: root.clone(),
-                    name: wd.name.clone(),
-                    lock,
-                    first: mon,
-                }),
-                _ => sys::exit_now(0),
-            }
+            crate::monitor::run(crate::monitor::Launch {
+                root: root.clone(),
+                name: wd.name.clone(),
+                lock,
+                first: mon,
+                preloaded,
+            })
         }
-        Some(child) => {
+        Some(_) => {
             drop(mon);
             drop(lock);
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None);
             Ok(cli)
         }
     }
@@ -514,7 +524,7 @@ pub fn restore(root: &StateRoot, name: &str, mut opts: RestoreOpts) -> Result<Re
     let g = checkpoint::pick(&wd, opts.generation)?;
     g.verify(name)?;
     let lock = lock_existing(&wd)?;
-    let conn = spawn_monitor(root, &wd, lock)?;
+    let conn = spawn_monitor(root, &wd, lock, None)?;
     proto::send(
         conn.as_fd(),
         &Request::StartRestore {

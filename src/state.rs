@@ -390,23 +390,28 @@ pub fn observe(wd: &WorkloadDir) -> Result<Observed, StateError> {
     if !wd.exists() {
         return Err(StateError::NotFound(wd.name.clone()));
     }
+    // A new workload has no state.json until its monitor writes the first one.
+    let load = || match wd.load() {
+        Err(StateError::NotFound(_)) if wd.exists() => Ok(WorkloadState::new(&wd.name)),
+        other => other,
+    };
     if wd.monitor_alive() {
         return Ok(Observed {
-            state: wd.load()?,
+            state: load()?,
             monitor_alive: true,
         });
     }
     // No monitor: reconcile under the exclusive lock. If someone else holds it right now (a
     // monitor starting, another reader reconciling), report what the file says.
     let Some(_lock) = wd.try_lock()? else {
-        let st = wd.load()?;
+        let st = load()?;
         let alive = wd.monitor_alive();
         return Ok(Observed {
             state: st,
             monitor_alive: alive,
         });
     };
-    let mut st = wd.load()?;
+    let mut st = load()?;
     let changed = reconcile_dead_monitor(&mut st);
     if changed {
         wd.save(&st)?;

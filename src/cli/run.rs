@@ -170,8 +170,13 @@ pub fn run(root: &StateRoot, a: RunArgs) -> Result<i32, Failure> {
     .map_err(usage)?;
     let tty = spec.tty;
     let stdin = spec.stdin;
-    let api::Created { wd, lock } = api::create(root, spec)?;
-    let conn = api::spawn_monitor(root, &wd, lock)?;
+    let api::Created {
+        wd,
+        lock,
+        spec,
+        state,
+    } = api::create(root, spec)?;
+    let conn = api::spawn_monitor(root, &wd, lock, Some((spec, state)))?;
     let term = std::env::var("TERM").ok();
     if a.detach {
         proto::send(

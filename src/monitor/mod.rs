@@ -43,6 +43,8 @@ pub struct Launch {
     pub lock: File,
     /// The CLI's connection; its first request says start or restore.
     pub first: OwnedFd,
+    /// The spec and state the CLI just wrote, when it has them (saves reading them back).
+    pub preloaded: Option<(Spec, WorkloadState)>,
 }
 
 thread_local! {
@@ -197,25 +199,33 @@ pub(crate) struct Monitor {
     pub policy: policy::PolicyState,
     /// Bytes the workload had not read from its stdin at the last dump.
     pub stdin_carry: Vec<u8>,
+    /// spec.json exists (a new workload's is written by its monitor, off the CLI's path).
+    pub spec_on_disk: bool,
 }
 
 async fn main(l: Launch) -> i32 {
     let wd = l.root.workload(&l.name);
-    let spec: Spec = match std::fs::read(wd.spec_path())
-        .ok()
-        .and_then(|d| serde_json::from_slice(&d).ok())
-    {
-        Some(s) => s,
+    let spec_on_disk = l.preloaded.is_none();
+    let (spec, st) = match l.preloaded {
+        Some(p) => p,
         None => {
-            diag("cannot read spec.json");
-            return CODE_STASIS_ERROR;
-        }
-    };
-    let st = match wd.load() {
-        Ok(s) => s,
-        Err(e) => {
-            diag(&format!("{e}"));
-            return CODE_STASIS_ERROR;
+            let spec: Spec = match std::fs::read(wd.spec_path())
+                .ok()
+                .and_then(|d| serde_json::from_slice(&d).ok())
+            {
+                Some(s) => s,
+                None => {
+                    diag("cannot read spec.json");
+                    return CODE_STASIS_ERROR;
+                }
+            };
+            match wd.load() {
+                Ok(st) => (spec, st),
+                Err(e) => {
+                    diag(&format!("{e}"));
+                    return CODE_STASIS_ERROR;
+                }
+            }
         }
     };
     let log = match LogWriter::open(&wd.log_path()) {
@@ -270,10 +280,11 @@ async fn main(l: Launch) -> i32 {
         winsize: None,
         policy: policy::PolicyState::default(),
         stdin_carry: Vec::new(),
+        spec_on_disk,
     };
+    // Recorded with the next state change (the start or restore that follows at once).
     m.st.monitor = ProcRef::of(std::process::id() as i32);
     m.st.note = None;
-    m.save();
     crate::checkpoint::clean_temps(&m.wd);
     match Fd::new(l.first) {
         Ok(f) => {
@@ -603,6 +614,7 @@ impl Monitor {
             }
             Err((code, message)) => {
                 diag(&format!("start failed: {message}"));
+                self.persist_spec();
                 self.st.error = Some(message.clone());
                 // Clients attached to a workload that never ran get its code now.
                 self.record_exit(ExitInfo {

@@ -307,6 +307,17 @@ impl Monitor {
         proc: &ProcSpec,
         fds: &[OwnedFd],
     ) -> Result<i32, (i32, String)> {
+        let rx = self.request_spawn(id, proc, fds).await?;
+        await_spawn(rx).await
+    }
+
+    /// Sends init a spawn request; the receiver resolves with its answer.
+    pub(crate) async fn request_spawn(
+        &mut self,
+        id: &str,
+        proc: &ProcSpec,
+        fds: &[OwnedFd],
+    ) -> Result<SpawnAnswer, (i32, String)> {
         let live = self.live.as_ref().ok_or((
             CODE_STASIS_ERROR,
             format!("{} is not running", self.wd.name),
@@ -325,6 +336,16 @@ impl Monitor {
                 format!("talk to the container's init: {e}"),
             ));
         }
+        Ok(rx)
+    }
+}
+
+/// init's answer to a spawn request: the pid, or (code, reason).
+pub(crate) type SpawnAnswer = oneshot::Receiver<Result<i32, (i32, String)>>;
+
+/// Waits for init's answer to a spawn request.
+pub(crate) async fn await_spawn(rx: SpawnAnswer) -> Result<i32, (i32, String)> {
+    {
         match tokio::time::timeout(Duration::from_secs(30), rx).await {
             Ok(Ok(r)) => r,
             Ok(Err(_)) => Err((CODE_STASIS_ERROR, "the container's init went away".into())),
@@ -334,6 +355,39 @@ impl Monitor {
             )),
         }
     }
+}
+
+impl Monitor {
+    /// Writes spec.json if the CLI left it to the monitor (see `api::create`).
+    pub(crate) fn persist_spec(&mut self) {
+        if !self.spec_on_disk {
+            match crate::fsutil::write_json_atomic(&self.wd.spec_path(), &self.spec) {
+                Ok(()) => self.spec_on_disk = true,
+                Err(e) => diag(&format!("write spec: {e}")),
+            }
+        }
+    }
+
+    /// Writes spec.json (if not on disk yet) and state.json together.
+    fn persist_spec_and_state(&mut self) {
+        if self.spec_on_disk {
+            self.save();
+            return;
+        }
+        let spec = crate::fsutil::to_json(&self.wd.spec_path(), &self.spec);
+        let state = crate::fsutil::to_json(&self.wd.state_path(), &self.st);
+        let r = match (spec, state) {
+            (Ok(a), Ok(b)) => crate::fsutil::write_atomic_many(&[
+                (&self.wd.spec_path(), a),
+                (&self.wd.state_path(), b),
+            ]),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        match r {
+            Ok(()) => self.spec_on_disk = true,
+            Err(e) => diag(&format!("write spec and state: {e}")),
+        }
+    }
 
     /// Starts the container and the workload in it. Returns init's host pid.
     pub(crate) async fn launch(&mut self) -> Result<i32, (i32, String)> {
@@ -341,11 +395,12 @@ impl Monitor {
             .map_err(|e| (CODE_STASIS_ERROR, e.to_string()))?;
         let init_path =
             crate::initstore::ensure().map_err(|e| (CODE_STASIS_ERROR, e.to_string()))?;
+        // The cgroup first: the config lists the cgroup.procs files init joins.
+        self.prepare_cgroup()?;
         let cfg = self.container_config(init_path)?;
         if let Some(d) = &cfg.init_cwd {
             crate::fsutil::mkdir_p(d, 0o700).map_err(|e| (CODE_STASIS_ERROR, e.to_string()))?;
         }
-        self.prepare_cgroup()?;
         let (mut mon_ctl, init_ctl) = crate::proto::seqpacket_pair()
             .map_err(|e| (CODE_STASIS_ERROR, format!("socketpair: {e}")))?;
         let (mut stdio, child) = make_stdio(self.spec.tty, None, self.winsize)
@@ -371,9 +426,22 @@ impl Monitor {
         let fds = child
             .stdio_fds()
             .map_err(|e| (CODE_STASIS_ERROR, format!("stdio: {e}")))?;
-        let spawned = self
-            .spawn_in_container(crate::init::MAIN_ID, &proc, &fds)
-            .await;
+        let asked = self.request_spawn(crate::init::MAIN_ID, &proc, &fds).await;
+        // While init forks and execs the workload on the other core, make the start durable.
+        if asked.is_ok() {
+            self.st.status = Status::Running;
+            self.st.started_at = Some(now_ms());
+            self.st.init = self.live.as_ref().map(|l| l.init);
+            self.st.exit = None;
+            self.st.error = None;
+            self.persist_spec_and_state();
+        } else {
+            self.persist_spec();
+        }
+        let spawned = match asked {
+            Ok(rx) => await_spawn(rx).await,
+            Err(e) => Err(e),
+        };
         drop(fds);
         drop(child);
         if let Err(e) = spawned {
@@ -392,12 +460,6 @@ impl Monitor {
         );
         self.stdio = Some(stdio);
         let pid = self.live.as_ref().map(|l| l.init.pid).unwrap_or(0);
-        self.st.status = Status::Running;
-        self.st.started_at = Some(now_ms());
-        self.st.init = self.live.as_ref().map(|l| l.init);
-        self.st.exit = None;
-        self.st.error = None;
-        self.save();
         self.policy_started();
         diag(&format!("started: init pid {pid}"));
         Ok(pid)
