@@ -240,12 +240,11 @@ pub fn send<T: Serialize>(sock: BorrowedFd<'_>, msg: &T, fds: &[RawFd]) -> io::R
 
 /// Receives a message (blocking); `None` at end of stream.
 pub fn recv<T: DeserializeOwned>(sock: BorrowedFd<'_>) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
-    let mut buf = vec![0u8; MAX_MSG];
-    let (n, fds) = crate::sys::recv_with_fds(sock, &mut buf, false)?;
-    if n == 0 && fds.is_empty() {
+    let (buf, fds) = crate::sys::recv_datagram(sock, false, MAX_MSG)?;
+    if buf.is_empty() && fds.is_empty() {
         return Ok(None);
     }
-    Ok(Some((decode(&buf[..n])?, fds)))
+    Ok(Some((decode(&buf)?, fds)))
 }
 
 /// A connected pair of seqpacket sockets (both CLOEXEC).

@@ -695,6 +695,38 @@ pub fn fd_inode(pid: i32, fd: i32) -> Option<u64> {
     s.get(start..end)?.parse().ok()
 }
 
+/// Receives one whole datagram (a seqpacket message) and its fds, in a buffer of exactly its
+/// size: the length is peeked first, so a reader waiting for messages holds no big buffer.
+/// An empty result with no fds is end of stream.
+pub fn recv_datagram(
+    sock: BorrowedFd<'_>,
+    nonblock: bool,
+    max: usize,
+) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    let flags = libc::MSG_PEEK | libc::MSG_TRUNC | if nonblock { libc::MSG_DONTWAIT } else { 0 };
+    let len = loop {
+        // SAFETY: a zero-length receive into no buffer; MSG_TRUNC makes it return the real size.
+        let r = unsafe { libc::recv(sock.as_raw_fd(), std::ptr::null_mut(), 0, flags) };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    if len > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message of {len} bytes is over {max}"),
+        ));
+    }
+    let mut buf = vec![0u8; len.max(1)];
+    let (n, fds) = recv_with_fds(sock, &mut buf, nonblock)?;
+    buf.truncate(n);
+    Ok((buf, fds))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -116,12 +116,11 @@ impl Fd {
 
     /// Receives a message (with fds) from a seqpacket socket; `None` at end of stream.
     pub async fn recv_msg<T: DeserializeOwned>(&self) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
-        let mut buf = vec![0u8; proto::MAX_MSG];
         loop {
             let mut g = self.inner.readable().await?;
-            match g.try_io(|i| sys::recv_with_fds(i.get_ref().as_fd(), &mut buf, true)) {
-                Ok(Ok((0, fds))) if fds.is_empty() => return Ok(None),
-                Ok(Ok((n, fds))) => return Ok(Some((proto::decode(&buf[..n])?, fds))),
+            match g.try_io(|i| sys::recv_datagram(i.get_ref().as_fd(), true, proto::MAX_MSG)) {
+                Ok(Ok((buf, fds))) if buf.is_empty() && fds.is_empty() => return Ok(None),
+                Ok(Ok((buf, fds))) => return Ok(Some((proto::decode(&buf)?, fds))),
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => return Ok(None),
                 Ok(Err(e)) => return Err(e),
                 Err(_) => continue,
@@ -183,7 +182,8 @@ pub async fn pump_output(
     sinks: Sinks,
     finish: Rc<Finish>,
 ) -> u64 {
-    let mut buf = vec![0u8; 128 * 1024];
+    // 32 KiB: output mostly comes in small writes, and every monitor holds two of these.
+    let mut buf = vec![0u8; 32 * 1024];
     let mut total: u64 = 0;
     let mut pending_at_exit: Option<u64> = None; // total + bytes in the pipe at exit
     let mut deadline_passed = false;
