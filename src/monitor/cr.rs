@@ -142,6 +142,14 @@ impl Monitor {
         if let Some(s) = &self.stdio {
             externals.extend(s.exts.iter().cloned());
         }
+        // A restore by a new monitor finds sessions through their records.
+        let ids: Vec<String> = self.sessions.keys().cloned().collect();
+        for id in ids {
+            self.session_persist(&id);
+        }
+        let Some(live) = self.live.as_ref() else {
+            return err_reply(CODE_STASIS_ERROR, "not running");
+        };
         let mut sessions = Vec::new();
         for (id, s) in &self.sessions {
             if let Some(stdio) = &s.stdio {

@@ -217,7 +217,8 @@ impl Monitor {
             finished_at: None,
             error: None,
         };
-        let _ = exec::save(&self.wd, &rec);
+        // No record yet: a session that never runs leaves none. The first is written once it
+        // runs (see below).
         let (mut stdio, ends) = match make_stdio(req.tty, Some(&id), req.attach.winsize) {
             Ok(x) => x,
             Err(e) => {
@@ -259,7 +260,19 @@ impl Monitor {
         };
         rec.pid = Some(pid);
         rec.status = SessionStatus::Running;
-        let _ = exec::save(&self.wd, &rec);
+        if req.detach {
+            // `exec -d` prints the id next: the record must be there for `exec --list`.
+            let _ = exec::save(&self.wd, &rec);
+        } else {
+            // An attached client is told how it ends; a short session then writes only its
+            // final record, one fsync instead of two on its path.
+            let tx = self.tx.clone();
+            let sid = id.clone();
+            tokio::task::spawn_local(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = tx.send(Event::SessionPersist { id: sid });
+            });
+        }
         let mut s = Session::new(rec, &self.wd);
         let target = if req.tty || req.stdin {
             stdio.stdin.take()
@@ -429,6 +442,17 @@ impl Monitor {
             }
             let _ = tx.send(Event::SessionDrained { id });
         });
+    }
+
+    /// Writes the record of a session that is still running.
+    pub(crate) fn session_persist(&mut self, id: &str) {
+        if let Some(s) = self.sessions.get(id) {
+            if s.rec.status == SessionStatus::Running {
+                if let Err(e) = exec::save(&self.wd, &s.rec) {
+                    diag(&format!("session {id}: {e}"));
+                }
+            }
+        }
     }
 
     /// A session's output is all delivered: record its exit and tell its clients.

@@ -125,6 +125,10 @@ pub(crate) enum Event {
     SessionDrained {
         id: String,
     },
+    /// Time to write a running session's record.
+    SessionPersist {
+        id: String,
+    },
     /// A restart or restore the exit policy scheduled is due.
     PolicyDue,
 }
@@ -461,6 +465,7 @@ impl Monitor {
                 }
             }
             Event::SessionDrained { id } => self.session_drained(&id).await,
+            Event::SessionPersist { id } => self.session_persist(&id),
             Event::PolicyDue => self.policy_due().await,
         }
     }
