@@ -484,10 +484,8 @@ pub fn rm(root: &StateRoot, name: &str, force: bool) -> Result<(), ApiError> {
 /// Takes a checkpoint.
 /// Finds CRIU in the caller's environment and checks it (once per boot).
 pub fn locate_criu(root: &StateRoot) -> Result<crate::criu::Criu, ApiError> {
-    let c = crate::criu::locate()?;
     root.ensure()?;
-    c.check_cached(&root.runtime)?;
-    Ok(c)
+    Ok(crate::criu::locate_checked(&root.runtime)?)
 }
 
 pub fn checkpoint(

@@ -63,8 +63,14 @@ pub fn parse_version(out: &str) -> Option<(String, u32)> {
 /// Finds CRIU: `STASIS_CRIU`, else `criu` on PATH (plus the sbin directories, which a
 /// non-login root shell may lack), and checks its version.
 pub fn locate() -> Result<Criu, CriuError> {
-    let path = match std::env::var_os("STASIS_CRIU").filter(|v| !v.is_empty()) {
-        Some(p) => PathBuf::from(p),
+    let path = find_binary()?;
+    version_of(path)
+}
+
+/// The path `locate` would check.
+fn find_binary() -> Result<PathBuf, CriuError> {
+    match std::env::var_os("STASIS_CRIU").filter(|v| !v.is_empty()) {
+        Some(p) => Ok(PathBuf::from(p)),
         None => {
             let path_var = std::env::var_os("PATH").unwrap_or_default();
             let mut search = std::env::split_paths(&path_var).collect::<Vec<_>>();
@@ -74,9 +80,13 @@ pub fn locate() -> Result<Criu, CriuError> {
                 }
             }
             let joined = std::env::join_paths(search).unwrap_or_default();
-            which::which_in("criu", Some(joined), "/").map_err(|_| CriuError::NotFound)?
+            which::which_in("criu", Some(joined), "/").map_err(|_| CriuError::NotFound)
         }
-    };
+    }
+}
+
+/// Asks `path --version` and checks it.
+fn version_of(path: PathBuf) -> Result<Criu, CriuError> {
     let out = Command::new(&path)
         .arg("--version")
         .output()
@@ -101,12 +111,59 @@ pub fn locate() -> Result<Criu, CriuError> {
     Ok(Criu { path, version })
 }
 
-#[derive(Serialize, Deserialize, PartialEq)]
+/// Finds CRIU and checks it, running `criu --version` and `criu check` only when this binary
+/// (path, size, mtime) has not passed them since boot: the answer is cached in `cache_dir`.
+pub fn locate_checked(cache_dir: &Path) -> Result<Criu, CriuError> {
+    use std::os::unix::fs::MetadataExt;
+    let path = find_binary()?;
+    let meta = fs::metadata(&path).map_err(|source| {
+        if source.kind() == io::ErrorKind::NotFound {
+            CriuError::NotFound
+        } else {
+            CriuError::Exec {
+                path: path.clone(),
+                source,
+            }
+        }
+    })?;
+    let mut key = CheckCache {
+        boot_id: boot_id(),
+        path: path.clone(),
+        size: meta.size(),
+        mtime: meta.mtime(),
+        version: String::new(),
+    };
+    let cache = cache_dir.join("criu-check.json");
+    if let Some(hit) = fs::read(&cache)
+        .ok()
+        .and_then(|d| serde_json::from_slice::<CheckCache>(&d).ok())
+    {
+        if (CheckCache {
+            version: String::new(),
+            ..hit.clone()
+        }) == key
+        {
+            return Ok(Criu {
+                path,
+                version: hit.version,
+            });
+        }
+    }
+    let c = version_of(path)?;
+    c.check()?;
+    key.version = c.version.clone();
+    let _ = crate::fsutil::write_json_atomic(&cache, &key);
+    Ok(c)
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 struct CheckCache {
     boot_id: String,
     path: PathBuf,
     size: u64,
     mtime: i64,
+    #[serde(default)]
+    version: String,
 }
 
 fn boot_id() -> String {
@@ -120,26 +177,13 @@ impl Criu {
     /// Runs `criu check` unless it already passed for this binary since boot (the result is
     /// cached in `cache_dir`).
     pub fn check_cached(&self, cache_dir: &Path) -> Result<(), CriuError> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = fs::metadata(&self.path).map_err(|source| CriuError::Exec {
-            path: self.path.clone(),
-            source,
-        })?;
-        let key = CheckCache {
-            boot_id: boot_id(),
-            path: self.path.clone(),
-            size: meta.size(),
-            mtime: meta.mtime(),
-        };
-        let cache = cache_dir.join("criu-check.json");
-        if let Ok(data) = fs::read(&cache) {
-            if serde_json::from_slice::<CheckCache>(&data).ok().as_ref() == Some(&key) {
-                return Ok(());
-            }
+        // Same cache as locate_checked, for a CRIU located some other way.
+        let c = locate_checked(cache_dir)?;
+        if c.path == self.path {
+            Ok(())
+        } else {
+            self.check()
         }
-        self.check()?;
-        let _ = crate::fsutil::write_json_atomic(&cache, &key);
-        Ok(())
     }
 
     /// Runs `criu check`.
