@@ -44,7 +44,7 @@ pub enum CheckpointError {
 
 /// What a fd crossing the container's edge is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "role")]
+#[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Role {
     Stdin,
     Stdout,
@@ -63,7 +63,6 @@ pub enum Role {
 /// One external fd of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct External {
-    #[serde(flatten)]
     pub role: Role,
     pub id: ExtId,
 }
@@ -513,6 +512,25 @@ mod tests {
         fs::write(tmp.join("pages-1.img"), vec![1u8; 8192]).unwrap();
         let files = file_entries(&tmp).unwrap();
         commit(wd, &tmp, &manifest(n, files, init.to_path_buf())).unwrap()
+    }
+
+    #[test]
+    fn manifests_with_sessions_round_trip() {
+        let (d, _wd) = setup();
+        let mut m = manifest(1, vec![], d.path().join("init"));
+        m.externals.push(External {
+            role: Role::Session {
+                id: "abc".into(),
+                stream: "stdout".into(),
+            },
+            id: ExtId::Pipe { ino: 9 },
+        });
+        m.externals.push(External {
+            role: Role::Control,
+            id: ExtId::Unix { ino: 3 },
+        });
+        let j = serde_json::to_vec(&m).unwrap();
+        assert_eq!(serde_json::from_slice::<Manifest>(&j).unwrap(), m);
     }
 
     #[test]
