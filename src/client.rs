@@ -307,6 +307,11 @@ pub fn attach(
         });
     }
     let mut got_first = false;
+    // The session signals and resizes are for: given, or learnt from `ExecStarted`.
+    let mut session = o.session.clone();
+    // Until an exec's session exists, its signals wait here (they are not the workload's).
+    let starting_exec = matches!(first, Request::Exec { .. });
+    let mut held: Vec<Request> = Vec::new();
     let finish = |out_t: JoinHandle<()>, err_t: Option<JoinHandle<()>>| {
         let _ = out_t.join();
         if let Some(t) = err_t {
@@ -342,16 +347,20 @@ pub fn attach(
                         Ok((rows, cols)) => Request::Resize {
                             rows,
                             cols,
-                            session: o.session.clone(),
+                            session: session.clone(),
                         },
                         Err(_) => continue,
                     }
                 } else {
                     Request::Signal {
                         sig,
-                        session: o.session.clone(),
+                        session: session.clone(),
                     }
                 };
+                if starting_exec && session.is_none() {
+                    held.push(req);
+                    continue;
+                }
                 let _ = proto::send(conn.as_fd(), &req, &[]);
             }
         }
@@ -378,6 +387,19 @@ pub fn attach(
                     other => {
                         if !got_first {
                             got_first = true;
+                            if let Reply::ExecStarted { id } = &other {
+                                session = Some(id.clone());
+                                for mut req in held.drain(..) {
+                                    match &mut req {
+                                        Request::Signal { session: s, .. }
+                                        | Request::Resize { session: s, .. } => {
+                                            *s = session.clone()
+                                        }
+                                        _ => {}
+                                    }
+                                    let _ = proto::send(conn.as_fd(), &req, &[]);
+                                }
+                            }
                             first_reply(&other);
                         }
                     }
