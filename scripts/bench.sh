@@ -1,0 +1,294 @@
+#!/usr/bin/env bash
+# bench.sh - stasis's benchmarks, side by side with its peers, in one run.
+#
+# Sections (BENCH="start mem exec cr policy peers" by default):
+#   start   `stasis run --rm true` vs `runc run` of the same command vs `unshare --fork --pid true`
+#   mem     RSS and PSS of a monitor, with 10 workloads running (conmon's comes from peers)
+#   exec    `stasis exec NAME true` vs `nsenter -a` vs `runc exec`; `exec dd 1 GiB | wc -c`
+#           vs a raw pipe and vs runc exec
+#   cr      checkpoint and restore of 1/64/512 MiB jobs on ext4 and tmpfs, frozen time
+#           (the raw CRIU and runc figures come from the peers section, same jobs)
+#   policy  restore-on-crash latency (1 and 64 MiB), checkpoint --all on 10 and 50 jobs vs one
+#           after another, a 64 MiB job's throughput under checkpoints every second
+#   peers   ../shared/bench/peers.sh: runc, crun, podman and raw CRIU on this machine
+# Knobs: RUNS (hyperfine runs, 40), CR_RUNS (10), SIZES ("1 64 512"), POLICY_SECS (60),
+#        HF_RUNS for peers (30). Quick check: RUNS=10 CR_RUNS=3 SIZES="1 64" POLICY_SECS=10.
+# Every workload lives under this run's own temp state roots, removed on exit (also on
+# error or Ctrl-C); runc containers are named stbench<PID>-* and deleted by name.
+set -u
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "bench.sh: run as root" >&2; exit 1; }
+export LC_ALL=C PATH="/usr/local/sbin:/usr/local/bin:$PATH"
+BENCH=${BENCH:-"start mem exec cr policy peers"}
+RUNS=${RUNS:-40}
+CR_RUNS=${CR_RUNS:-10}
+SIZES=${SIZES:-"1 64 512"}
+POLICY_SECS=${POLICY_SECS:-60}
+PEERS=../shared/bench/peers.sh
+
+need=()
+for c in hyperfine:hyperfine jq:jq runc:runc busybox:busybox-static cc:gcc nsenter:util-linux; do
+  command -v "${c%%:*}" >/dev/null 2>&1 || need+=("${c#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get install -y -qq "${need[@]}" >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1; apt-get install -y -qq "${need[@]}" >/dev/null; }
+fi
+bash scripts/install-criu.sh
+cargo build --release --quiet || exit 1
+S=$PWD/target/x86_64-unknown-linux-gnu/release/stasis
+W=$(mktemp -d /tmp/stbench.XXXXXX)          # ext4 here
+SHM=$(mktemp -d /dev/shm/stbench.XXXXXX)     # tmpfs
+R=$W/root                                    # the main state root (ext4)
+RS=$SHM/root                                 # a state root on tmpfs
+PFX=stbench$$
+RES=$W/results.tsv; : > "$RES"
+
+cleanup() {
+  set +e
+  for r in "$R" "$RS" "$W"/root-*; do [ -d "$r" ] && "$S" --root "$r" rm -f --all >/dev/null 2>&1; done
+  for id in "${PFX}-t" "${PFX}-s"; do runc kill "$id" KILL >/dev/null 2>&1; runc delete -f "$id" >/dev/null 2>&1; done
+  rm -rf "$W" "$SHM"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+st() { "$S" --root "$R" "$@"; }
+# rec MEASURE VALUE UNIT [NOTE]
+rec() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${4:-}" >> "$RES"; log "$1: $2 $3 ${4:-}"; }
+now_us() { local t=$EPOCHREALTIME; echo "${t/[.,]/}"; }
+median() { sort -g | awk '{a[NR]=$1} END{if(NR==0){print "-";exit} m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.2f\n", m}'; }
+# hf LABEL CMD: median ms over RUNS (hyperfine, no shell)
+hf() {
+  local j=$W/hf.json
+  if hyperfine -N --style none --warmup 5 --runs "$RUNS" --export-json "$j" -- "$2" >/dev/null 2>"$W/hf.err"; then
+    rec "$1" "$(jq -r '.results[0].median*1000' "$j" | awk '{printf "%.2f", $1}')" ms "median of $RUNS"
+  else
+    rec "$1" FAIL - "$(tail -n1 "$W/hf.err")"
+  fi
+}
+init_pid() { "$S" --root "$1" inspect "$2" --format json | jq -r .state.init.pid; }
+
+# A busybox bundle for runc, and a static memhog (allocates and touches N MiB, then pauses).
+ROOTFS=$W/rootfs
+mkdir -p "$ROOTFS"/{bin,proc,sys,dev,tmp,etc}
+cp "$(command -v busybox)" "$ROOTFS/bin/busybox"
+chroot "$ROOTFS" /bin/busybox --install -s /bin
+cat > "$W/memhog.c" <<'EOF'
+#include <stdlib.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+  size_t n = (size_t)strtoul(argc > 1 ? argv[1] : "1", 0, 10) << 20;
+  char *p = malloc(n ? n : 1);
+  for (size_t i = 0; i < n; i++) p[i] = (char)(i * 131 + 7);
+  for (;;) pause();
+}
+EOF
+cc -O2 -static -o "$W/memhog" "$W/memhog.c"
+# counter: touches N MiB, then counts loop iterations; prints the count every second
+cat > "$W/counter.c" <<'EOF'
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+int main(int argc, char **argv) {
+  size_t n = (size_t)strtoul(argc > 1 ? argv[1] : "64", 0, 10) << 20;
+  volatile char *p = malloc(n);
+  for (size_t i = 0; i < n; i++) p[i] = (char)i;
+  unsigned long long c = 0; struct timespec t0, t;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (;;) {
+    c++; p[c % n]++;
+    if ((c & 0xfffff) == 0) {
+      clock_gettime(CLOCK_MONOTONIC, &t);
+      if (t.tv_sec > t0.tv_sec) { printf("%llu\n", c); fflush(stdout); c = 0; t0 = t; }
+    }
+  }
+}
+EOF
+cc -O2 -static -o "$W/counter" "$W/counter.c"
+runc spec --bundle "$W" && jq --arg r "$ROOTFS" '.process.terminal=false | .process.args=["true"] | .root.path=$r' "$W/config.json" > "$W/true.json"
+mkdir -p "$W/bt" "$W/bs"
+cp "$W/true.json" "$W/bt/config.json"
+jq '.process.args=["sleep","100000"]' "$W/true.json" > "$W/bs/config.json"
+
+env_header() {
+  echo "kernel $(uname -r); $(nproc) cores; $(criu --version | head -n1); $(runc --version | head -n1)"
+  echo "state roots: $R ($(stat -f -c %T "$W")), $RS ($(stat -f -c %T "$SHM")); cgroup2 options: $(awk '$3=="cgroup2"{print $4}' /proc/mounts)"
+}
+
+# ------------------------------------------------------------------------------ start
+bench_start() {
+  hf "start: stasis run --rm true" "$S --root $R run --rm true"
+  hf "start: stasis run --rm true (state on tmpfs)" "$S --root $RS run --rm true"
+  hf "start: runc run (true)" "runc run -b $W/bt ${PFX}-t"
+  hf "start: unshare --fork --pid true (floor)" "unshare --fork --pid true"
+}
+
+# ------------------------------------------------------------------------------ mem
+bench_mem() {
+  local i rss=() pss=() p
+  for i in $(seq 1 10); do st run -d --name mem$i -- sleep 100000 >/dev/null; done
+  sleep 0.5
+  for i in $(seq 1 10); do
+    p=$(st inspect mem$i --format json | jq -r .state.monitor.pid)
+    rss+=("$(awk '/^Rss:/{print $2}' /proc/$p/smaps_rollup)")
+    pss+=("$(awk '/^Pss:/{print $2}' /proc/$p/smaps_rollup)")
+  done
+  rec "mem: monitor RSS (10 workloads)" "$(printf '%s\n' "${rss[@]}" | median)" KiB "median"
+  rec "mem: monitor PSS (10 workloads)" "$(printf '%s\n' "${pss[@]}" | median)" KiB "median"
+  for i in $(seq 1 10); do st rm -f mem$i >/dev/null; done
+}
+
+# ------------------------------------------------------------------------------ exec
+mibs() { awk -v b="$1" -v us="$2" 'BEGIN{printf "%.0f", b/1048576/(us/1e6)}'; }
+# tput LABEL CMD: MiB/s for 1 GiB, median of 5
+tput() {
+  local k t0 t1 xs=()
+  for k in 1 2 3 4 5; do
+    t0=$(now_us); bash -c "$2" >/dev/null 2>&1; t1=$(now_us)
+    xs+=("$((t1 - t0))")
+  done
+  rec "$1" "$(mibs 1073741824 "$(printf '%s\n' "${xs[@]}" | median)")" MiB/s "median of 5, 1 GiB"
+}
+bench_exec() {
+  st run -d --name ex -- sleep 100000 >/dev/null
+  local ip; ip=$(init_pid "$R" ex)
+  runc run -d -b "$W/bs" "${PFX}-s" </dev/null >/dev/null 2>&1
+  hf "exec: stasis exec NAME true" "$S --root $R exec ex true"
+  hf "exec: nsenter -t PID -a true (floor)" "nsenter -t $ip -a true"
+  hf "exec: runc exec (true)" "runc exec ${PFX}-s true"
+  tput "stdio: raw pipe dd 1M x1024 | wc -c" "dd if=/dev/zero bs=1M count=1024 2>/dev/null | wc -c"
+  tput "stdio: stasis exec dd 1M x1024 | wc -c" "$S --root $R exec ex dd if=/dev/zero bs=1M count=1024 2>/dev/null | wc -c"
+  tput "stdio: runc exec dd 1M x1024 | wc -c" "runc exec ${PFX}-s dd if=/dev/zero bs=1M count=1024 2>/dev/null | wc -c"
+  st rm -f ex >/dev/null
+  runc kill "${PFX}-s" KILL >/dev/null 2>&1; runc delete -f "${PFX}-s" >/dev/null 2>&1
+}
+
+# ------------------------------------------------------------------------------ cr
+# cr_one ROOT LABEL SIZE: checkpoint+restore CR_RUNS times; wall times and frozen time
+cr_one() {
+  local root=$1 label=$2 sz=$3 n=cr$3 k t0 t1 out d=() r=() f=() pid
+  "$S" --root "$root" run -d --name "$n" --keep 1 -- "$W/memhog" "$sz" >/dev/null
+  pid=$(init_pid "$root" "$n")
+  local want=$((sz * 1024 * 95 / 100)) child
+  for k in $(seq 1 600); do
+    child=$(cut -d' ' -f1 "/proc/$pid/task/$pid/children" 2>/dev/null)
+    [ -n "$child" ] && [ "$(awk '/^VmRSS/{print $2}' "/proc/$child/status" 2>/dev/null || echo 0)" -ge "$want" ] && break
+    sleep 0.05
+  done
+  for k in $(seq 1 "$CR_RUNS"); do
+    t0=$(now_us); out=$("$S" --root "$root" checkpoint --keep 1 "$n" 2>&1); t1=$(now_us)
+    case $out in *checkpointed*) ;; *) rec "cr: stasis checkpoint ${sz}M $label" FAIL - "$out"; return ;; esac
+    d+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')")
+    f+=("$(echo "$out" | sed -n 's/.*frozen \([0-9.]*\) ms.*/\1/p')")
+    t0=$(now_us); out=$("$S" --root "$root" restore "$n" 2>&1); t1=$(now_us)
+    case $out in *restored*) ;; *) rec "cr: stasis restore ${sz}M $label" FAIL - "$out"; return ;; esac
+    r+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')")
+  done
+  rec "cr: stasis checkpoint ${sz}M $label" "$(printf '%s\n' "${d[@]}" | median)" ms "median of $CR_RUNS (CLI wall time)"
+  rec "cr: stasis restore ${sz}M $label" "$(printf '%s\n' "${r[@]}" | median)" ms "median of $CR_RUNS (CLI wall time)"
+  rec "cr: stasis frozen time ${sz}M $label" "$(printf '%s\n' "${f[@]}" | median)" ms "CRIU's stats-dump"
+  t0=$(now_us); out=$("$S" --root "$root" checkpoint --leave-running --keep 1 "$n" 2>&1); t1=$(now_us)
+  rec "cr: stasis checkpoint --leave-running ${sz}M $label" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", (b-a)/1000}')" ms "one run; $(echo "$out" | sed -n 's/.*(\(.*\))/\1/p')"
+  "$S" --root "$root" rm -f "$n" >/dev/null
+}
+bench_cr() {
+  local sz
+  for sz in $SIZES; do
+    cr_one "$R" ext4 "$sz"
+    cr_one "$RS" tmpfs "$sz"
+  done
+}
+
+# ------------------------------------------------------------------------------ policy
+# crash_latency SIZE: kill -9 the main process; time until the workload runs again
+crash_latency() {
+  local sz=$1 n=crash$1 k xs=() ip child t0 t1 before
+  cat > "$W/crash.yaml" <<EOF
+name: $n
+command: [$W/memhog, "$sz"]
+checkpoint: {every: 2s, keep: 1}
+on_exit: {policy: restore, max_attempts: 100, backoff: {initial: 0s, max: 1s}}
+EOF
+  st run -d -f "$W/crash.yaml" >/dev/null
+  for k in 1 2 3 4 5; do
+    # wait for a generation taken by this incarnation
+    before=$(st checkpoints "$n" --format json | jq 'map(.generation) | max // 0')
+    while [ "$(st checkpoints "$n" --format json | jq 'map(.generation) | max // 0')" -le "$before" ]; do sleep 0.05; done
+    ip=$(init_pid "$R" "$n"); child=$(cut -d' ' -f1 "/proc/$ip/task/$ip/children")
+    before=$(st inspect "$n" --format json | jq .state.restores)
+    t0=$(now_us); kill -9 "$child"
+    while :; do
+      out=$(st inspect "$n" --format json)
+      [ "$(echo "$out" | jq .state.restores)" -gt "$before" ] && [ "$(echo "$out" | jq -r .state.status)" = running ] && break
+      sleep 0.002
+    done
+    t1=$(now_us); xs+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')")
+  done
+  rec "policy: restore-on-crash latency ${sz}M" "$(printf '%s\n' "${xs[@]}" | median)" ms "median of 5; kill -9 to running again (backoff 0)"
+  st rm -f "$n" >/dev/null
+}
+all_vs_one() {
+  local count=$1 root=$W/root-all$1 i t0 t1
+  for i in $(seq 1 "$count"); do "$S" --root "$root" run -d --name j$i -- sh -c 'while :; do sleep 1; done' >/dev/null; done
+  t0=$(now_us); for i in $(seq 1 "$count"); do "$S" --root "$root" checkpoint --leave-running -q j$i >/dev/null; done; t1=$(now_us)
+  rec "policy: $count jobs checkpointed one after another" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", (b-a)/1000}')" ms ""
+  t0=$(now_us); "$S" --root "$root" checkpoint --all --leave-running -q --parallel 4 >/dev/null; t1=$(now_us)
+  rec "policy: checkpoint --all on $count jobs (parallel 4)" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", (b-a)/1000}')" ms "includes one sync(2)"
+  "$S" --root "$root" rm -f --all >/dev/null
+}
+throughput_under_checkpoints() {
+  local secs=$POLICY_SECS
+  st run -d --name tp0 -- "$W/counter" 64 >/dev/null
+  st run -d --name tp1 --checkpoint-every 1s --keep 1 -- "$W/counter" 64 >/dev/null
+  sleep "$secs"
+  local base with gens frozen
+  base=$(st logs tp0 | tail -n +3 | awk '{s+=$1; n++} END{if(n) printf "%.0f", s/n}')
+  with=$(st logs tp1 | tail -n +3 | awk '{s+=$1; n++} END{if(n) printf "%.0f", s/n}')
+  gens=$(st inspect tp1 --format json | jq .state.checkpoints)
+  frozen=$(st events tp1 --format json | jq length)
+  rec "policy: 64M job, iterations/s without checkpoints" "$base" "it/s" "mean over ${secs}s, both jobs side by side"
+  rec "policy: 64M job, iterations/s with a checkpoint every 1s" "$with" "it/s" "$gens checkpoints"
+  rec "policy: throughput drop under 1 s checkpoints" "$(awk -v a="$base" -v b="$with" 'BEGIN{printf "%.1f", (a-b)*100/a}')" "%" "compare with frozen time x checkpoints/s"
+  st rm -f tp0 tp1 >/dev/null
+  : "$frozen"
+}
+bench_policy() {
+  crash_latency 1
+  crash_latency 64
+  all_vs_one 10
+  all_vs_one 50
+  throughput_under_checkpoints
+}
+
+# ------------------------------------------------------------------------------ peers
+bench_peers() {
+  if [ -x "$PEERS" ] || [ -f "$PEERS" ]; then
+    log "peers.sh (SIZES=$SIZES CR_RUNS=$CR_RUNS HF_RUNS=${HF_RUNS:-30})"
+    SIZES="$SIZES" CR_RUNS="$CR_RUNS" HF_RUNS="${HF_RUNS:-30}" bash "$PEERS" > "$W/peers.out" 2>"$W/peers.err" || log "peers.sh failed: $(tail -n2 "$W/peers.err")"
+  else
+    log "no $PEERS: peers skipped"
+  fi
+}
+
+mkdir -p "$R" "$RS"
+env_header > "$W/env.txt"
+for s in $BENCH; do
+  # Let the build's (and the previous section's) dirty pages reach the disk first: writeback
+  # competes with the fsyncs on the paths being measured.
+  sync; sleep 2
+  log "== $s"
+  "bench_$s"
+done
+
+echo "=== environment"; cat "$W/env.txt"
+echo
+echo "=== stasis"
+printf '| %-62s | %12s | %-6s | %s |\n' measure value unit note
+printf '|%s|%s|%s|%s|\n' "$(printf -- '-%.0s' {1..64})" "$(printf -- '-%.0s' {1..14})" "$(printf -- '-%.0s' {1..8})" "------"
+while IFS=$'\t' read -r m v u n; do printf '| %-62s | %12s | %-6s | %s |\n' "$m" "$v" "$u" "$n"; done < "$RES"
+if [ -s "$W/peers.out" ]; then
+  echo
+  echo "=== peers (../shared/bench/peers.sh, same run)"
+  sed -n '/=== results/,/=== commands/p' "$W/peers.out" | grep -v '=== commands'
+fi
