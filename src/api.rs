@@ -485,7 +485,7 @@ pub fn rm(root: &StateRoot, name: &str, force: bool) -> Result<(), ApiError> {
 /// Finds CRIU in the caller's environment and checks it (once per boot).
 pub fn locate_criu(root: &StateRoot) -> Result<crate::criu::Criu, ApiError> {
     root.ensure()?;
-    Ok(crate::criu::locate_checked(&root.runtime)?)
+    Ok(crate::criu::locate_checked(&crate::criu::cache_dir(root))?)
 }
 
 pub fn checkpoint(

@@ -111,6 +111,18 @@ fn version_of(path: PathBuf) -> Result<Criu, CriuError> {
     Ok(Criu { path, version })
 }
 
+/// Where the result of `criu check` is cached: the default runtime directory, shared by every
+/// state root (the answer depends only on the binary and the boot), or the root's own runtime
+/// directory when that cannot be made.
+pub fn cache_dir(root: &crate::state::StateRoot) -> PathBuf {
+    let shared = Path::new(crate::state::DEFAULT_RUNTIME);
+    if crate::fsutil::mkdir_p(shared, 0o700).is_ok() {
+        shared.to_path_buf()
+    } else {
+        root.runtime.clone()
+    }
+}
+
 /// Finds CRIU and checks it, running `criu --version` and `criu check` only when this binary
 /// (path, size, mtime) has not passed them since boot: the answer is cached in `cache_dir`.
 pub fn locate_checked(cache_dir: &Path) -> Result<Criu, CriuError> {

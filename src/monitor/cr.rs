@@ -52,7 +52,7 @@ impl Monitor {
             return Ok(c.clone());
         }
         let c = criu::locate().map_err(|e| err_reply(CODE_STASIS_ERROR, e.to_string()))?;
-        c.check_cached(&self.root.runtime)
+        c.check_cached(&criu::cache_dir(&self.root))
             .map_err(|e| err_reply(CODE_STASIS_ERROR, e.to_string()))?;
         self.criu = Some(c.clone());
         Ok(c)
@@ -205,6 +205,7 @@ impl Monitor {
         if !opts.leave_running {
             self.stopped_by_dump().await;
         }
+        let stop_ms = t0.elapsed().as_secs_f64() * 1000.0 - dump_ms;
         let log_offset = self.log.borrow().as_ref().map(|l| l.offset()).unwrap_or(0);
         let times = criu::read_dump_times(&tmp.join("stats-dump"));
         let files = match checkpoint::file_entries(&tmp) {
@@ -257,8 +258,9 @@ impl Monitor {
         }
         self.event(HistEvent::new("checkpoint", opts.reason.clone()).generation(gen));
         diag(&format!(
-            "checkpoint {gen}: {dump_ms:.1} ms, frozen {:?} ms, {size} bytes",
-            stats.frozen_ms
+            "checkpoint {gen}: criu {dump_ms:.1} ms (frozen {:?} ms), stop {stop_ms:.1} ms, total {:.1} ms, {size} bytes",
+            stats.frozen_ms,
+            t0.elapsed().as_secs_f64() * 1000.0
         ));
         if !opts.leave_running {
             self.st.status = Status::Checkpointed;
