@@ -50,6 +50,18 @@ pub fn detect() -> Mode {
     }
 }
 
+/// The controllers stasis can use on this host ("unified" for cgroup v2).
+pub fn available() -> Vec<String> {
+    match detect() {
+        Mode::V2 => vec!["unified".into()],
+        Mode::V1 => V1_CONTROLLERS
+            .iter()
+            .filter(|c| Path::new(CGROUP_ROOT).join(c).is_dir())
+            .map(|c| c.to_string())
+            .collect(),
+    }
+}
+
 /// Limits applied to a workload's cgroup.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Limits {

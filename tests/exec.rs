@@ -610,3 +610,21 @@ fn sessions_survive_checkpoint_and_restore() {
     let want: String = (0..40).map(|i| format!("d{i}\n")).collect();
     assert_eq!(log, want);
 }
+
+#[test]
+fn a_detached_session_can_be_attached_again() {
+    let env = Env::new();
+    workload(&env, "w", &[]);
+    let id = env.ok(&["exec", "-d", "w", "--", "sh", "-c", "sleep 0.5; i=0; while [ $i -lt 5 ]; do echo late$i; i=$((i+1)); sleep 0.1; done; exit 9"]).trim().to_string();
+    let child = env
+        .cmd(&["exec", "--attach", &id, "w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("attach");
+    let o = wait_output(child, Duration::from_secs(10), "exec --attach");
+    assert_eq!(code(&o), 9, "{}", stderr(&o));
+    assert!(stdout(&o).contains("late4\n"), "{}", stdout(&o));
+    let o = env.run(&["exec", "--attach", "nosuchid", "w"]);
+    assert_eq!(code(&o), 125);
+}

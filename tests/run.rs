@@ -760,3 +760,57 @@ fn rootfs_with_volumes() {
         "host root visible: {text}"
     );
 }
+
+#[test]
+fn logs_follow_until_the_workload_ends() {
+    let env = Env::new();
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "f",
+        "--",
+        "sh",
+        "-c",
+        "for i in 1 2 3; do echo line$i; sleep 0.2; done",
+    ]);
+    let child = env
+        .cmd(&["logs", "-f", "f"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("logs -f");
+    let o = wait_output(child, Duration::from_secs(10), "logs -f");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "line1\nline2\nline3\n");
+}
+
+#[test]
+fn check_reports_what_the_host_has() {
+    require_criu();
+    let env = Env::new();
+    let o = env.run(&["check"]);
+    let text = stdout(&o);
+    assert_eq!(code(&o), 0, "{text}");
+    for what in ["kernel", "cgroup", "criu check", "init store"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("ok") && l.contains(what)),
+            "no ok line for {what}: {text}"
+        );
+    }
+    // with a CRIU that does not exist, check says so and fails
+    let o = env
+        .cmd(&["check"])
+        .env("STASIS_CRIU", "/no/such/criu")
+        .output()
+        .expect("check");
+    assert_eq!(code(&o), 125);
+    assert!(
+        stdout(&o)
+            .lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("criu")),
+        "{}",
+        stdout(&o)
+    );
+}

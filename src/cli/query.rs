@@ -379,18 +379,8 @@ pub fn check(root: &StateRoot) -> Result<i32, Failure> {
         },
     );
     let mode = stasis::cgroup::detect();
-    let cg = stasis::cgroup::Cgroup::for_workload("check", "check");
-    let dirs: Vec<String> = cg
-        .dirs()
-        .iter()
-        .map(|(c, _)| {
-            if c.is_empty() {
-                "unified".to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect();
+
+    let dirs = stasis::cgroup::available();
     line(
         !dirs.is_empty(),
         "cgroup",
