@@ -55,13 +55,22 @@ pub fn ensure() -> Result<PathBuf, FsError> {
         fs::File::open(&tmp)
             .and_then(|f| f.sync_all())
             .map_err(|e| FsError::new("fsync", &tmp, e))?;
-        fs::rename(&tmp, &path).map_err(|e| FsError::new("rename", &path, e))?;
+        publish(&tmp, &path)?;
         fsutil::sync_dir(&d)
     })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
+    let _ = fs::remove_file(&tmp);
     res.map(|()| path)
+}
+
+/// Puts `tmp` at `path` unless a file is already there. A link, not a rename: a rename would
+/// replace a copy another process just published — and some init may already run from it,
+/// which would turn its executable into a deleted ("ghost") file CRIU refuses to dump.
+fn publish(tmp: &Path, path: &Path) -> Result<(), FsError> {
+    match fs::hard_link(tmp, path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(FsError::new("link", path, e)),
+    }
 }
 
 /// Installs an init copy brought by an import at the exact path recorded in its checkpoint.
@@ -85,13 +94,33 @@ pub fn install(path: &Path, data: &[u8]) -> Result<(), FsError> {
     fs::write(&tmp, data).map_err(|e| FsError::new("write", &tmp, e))?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o555))
         .map_err(|e| FsError::new("chmod", &tmp, e))?;
-    fs::rename(&tmp, path).map_err(|e| FsError::new("rename", path, e))?;
+    let r = publish(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    r?;
     fsutil::sync_dir(d)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publish_never_replaces_a_published_copy() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("stasis-init-x");
+        fs::write(d.path().join("a"), b"first").unwrap();
+        fs::write(d.path().join("b"), b"second").unwrap();
+        publish(&d.path().join("a"), &path).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let ino = fs::metadata(&path).unwrap().ino();
+        publish(&d.path().join("b"), &path).unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().ino(),
+            ino,
+            "the published copy was replaced"
+        );
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+    }
 
     #[test]
     fn build_key_is_stable() {
