@@ -468,3 +468,43 @@ fn host_shutdown_checkpoints_marked_jobs_and_boot_restores_them() {
     assert_eq!(env.status("keepme"), "running");
     assert_eq!(env.status("plain"), "exited");
 }
+
+#[test]
+fn a_session_in_the_checkpoint_comes_back_with_a_crash_restore() {
+    let env = setup();
+    let spec = spec_file(&env, "s", "name: s\ncommand: [sleep, '100000']\non_exit: {policy: restore, backoff: {initial: 0s, max: 1s}}\n");
+    env.ok(&["run", "-d", "-f", &spec]);
+    let id = env
+        .ok(&[
+            "exec",
+            "-d",
+            "s",
+            "--",
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 30 ]; do echo n$i; i=$((i+1)); sleep 0.1; done; exit 3",
+        ])
+        .trim()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(500));
+    env.ok(&["checkpoint", "--leave-running", "s"]);
+    std::thread::sleep(Duration::from_millis(300));
+    kill9(main_pid(&env, "s"));
+    env.wait_until("the restore", Duration::from_secs(20), || {
+        env.inspect("s")["state"]["restores"] == 1
+    });
+    let status = |env: &Env| -> Value {
+        let l: Value = serde_json::from_str(&env.ok(&["exec", "--list", "--format", "json", "s"]))
+            .expect("json");
+        l.as_array()
+            .and_then(|a| a.iter().find(|x| x["id"] == id.as_str()).cloned())
+            .unwrap_or(Value::Null)
+    };
+    env.wait_until(
+        "the session to finish after the restore",
+        Duration::from_secs(20),
+        || status(&env)["status"] == "exited" && status(&env)["exit_code"] == 3,
+    );
+    let log = env.ok(&["logs", "--exec", &id, "s"]);
+    assert!(log.ends_with("n29\n"), "{log}");
+}

@@ -668,7 +668,18 @@ impl Monitor {
         stdio.stdin = None;
         s.stdin_tx.send_replace(target);
         if s.rec.status == SessionStatus::Exited {
-            return;
+            // It died with its container (a crash) and the restored tree has it running again.
+            s.rec.status = SessionStatus::Running;
+            s.rec.exit_code = None;
+            s.rec.exit_status = None;
+            s.rec.finished_at = None;
+            s.rec.error = None;
+            if s.client.is_none() {
+                s.detach_to_log(&self.wd);
+            }
+            if let Err(e) = crate::exec::save(&self.wd, &s.rec) {
+                diag(&format!("session {id}: {e}"));
+            }
         }
         start_pumps(&mut stdio, Some(s.log.clone()), &s.out_sinks, &s.err_sinks);
         s.stdio = Some(stdio);
