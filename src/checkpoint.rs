@@ -310,20 +310,21 @@ pub fn commit(wd: &WorkloadDir, tmp: &Path, m: &Manifest) -> Result<Generation, 
     })
 }
 
-/// Removes all but the newest `keep` generations; returns the numbers removed.
-pub fn prune(wd: &WorkloadDir, keep: u32) -> Vec<u32> {
+/// Takes all but the newest `keep` generations out of the list; returns their directories,
+/// for the caller to delete (deleting a big generation takes tens of ms on ext4).
+pub fn prune(wd: &WorkloadDir, keep: u32) -> Vec<PathBuf> {
     let all = list(wd);
     let n = all.len().saturating_sub(keep as usize);
-    let mut removed = vec![];
+    let mut trash = vec![];
     for g in all.into_iter().take(n) {
-        // Rename first so a crash mid-delete never leaves a half generation under a number.
-        let trash = wd.checkpoints().join(format!(".tmp-prune-{}", g.number));
-        if fs::rename(&g.dir, &trash).is_ok() {
-            let _ = fs::remove_dir_all(&trash);
-            removed.push(g.number);
+        // Renamed at once, so a generation is gone from the list (and a crash mid-delete never
+        // leaves half of one under a number); deleted by the caller, possibly later.
+        let t = wd.checkpoints().join(format!(".tmp-prune-{}", g.number));
+        if fs::rename(&g.dir, &t).is_ok() {
+            trash.push(t);
         }
     }
-    removed
+    trash
 }
 
 /// The header of an export archive.
@@ -547,7 +548,16 @@ mod tests {
         );
         assert_eq!(pick(&wd, None).unwrap().number, 4);
         pick(&wd, Some(2)).unwrap().verify("job").unwrap();
-        assert_eq!(prune(&wd, 2), vec![1, 2]);
+        let trash = prune(&wd, 2);
+        assert_eq!(trash.len(), 2);
+        for t in trash {
+            assert!(t
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(".tmp-"));
+            fs::remove_dir_all(t).unwrap();
+        }
         assert_eq!(
             list(&wd).iter().map(|g| g.number).collect::<Vec<_>>(),
             vec![3, 4]

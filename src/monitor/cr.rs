@@ -254,7 +254,8 @@ impl Monitor {
         self.st.generation = Some(gen);
         let keep = opts.keep.or(self.spec.checkpoint.keep);
         if let Some(k) = keep {
-            checkpoint::prune(&self.wd, k);
+            let trash = checkpoint::prune(&self.wd, k);
+            self.delete_in_background(trash);
         }
         self.event(HistEvent::new("checkpoint", opts.reason.clone()).generation(gen));
         diag(&format!(
@@ -276,6 +277,31 @@ impl Monitor {
             generation: gen,
             stats,
             leave_running: opts.leave_running,
+        }
+    }
+
+    /// Deletes directories in a forked child, so the reply does not wait for it; the reaper
+    /// collects the child. Leftovers of an interrupted delete are `.tmp-*` names, removed at
+    /// the next monitor start.
+    #[allow(unsafe_code)]
+    fn delete_in_background(&self, dirs: Vec<PathBuf>) {
+        if dirs.is_empty() {
+            return;
+        }
+        // SAFETY: the monitor is single-threaded; the child only deletes files and _exits.
+        match unsafe { sys::fork() } {
+            Ok(None) => {
+                for d in &dirs {
+                    let _ = std::fs::remove_dir_all(d);
+                }
+                sys::exit_now(0)
+            }
+            Ok(Some(pid)) => drop(self.reaper.watch(pid)),
+            Err(_) => {
+                for d in &dirs {
+                    let _ = std::fs::remove_dir_all(d);
+                }
+            }
         }
     }
 
