@@ -67,6 +67,18 @@ pub fn locate() -> Result<Criu, CriuError> {
     version_of(path)
 }
 
+/// NotFound for a missing binary, else the error running it.
+fn missing_or(path: &Path, source: io::Error) -> CriuError {
+    if source.kind() == io::ErrorKind::NotFound {
+        CriuError::NotFound
+    } else {
+        CriuError::Exec {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 /// The path `locate` would check.
 fn find_binary() -> Result<PathBuf, CriuError> {
     match std::env::var_os("STASIS_CRIU").filter(|v| !v.is_empty()) {
@@ -90,16 +102,7 @@ fn version_of(path: PathBuf) -> Result<Criu, CriuError> {
     let out = Command::new(&path)
         .arg("--version")
         .output()
-        .map_err(|source| {
-            if source.kind() == io::ErrorKind::NotFound {
-                CriuError::NotFound
-            } else {
-                CriuError::Exec {
-                    path: path.clone(),
-                    source,
-                }
-            }
-        })?;
+        .map_err(|e| missing_or(&path, e))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let (version, major) = parse_version(&text).ok_or_else(|| CriuError::TooOld {
         path: path.clone(),
@@ -128,16 +131,7 @@ pub fn cache_dir(root: &crate::state::StateRoot) -> PathBuf {
 pub fn locate_checked(cache_dir: &Path) -> Result<Criu, CriuError> {
     use std::os::unix::fs::MetadataExt;
     let path = find_binary()?;
-    let meta = fs::metadata(&path).map_err(|source| {
-        if source.kind() == io::ErrorKind::NotFound {
-            CriuError::NotFound
-        } else {
-            CriuError::Exec {
-                path: path.clone(),
-                source,
-            }
-        }
-    })?;
+    let meta = fs::metadata(&path).map_err(|e| missing_or(&path, e))?;
     let mut key = CheckCache {
         boot_id: boot_id(),
         path: path.clone(),

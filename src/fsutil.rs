@@ -43,36 +43,13 @@ impl FsError {
 
 /// Writes `data` to `path` atomically and durably (temp file, fsync, rename, fsync dir).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), FsError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let res = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&tmp)
-            .map_err(|e| FsError::new("create", &tmp, e))?;
-        f.write_all(data)
-            .map_err(|e| FsError::new("write", &tmp, e))?;
-        f.sync_data().map_err(|e| FsError::new("fsync", &tmp, e))?;
-        fs::rename(&tmp, path).map_err(|e| FsError::new("rename", path, e))
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res
+    write_atomic_many(&[(path, data)])
 }
 
 /// Writes several files atomically: all temp files first, then their fsyncs, then the
 /// renames. On a journaling filesystem the first fsync commits the transaction that holds
 /// them all, so the others cost almost nothing. Each file is atomic; the set is not.
-pub fn write_atomic_many(files: &[(&Path, Vec<u8>)]) -> Result<(), FsError> {
+pub fn write_atomic_many(files: &[(&Path, &[u8])]) -> Result<(), FsError> {
     let mut temps = Vec::new();
     let res = (|| {
         for (path, data) in files {

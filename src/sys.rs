@@ -636,21 +636,6 @@ pub fn spawn_with_fds(
     cmd.spawn()
 }
 
-/// `flock(LOCK_EX | LOCK_NB)`: true when taken, false when another description holds it.
-pub fn flock_try_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    // SAFETY: flock with integer arguments on a borrowed fd.
-    let r = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(e)
-    }
-}
-
 /// Borrows an fd this process inherited (e.g. for `exec --preserve-fd N`), after checking
 /// it is open. The CLI never closes such fds, so the borrow may last the process's life.
 pub fn borrow_open_fd(fd: RawFd) -> io::Result<BorrowedFd<'static>> {
@@ -662,11 +647,19 @@ pub fn borrow_open_fd(fd: RawFd) -> io::Result<BorrowedFd<'static>> {
     Ok(unsafe { BorrowedFd::borrow_raw(fd) })
 }
 
+/// `flock(LOCK_EX | LOCK_NB)`: true when taken, false when another description holds it.
+pub fn flock_try_exclusive(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    flock_try(fd, libc::LOCK_EX)
+}
+
 /// `flock(LOCK_SH | LOCK_NB)`, released when the fd closes: true when taken.
 pub fn flock_try_shared(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    flock_try(fd, libc::LOCK_SH)
+}
+
+fn flock_try(fd: BorrowedFd<'_>, op: libc::c_int) -> io::Result<bool> {
     // SAFETY: flock with integer arguments on a borrowed fd.
-    let r = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
-    if r == 0 {
+    if unsafe { libc::flock(fd.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
         return Ok(true);
     }
     let e = io::Error::last_os_error();

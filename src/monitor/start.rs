@@ -378,8 +378,8 @@ impl Monitor {
         let state = crate::fsutil::to_json(&self.wd.state_path(), &self.st);
         let r = match (spec, state) {
             (Ok(a), Ok(b)) => crate::fsutil::write_atomic_many(&[
-                (&self.wd.spec_path(), a),
-                (&self.wd.state_path(), b),
+                (&self.wd.spec_path(), &a),
+                (&self.wd.state_path(), &b),
             ]),
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
