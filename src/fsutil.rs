@@ -104,15 +104,7 @@ pub fn to_json(path: &Path, value: &impl Serialize) -> Result<Vec<u8>, FsError> 
 
 /// Serialises `value` as pretty JSON and writes it atomically.
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), FsError> {
-    let mut data = serde_json::to_vec_pretty(value).map_err(|e| {
-        FsError::new(
-            "serialise",
-            path,
-            io::Error::new(io::ErrorKind::InvalidData, e),
-        )
-    })?;
-    data.push(b'\n');
-    write_atomic(path, &data)
+    write_atomic(path, &to_json(path, value)?)
 }
 
 /// fsyncs a directory, so a rename or create inside it survives a crash.
