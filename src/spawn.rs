@@ -224,18 +224,47 @@ pub fn base_env(creds: &Creds, term: Option<&str>, extra: &[(String, String)]) -
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
-/// Builds the workload's ProcSpec from its spec (its stdio are fds 0, 1, 2).
+/// The workload's ProcSpec (its stdio are fds 0, 1, 2).
 pub fn workload_proc(spec: &Spec, term: Option<&str>) -> Result<ProcSpec, SpawnError> {
+    build_proc(
+        spec,
+        &Overrides {
+            argv: &spec.command,
+            tty: spec.tty,
+            term,
+            ..Overrides::default()
+        },
+    )
+}
+
+/// What an exec session changes from its workload's spec.
+#[derive(Debug, Default)]
+pub struct Overrides<'a> {
+    pub argv: &'a [String],
+    pub env: &'a [(String, String)],
+    pub workdir: Option<&'a str>,
+    pub user: Option<&'a str>,
+    pub tty: bool,
+    /// The client's TERM, for a tty.
+    pub term: Option<&'a str>,
+    /// Extra fd numbers passed after 0, 1, 2.
+    pub fds: &'a [i32],
+}
+
+/// Builds a ProcSpec from a workload's spec (user, environment, rlimits, umask, capabilities,
+/// no_new_privs) with `o` on top: the workload and its exec sessions start the same way.
+pub fn build_proc(spec: &Spec, o: &Overrides<'_>) -> Result<ProcSpec, SpawnError> {
     let creds = resolve_user(
-        spec.user.as_deref(),
+        o.user.or(spec.user.as_deref()),
         spec.rootfs.as_deref(),
         &spec.group_add,
     )?;
-    let extra: Vec<(String, String)> = spec
+    let mut extra: Vec<(String, String)> = spec
         .env
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    extra.extend(o.env.iter().cloned());
     let rlimits = spec
         .ulimits
         .iter()
@@ -247,18 +276,21 @@ pub fn workload_proc(spec: &Spec, term: Option<&str>) -> Result<ProcSpec, SpawnE
         .map(spec::parse_umask)
         .transpose()?
         .unwrap_or(0o022);
+    let term = if o.tty {
+        Some(o.term.unwrap_or("xterm"))
+    } else {
+        None
+    };
+    let mut fds = vec![0, 1, 2];
+    fds.extend_from_slice(o.fds);
     Ok(ProcSpec {
-        argv: spec.command.clone(),
-        env: base_env(
-            &creds,
-            if spec.tty {
-                Some(term.unwrap_or("xterm"))
-            } else {
-                None
-            },
-            &extra,
-        ),
-        cwd: spec.workdir.clone().unwrap_or_else(|| "/".into()),
+        argv: o.argv.to_vec(),
+        env: base_env(&creds, term, &extra),
+        cwd: o
+            .workdir
+            .map(str::to_string)
+            .or_else(|| spec.workdir.clone())
+            .unwrap_or_else(|| "/".into()),
         uid: creds.uid,
         gid: creds.gid,
         groups: creds.groups,
@@ -266,8 +298,8 @@ pub fn workload_proc(spec: &Spec, term: Option<&str>) -> Result<ProcSpec, SpawnE
         rlimits,
         caps: resolve_caps(&spec.cap_add, &spec.cap_drop)?,
         no_new_privs: spec.no_new_privs(),
-        tty: spec.tty,
-        fds: vec![0, 1, 2],
+        tty: o.tty,
+        fds,
     })
 }
 

@@ -150,8 +150,11 @@ fn twenty_crashes_each_come_back_from_a_generation() {
             }
             first_after.is_some()
         });
-        let first_after = first_after.expect("value");
-        assert!(first_after > floor, "round {round}: counter went back to {first_after}, below the last checkpointed value {floor}");
+                let first_after = first_after.expect("value");
+        // `floor` is the last value logged before the generation's log offset, which for a
+        // job left running may include a line written just after CRIU thawed it (in flight):
+        // the restored job may print that one again, never anything older.
+        assert!(first_after >= floor, "round {round}: counter went back to {first_after}, below the last checkpointed value {floor}");
     }
     let st = env.inspect("c")["state"].clone();
     assert_eq!(st["restores"], 20, "{st}");

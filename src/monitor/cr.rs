@@ -25,7 +25,7 @@ use crate::state::{now_ms, Status};
 use crate::status::CODE_STASIS_ERROR;
 use crate::sys;
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -379,24 +379,12 @@ impl Monitor {
             let _ = tokio::time::timeout(Duration::from_secs(2), live.reader).await;
         }
         self.stdin_tx.send_replace(None);
-        if let Some(mut s) = self.stdio.take() {
-            s.finish.exited();
-            for p in s.pumps.drain(..) {
-                let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
-            }
-            if let Some(peek) = &s.stdin_peek {
-                self.stdin_carry = read_available(peek);
-            }
+        if let Some(s) = self.stdio.take() {
+            self.stdin_carry = s.drain().await;
         }
         for s in self.sessions.values_mut() {
-            if let Some(mut stdio) = s.stdio.take() {
-                stdio.finish.exited();
-                for p in stdio.pumps.drain(..) {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
-                }
-                if let Some(peek) = &stdio.stdin_peek {
-                    s.stdin_carry = read_available(peek);
-                }
+            if let Some(stdio) = s.stdio.take() {
+                s.stdin_carry = stdio.drain().await;
             }
         }
     }
@@ -759,22 +747,5 @@ impl Monitor {
         live.ctl = new;
         live.ctl_ino = sys::fd_inode(pid, crate::container::INIT_CTL_FD).unwrap_or(0);
         Ok(())
-    }
-}
-
-/// Reads whatever is buffered in a pipe, without blocking and without touching its flags
-/// (the description is shared with the workload's stdin).
-fn read_available(fd: &OwnedFd) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 65536];
-    loop {
-        let n = sys::bytes_readable(fd.as_fd()).unwrap_or(0).min(buf.len());
-        if n == 0 {
-            return out;
-        }
-        match nix::unistd::read(fd.as_fd(), &mut buf[..n]) {
-            Ok(0) | Err(_) => return out,
-            Ok(k) => out.extend_from_slice(&buf[..k]),
-        }
     }
 }

@@ -109,54 +109,16 @@ impl Session {
 
 impl Monitor {
     fn session_proc(&self, req: &ExecRequest) -> Result<ProcSpec, String> {
-        let user = req.user.as_deref().or(self.spec.user.as_deref());
-        let creds = spawn::resolve_user(user, self.spec.rootfs.as_deref(), &self.spec.group_add)
-            .map_err(|e| e.to_string())?;
-        let mut extra: Vec<(String, String)> = self
-            .spec
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        extra.extend(req.env.iter().cloned());
-        let term = if req.tty {
-            Some(req.term.as_deref().unwrap_or("xterm"))
-        } else {
-            None
-        };
-        let rlimits = self
-            .spec
-            .ulimits
-            .iter()
-            .map(|u| crate::spec::Ulimit::parse(u))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        let mut fds = vec![0, 1, 2];
-        fds.extend(req.preserve_fds.iter().copied());
-        Ok(ProcSpec {
-            argv: req.command.clone(),
-            env: spawn::base_env(&creds, term, &extra),
-            cwd: req
-                .workdir
-                .clone()
-                .or_else(|| self.spec.workdir.clone())
-                .unwrap_or_else(|| "/".into()),
-            uid: creds.uid,
-            gid: creds.gid,
-            groups: creds.groups,
-            umask: self
-                .spec
-                .umask
-                .as_deref()
-                .and_then(|m| crate::spec::parse_umask(m).ok())
-                .unwrap_or(0o022),
-            rlimits,
-            caps: spawn::resolve_caps(&self.spec.cap_add, &self.spec.cap_drop)
-                .map_err(|e| e.to_string())?,
-            no_new_privs: self.spec.no_new_privs(),
+        let o = spawn::Overrides {
+            argv: &req.command,
+            env: &req.env,
+            workdir: req.workdir.as_deref(),
+            user: req.user.as_deref(),
             tty: req.tty,
-            fds,
-        })
+            term: req.term.as_deref(),
+            fds: &req.preserve_fds,
+        };
+        spawn::build_proc(&self.spec, &o).map_err(|e| e.to_string())
     }
 
     /// `stasis exec`: starts a session; replies `ExecStarted`, then `Exit` to an attached
@@ -434,11 +396,8 @@ impl Monitor {
         let tx = self.tx.clone();
         let id = id.to_string();
         tokio::task::spawn_local(async move {
-            if let Some(mut st) = stdio {
-                st.finish.exited();
-                for p in st.pumps.drain(..) {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
-                }
+            if let Some(st) = stdio {
+                st.drain().await;
             }
             let _ = tx.send(Event::SessionDrained { id });
         });

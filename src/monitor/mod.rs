@@ -165,6 +165,40 @@ pub(crate) struct Stdio {
     pub exts: Vec<crate::checkpoint::External>,
 }
 
+impl Stdio {
+    /// The writers are gone (or going): lets the output pumps deliver what is left, then
+    /// returns what the process had not read from its stdin (for a restore to hand back).
+    pub async fn drain(mut self) -> Vec<u8> {
+        self.finish.exited();
+        for p in self.pumps.drain(..) {
+            // A writer that outlived its container cannot exist (PID namespace), but a stuck
+            // pipe must not hold things up forever.
+            let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
+        }
+        self.stdin_peek
+            .as_ref()
+            .map(read_available)
+            .unwrap_or_default()
+    }
+}
+
+/// Reads whatever is buffered in a pipe, without blocking and without touching its flags
+/// (the description is shared with the workload's stdin).
+fn read_available(fd: &OwnedFd) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let n = sys::bytes_readable(fd.as_fd()).unwrap_or(0).min(buf.len());
+        if n == 0 {
+            return out;
+        }
+        match nix::unistd::read(fd.as_fd(), &mut buf[..n]) {
+            Ok(0) | Err(_) => return out,
+            Ok(k) => out.extend_from_slice(&buf[..k]),
+        }
+    }
+}
+
 pub(crate) struct Monitor {
     pub root: StateRoot,
     pub wd: WorkloadDir,
@@ -825,13 +859,8 @@ impl Monitor {
         let stdio = self.stdio.take();
         self.stdin_tx.send_replace(None);
         tokio::task::spawn_local(async move {
-            if let Some(mut s) = stdio {
-                s.finish.exited();
-                for p in s.pumps.drain(..) {
-                    // A writer that outlived the container cannot exist (PID namespace), but a
-                    // stuck pipe must not hold the exit forever.
-                    let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
-                }
+            if let Some(s) = stdio {
+                s.drain().await;
             }
             let _ = tx.send(Event::Drained { epoch });
         });
