@@ -150,7 +150,7 @@ fn twenty_crashes_each_come_back_from_a_generation() {
             }
             first_after.is_some()
         });
-                let first_after = first_after.expect("value");
+        let first_after = first_after.expect("value");
         // `floor` is the last value logged before the generation's log offset, which for a
         // job left running may include a line written just after CRIU thawed it (in flight):
         // the restored job may print that one again, never anything older.
