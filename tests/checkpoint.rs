@@ -577,3 +577,82 @@ fn a_rootfs_container_with_a_volume_round_trips() {
     let o = env.run(&["exec", "rf", "--", "cat", "/data/f"]);
     assert_eq!(stdout(&o), "host\n", "{}", stderr(&o));
 }
+
+/// A copy of the stasis binary with a different GNU build-id: what an upgrade looks like to
+/// the init store.
+fn upgraded_binary(dir: &Path) -> PathBuf {
+    let mut data = std::fs::read(bin()).expect("read binary");
+    let id = std::process::Command::new("readelf")
+        .args(["-n"])
+        .arg(bin())
+        .output()
+        .expect("readelf (binutils)");
+    let text = String::from_utf8_lossy(&id.stdout);
+    let hex = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .expect("a build id")
+        .trim()
+        .to_string();
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect();
+    let at = data
+        .windows(bytes.len())
+        .position(|w| w == bytes.as_slice())
+        .expect("the build id in the binary");
+    data[at] ^= 0xff;
+    let p = dir.join("stasis-upgraded");
+    std::fs::write(&p, data).expect("write");
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    p
+}
+
+#[test]
+fn a_checkpoint_survives_an_upgrade_of_stasis() {
+    let env = setup();
+    let store = env.root().join("init-store");
+    let new_bin = upgraded_binary(env.root());
+    let with = |b: &Path, args: &[&str]| {
+        let mut c = std::process::Command::new(b);
+        c.arg("--root")
+            .arg(env.root())
+            .args(args)
+            .env("STASIS_INIT_DIR", &store)
+            .stdin(Stdio::null());
+        c.output().expect("run stasis")
+    };
+    let o = with(
+        &bin(),
+        &["run", "-d", "--name", "old", "--", "sh", "-c", COUNTER],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    wait_counter(&env, "old", 3);
+    let old_init = std::fs::read_link(format!("/proc/{}/exe", env.init_pid("old"))).expect("exe");
+    assert!(old_init.starts_with(&store), "{old_init:?}");
+    let o = with(&bin(), &["checkpoint", "old"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // the "upgraded" stasis restores it, from the init copy the checkpoint was taken with
+    let o = with(&new_bin, &["restore", "old"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let n = counter_values(&env.logs("old")).len();
+    wait_counter(&env, "old", n + 3);
+    assert_counter_continuous(&counter_values(&env.logs("old")));
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{}/exe", env.init_pid("old"))).expect("exe"),
+        old_init
+    );
+    // while new workloads run from the new binary's own copy
+    let o = with(
+        &new_bin,
+        &["run", "-d", "--name", "new", "--", "sleep", "1000"],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let new_init = std::fs::read_link(format!("/proc/{}/exe", env.init_pid("new"))).expect("exe");
+    assert!(
+        new_init.starts_with(&store) && new_init != old_init,
+        "{new_init:?} vs {old_init:?}"
+    );
+}
