@@ -1,12 +1,14 @@
 //! The library API the CLI is a thin layer over: create and start workloads, talk to their
 //! monitors, and read their state when no monitor runs.
 
-use crate::checkpoint::{self, CheckpointError};
-use crate::fsutil::FsError;
-use crate::proto::{self, CheckpointOpts, Reply, Request, RestoreOpts};
+use crate::exit::CODE_STASIS_ERROR;
+use crate::protocol::{self, CheckpointOpts, Reply, Request, RestoreOpts};
 use crate::spec::{Spec, SpecError};
-use crate::state::{self, Observed, StateError, StateRoot, Status, WorkloadDir, WorkloadState};
-use crate::status::CODE_STASIS_ERROR;
+use crate::store::atomic::FsError;
+use crate::store::generations::{self, CheckpointError};
+use crate::store::state::{
+    self, Observed, StateError, StateRoot, Status, WorkloadDir, WorkloadState,
+};
 use crate::sys;
 use serde::Serialize;
 use std::os::fd::{AsFd, OwnedFd};
@@ -24,7 +26,7 @@ pub enum ApiError {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
-    Spawn(#[from] crate::spawn::SpawnError),
+    Spawn(#[from] crate::init::spawn::SpawnError),
     #[error(transparent)]
     Container(#[from] crate::container::ContainerError),
     #[error(transparent)]
@@ -70,7 +72,7 @@ pub fn check(reply: Reply) -> Result<Reply, ApiError> {
 /// A generated workload name: `job-` and 6 hex digits.
 pub fn generate_name(root: &StateRoot) -> String {
     loop {
-        let n = format!("job-{}", &crate::exec::new_id()[..6]);
+        let n = format!("job-{}", &crate::store::sessions::new_id()[..6]);
         if !root.workload(&n).exists() {
             return n;
         }
@@ -115,7 +117,7 @@ pub fn create(root: &StateRoot, mut spec: Spec) -> Result<Created, ApiError> {
         cfg.check()?;
     }
     // Fail on a bad user now, not after the monitor started.
-    crate::spawn::resolve_user(
+    crate::init::spawn::resolve_user(
         spec.user.as_deref(),
         spec.rootfs.as_deref(),
         &spec.group_add,
@@ -201,7 +203,7 @@ pub fn spawn_monitor(
             ),
         });
     }
-    let (cli, mon) = proto::seqpacket_pair().map_err(io_err("socketpair"))?;
+    let (cli, mon) = protocol::seqpacket_pair().map_err(io_err("socketpair"))?;
     // SAFETY: the CLI is single-threaded here; the children only call async-signal-safe
     // setsid/fork before the grandchild becomes the monitor (a fresh single-threaded process).
     // One fork, then setsid: the monitor leaves the caller's session and terminal. The
@@ -250,7 +252,7 @@ pub fn connect(root: &StateRoot, name: &str) -> Result<OwnedFd, ApiError> {
     // A monitor that has just started may not be listening yet.
     let mut last = None;
     for _ in 0..100 {
-        match proto::connect(&wd.socket) {
+        match protocol::connect(&wd.socket) {
             Ok(c) => return Ok(c),
             Err(e) => {
                 if !wd.monitor_alive() {
@@ -272,8 +274,8 @@ pub fn connect(root: &StateRoot, name: &str) -> Result<OwnedFd, ApiError> {
 
 /// Sends a request and reads one reply.
 pub fn request(conn: &OwnedFd, req: &Request) -> Result<Reply, ApiError> {
-    proto::send(conn.as_fd(), req, &[]).map_err(io_err("send to the monitor"))?;
-    match proto::recv::<Reply>(conn.as_fd()).map_err(io_err("read from the monitor"))? {
+    protocol::send(conn.as_fd(), req, &[]).map_err(io_err("send to the monitor"))?;
+    match protocol::recv::<Reply>(conn.as_fd()).map_err(io_err("read from the monitor"))? {
         Some((r, _)) => check(r),
         None => Err(ApiError::Monitor {
             code: CODE_STASIS_ERROR,
@@ -285,7 +287,7 @@ pub fn request(conn: &OwnedFd, req: &Request) -> Result<Reply, ApiError> {
 /// Reads replies until one that is not a notice.
 pub fn next_reply(conn: &OwnedFd) -> Result<Reply, ApiError> {
     loop {
-        match proto::recv::<Reply>(conn.as_fd()).map_err(io_err("read from the monitor"))? {
+        match protocol::recv::<Reply>(conn.as_fd()).map_err(io_err("read from the monitor"))? {
             Some((Reply::Notice { .. }, _)) => continue,
             Some((r, _)) => return check(r),
             None => {
@@ -346,7 +348,7 @@ pub fn stop(root: &StateRoot, name: &str, timeout: Option<Duration>) -> Result<R
         return Err(not_running_or_orphan(&o, name));
     }
     let c = connect(root, name)?;
-    proto::send(
+    protocol::send(
         c.as_fd(),
         &Request::Stop {
             timeout_ms: timeout.map(|t| t.as_millis() as u64),
@@ -384,7 +386,7 @@ pub fn wait(root: &StateRoot, name: &str) -> Result<Reply, ApiError> {
         }
         if o.monitor_alive {
             if let Ok(c) = connect(root, name) {
-                if proto::send(c.as_fd(), &Request::Wait, &[]).is_ok() {
+                if protocol::send(c.as_fd(), &Request::Wait, &[]).is_ok() {
                     if let Ok(r) = next_reply(&c) {
                         return Ok(r);
                     }
@@ -410,7 +412,7 @@ fn kill_orphan(root: &StateRoot, wd: &WorkloadDir, st: &WorkloadState) {
             }
         }
     }
-    let cg = crate::cgroup::Cgroup::for_workload(&root.key(), &wd.name);
+    let cg = crate::container::cgroup::Cgroup::for_workload(&root.key(), &wd.name);
     for _ in 0..200 {
         if cg.pids().is_empty() && !st.init.is_some_and(|i| i.alive()) {
             break;
@@ -438,7 +440,7 @@ pub fn rm(root: &StateRoot, name: &str, force: bool) -> Result<(), ApiError> {
                         session: None,
                     },
                 );
-                let _ = proto::send(
+                let _ = protocol::send(
                     c.as_fd(),
                     &Request::Stop {
                         timeout_ms: Some(0),
@@ -499,7 +501,7 @@ pub fn checkpoint(
     }
     opts.criu = Some(locate_criu(root)?);
     let c = connect(root, name)?;
-    proto::send(c.as_fd(), &Request::Checkpoint { opts }, &[])
+    protocol::send(c.as_fd(), &Request::Checkpoint { opts }, &[])
         .map_err(io_err("send to the monitor"))?;
     next_reply(&c)
 }
@@ -511,7 +513,7 @@ pub fn restore(root: &StateRoot, name: &str, mut opts: RestoreOpts) -> Result<Re
     opts.criu = Some(locate_criu(root)?);
     if o.monitor_alive {
         let c = connect(root, name)?;
-        proto::send(c.as_fd(), &Request::Restore { opts }, &[])
+        protocol::send(c.as_fd(), &Request::Restore { opts }, &[])
             .map_err(io_err("send to the monitor"))?;
         return next_reply(&c);
     }
@@ -519,14 +521,14 @@ pub fn restore(root: &StateRoot, name: &str, mut opts: RestoreOpts) -> Result<Re
         return Err(not_running_or_orphan(&o, name));
     }
     // Check before starting a monitor, so a refusal leaves nothing changed.
-    let g = checkpoint::pick(&wd, opts.generation)?;
+    let g = generations::pick(&wd, opts.generation)?;
     g.verify(name)?;
     let lock = lock_existing(&wd)?;
     let conn = spawn_monitor(root, &wd, lock, None)?;
-    proto::send(
+    protocol::send(
         conn.as_fd(),
         &Request::StartRestore {
-            version: proto::PROTO_VERSION,
+            version: protocol::PROTO_VERSION,
             opts,
         },
         &[],
@@ -546,8 +548,8 @@ pub fn export(
     if !wd.exists() {
         return Err(StateError::NotFound(name.into()).into());
     }
-    let g = checkpoint::pick(&wd, gen)?;
-    checkpoint::export(&wd, &g, out)?;
+    let g = generations::pick(&wd, gen)?;
+    crate::store::archive::export(&wd, &g, out)?;
     Ok(g.number)
 }
 
@@ -564,9 +566,9 @@ pub fn import(
         .join("workloads")
         .join(format!(".import-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
-    crate::fsutil::mkdir_p(&staging, 0o700)?;
+    crate::store::atomic::mkdir_p(&staging, 0o700)?;
     let res = (|| -> Result<String, ApiError> {
-        let imp = checkpoint::import(input, origin, &staging)?;
+        let imp = crate::store::archive::import(input, origin, &staging)?;
         let name = name.unwrap_or_else(|| imp.header.name.clone());
         crate::spec::validate_name(&name)?;
         let mut spec = imp.header.manifest.spec.clone();
@@ -574,8 +576,8 @@ pub fn import(
         let wd = root.workload(&name);
         wd.create()?;
         let inner = (|| -> Result<(), ApiError> {
-            crate::fsutil::write_json_atomic(&wd.spec_path(), &spec)?;
-            crate::fsutil::mkdir_p(&wd.checkpoints(), 0o700)?;
+            crate::store::atomic::write_json_atomic(&wd.spec_path(), &spec)?;
+            crate::store::atomic::mkdir_p(&wd.checkpoints(), 0o700)?;
             let gen = imp.header.manifest.generation;
             let dst = wd.checkpoints().join(gen.to_string());
             std::fs::rename(&imp.images, &dst)
@@ -588,7 +590,7 @@ pub fn import(
             st.status = Status::Checkpointed;
             st.generation = Some(gen);
             wd.save(&st)?;
-            checkpoint::Generation {
+            generations::Generation {
                 number: gen,
                 dir: dst,
             }
@@ -613,7 +615,7 @@ pub struct Inspect {
     pub monitor_alive: bool,
     pub spec: Spec,
     pub generations: Vec<GenerationInfo>,
-    pub sessions: Vec<crate::exec::SessionRecord>,
+    pub sessions: Vec<crate::store::sessions::SessionRecord>,
     pub cgroup: String,
     pub log: String,
 }
@@ -635,7 +637,7 @@ pub struct GenerationInfo {
 
 /// The generations of a workload with their manifests' facts.
 pub fn generations(wd: &WorkloadDir) -> Vec<GenerationInfo> {
-    checkpoint::list(wd)
+    generations::list(wd)
         .into_iter()
         .map(|g| match g.manifest(&wd.name) {
             Ok(m) => GenerationInfo {
@@ -675,8 +677,8 @@ pub fn inspect(root: &StateRoot, name: &str) -> Result<Inspect, ApiError> {
         monitor_alive: o.monitor_alive,
         spec,
         generations: generations(&wd),
-        sessions: crate::exec::list(&wd),
-        cgroup: crate::cgroup::Cgroup::for_workload(&root.key(), name).rel,
+        sessions: crate::store::sessions::list(&wd),
+        cgroup: crate::container::cgroup::Cgroup::for_workload(&root.key(), name).rel,
         log: wd.log_path().display().to_string(),
     })
 }

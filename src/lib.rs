@@ -7,25 +7,17 @@
 //! The library is the product; the `stasis` binary is a thin CLI over [`api`]. Processes:
 //! the CLI talks to one [`monitor`] per workload over a unix socket; the monitor owns the
 //! outer ends of the container's stdio and runs [`init`] as PID 1 of the container, which
-//! starts the workload and exec sessions through the [`spawn`] builder.
+//! starts the workload and exec sessions through the [`init::spawn`] builder.
 #![deny(unsafe_code)]
 
 pub mod api;
-pub mod cgroup;
-pub mod checkpoint;
-pub mod client;
+pub mod attach;
 pub mod container;
 pub mod criu;
-pub mod events;
-pub mod exec;
-pub mod fsutil;
+pub mod exit;
 pub mod init;
-pub mod initstore;
-pub mod log;
 pub mod monitor;
-pub mod proto;
-pub mod spawn;
+pub mod protocol;
 pub mod spec;
-pub mod state;
-pub mod status;
+pub mod store;
 pub mod sys;

@@ -56,10 +56,12 @@ fn kill9(pid: i32) {
 }
 
 /// (stream, payload) of every record of a workload's log, in order.
-fn log_records(env: &Env, name: &str) -> Vec<(stasis::log::Stream, Vec<u8>)> {
-    let mut r =
-        stasis::log::LogReader::open(&env.root().join("workloads").join(name).join("log"), 0)
-            .expect("log");
+fn log_records(env: &Env, name: &str) -> Vec<(stasis::store::log::Stream, Vec<u8>)> {
+    let mut r = stasis::store::log::LogReader::open(
+        &env.root().join("workloads").join(name).join("log"),
+        0,
+    )
+    .expect("log");
     let mut v = vec![];
     while let Some(rec) = r.next_record().expect("record") {
         v.push((rec.stream, rec.data));
@@ -69,13 +71,15 @@ fn log_records(env: &Env, name: &str) -> Vec<(stasis::log::Stream, Vec<u8>)> {
 
 /// The last counter value written before `offset` in the log.
 fn value_before(env: &Env, name: &str, offset: u64) -> Option<u64> {
-    let mut r =
-        stasis::log::LogReader::open(&env.root().join("workloads").join(name).join("log"), 0)
-            .expect("log");
+    let mut r = stasis::store::log::LogReader::open(
+        &env.root().join("workloads").join(name).join("log"),
+        0,
+    )
+    .expect("log");
     let mut out = Vec::new();
     while r.offset() < offset {
         match r.next_record().expect("record") {
-            Some(rec) if rec.stream == stasis::log::Stream::Stdout => out.extend(rec.data),
+            Some(rec) if rec.stream == stasis::store::log::Stream::Stdout => out.extend(rec.data),
             Some(_) => {}
             None => break,
         }
@@ -139,11 +143,11 @@ fn twenty_crashes_each_come_back_from_a_generation() {
             let recs = log_records(&env, "c");
             let marker = recs[records_before..]
                 .iter()
-                .position(|(s, _)| *s == stasis::log::Stream::Marker);
+                .position(|(s, _)| *s == stasis::store::log::Stream::Marker);
             if let Some(i) = marker {
                 let after: Vec<u8> = recs[records_before + i..]
                     .iter()
-                    .filter(|(s, _)| *s == stasis::log::Stream::Stdout)
+                    .filter(|(s, _)| *s == stasis::store::log::Stream::Stdout)
                     .flat_map(|(_, d)| d.clone())
                     .collect();
                 first_after = counter_values(&after).first().copied();

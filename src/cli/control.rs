@@ -3,11 +3,11 @@
 use super::{usage, Failure};
 use clap::Args;
 use stasis::api::{self, ApiError};
-use stasis::client::{self, AttachOpts, Outcome};
-use stasis::proto::{Reply, Request};
+use stasis::attach::{self, AttachOpts, Outcome};
+use stasis::exit::parse_signal;
+use stasis::protocol::{Reply, Request};
 use stasis::spec::Dur;
-use stasis::state::{self, StateRoot};
-use stasis::status::parse_signal;
+use stasis::store::state::{self, StateRoot};
 
 #[derive(Args, Debug)]
 pub struct NameArg {
@@ -56,10 +56,10 @@ pub struct RmArgs {
 pub fn attach(root: &StateRoot, a: AttachArgs) -> Result<i32, Failure> {
     let wd = root.workload(&a.name);
     let spec = api::load_spec(&wd)?;
-    let keys = client::parse_detach_keys(
+    let keys = attach::parse_detach_keys(
         a.detach_keys
             .as_deref()
-            .unwrap_or(client::DEFAULT_DETACH_KEYS),
+            .unwrap_or(attach::DEFAULT_DETACH_KEYS),
     )
     .map_err(usage)?;
     let conn = api::connect(root, &a.name)?;
@@ -70,11 +70,11 @@ pub fn attach(root: &StateRoot, a: AttachArgs) -> Result<i32, Failure> {
         session: None,
         name: a.name.clone(),
     };
-    let relays = client::relays(&opts)?;
+    let relays = attach::relays(&opts)?;
     let first = Request::Attach {
         attach: relays.spec.clone(),
     };
-    match client::attach(&conn, &first, relays, &opts, |_| {})? {
+    match attach::attach(&conn, &first, relays, &opts, |_| {})? {
         Outcome::Ended(Reply::Exit { code, .. }) => Ok(code),
         Outcome::Ended(_) => Ok(0),
         Outcome::Detached => {

@@ -3,8 +3,8 @@
 use super::{usage, Failure};
 use clap::Args;
 use stasis::api::{self, ApiError};
-use stasis::proto::{CheckpointOpts, Reply, RestoreOpts};
-use stasis::state::{StateRoot, Status};
+use stasis::protocol::{CheckpointOpts, Reply, RestoreOpts};
+use stasis::store::state::{StateRoot, Status};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -159,7 +159,7 @@ fn summary(verb: &str, failed: Vec<(String, String)>) -> Result<i32, Failure> {
     }
     let names: Vec<String> = failed.into_iter().map(|(n, _)| n).collect();
     Err(Failure {
-        code: stasis::status::CODE_STASIS_ERROR,
+        code: stasis::exit::CODE_STASIS_ERROR,
         message: format!(
             "{verb} failed for {} workload(s): {}",
             names.len(),
@@ -307,7 +307,7 @@ fn restore_in_child(root: &StateRoot, name: &str, opts: &RestoreOpts) -> Result<
             source: e,
         })?;
     if out.status.success() {
-        let st = stasis::state::observe(&root.workload(name))?;
+        let st = stasis::store::state::observe(&root.workload(name))?;
         Ok(format!(
             "restored from generation {} (pid {})",
             st.state.generation.unwrap_or(0),
@@ -317,10 +317,7 @@ fn restore_in_child(root: &StateRoot, name: &str, opts: &RestoreOpts) -> Result<
         let err = String::from_utf8_lossy(&out.stderr);
         let msg = err.trim().trim_start_matches("stasis: ").to_string();
         Err(ApiError::Monitor {
-            code: out
-                .status
-                .code()
-                .unwrap_or(stasis::status::CODE_STASIS_ERROR),
+            code: out.status.code().unwrap_or(stasis::exit::CODE_STASIS_ERROR),
             message: msg,
         })
     }

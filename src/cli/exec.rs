@@ -3,10 +3,10 @@
 use super::{fmt_time, usage, Failure, Format};
 use clap::Args;
 use stasis::api;
-use stasis::client::{self, AttachOpts, Outcome};
-use stasis::proto::{AttachSpec, ExecRequest, Reply, Request};
+use stasis::attach::{self, AttachOpts, Outcome};
+use stasis::protocol::{AttachSpec, ExecRequest, Reply, Request};
 use stasis::spec::{parse_env_kv, Dur};
-use stasis::state::StateRoot;
+use stasis::store::state::StateRoot;
 use std::io::IsTerminal;
 use std::os::fd::{AsFd, BorrowedFd};
 
@@ -87,7 +87,7 @@ pub fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32, Failure> {
     }
     if let Some(id) = &a.stop {
         let c = api::connect(root, &a.name)?;
-        stasis::proto::send(
+        stasis::protocol::send(
             c.as_fd(),
             &Request::ExecStop {
                 id: id.clone(),
@@ -103,10 +103,10 @@ pub fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32, Failure> {
             other => Err(usage(format!("unexpected reply {other:?}"))),
         };
     }
-    let keys = client::parse_detach_keys(
+    let keys = attach::parse_detach_keys(
         a.detach_keys
             .as_deref()
-            .unwrap_or(client::DEFAULT_DETACH_KEYS),
+            .unwrap_or(attach::DEFAULT_DETACH_KEYS),
     )
     .map_err(usage)?;
     let interactive_terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
@@ -126,13 +126,13 @@ pub fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32, Failure> {
             session: Some(id.clone()),
             name: a.name.clone(),
         };
-        let relays = client::relays(&opts)?;
+        let relays = attach::relays(&opts)?;
         let first = Request::ExecAttach {
             id: id.clone(),
             attach: relays.spec.clone(),
         };
         return end(
-            client::attach(&conn, &first, relays, &opts, |_| {})?,
+            attach::attach(&conn, &first, relays, &opts, |_| {})?,
             &a.name,
         );
     }
@@ -169,7 +169,7 @@ pub fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32, Failure> {
     let conn = api::connect(root, &a.name)?;
     let extra: Vec<i32> = a.preserve_fd.clone();
     if a.detach {
-        stasis::proto::send(
+        stasis::protocol::send(
             conn.as_fd(),
             &Request::Exec {
                 req: req(AttachSpec::default()),
@@ -191,14 +191,14 @@ pub fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32, Failure> {
         session: None,
         name: a.name.clone(),
     };
-    let mut relays = client::relays(&opts)?;
+    let mut relays = attach::relays(&opts)?;
     for fd in &extra {
         relays.far.push(borrow_checked(*fd)?.try_clone_to_owned()?);
     }
     let first = Request::Exec {
         req: req(relays.spec.clone()),
     };
-    let r = client::attach(&conn, &first, relays, &opts, |_| {})?;
+    let r = attach::attach(&conn, &first, relays, &opts, |_| {})?;
     end(r, &a.name)
 }
 
@@ -211,10 +211,10 @@ fn list(root: &StateRoot, a: &ExecArgs) -> Result<i32, Failure> {
     let wd = root.workload(&a.name);
     if !wd.exists() {
         return Err(
-            api::ApiError::from(stasis::state::StateError::NotFound(a.name.clone())).into(),
+            api::ApiError::from(stasis::store::state::StateError::NotFound(a.name.clone())).into(),
         );
     }
-    let sessions = stasis::exec::list(&wd);
+    let sessions = stasis::store::sessions::list(&wd);
     if a.format == Format::Json {
         println!(
             "{}",

@@ -8,8 +8,8 @@ mod query;
 mod run;
 
 use clap::{Args, Parser, Subcommand};
-use stasis::state::StateRoot;
-use stasis::status::CODE_STASIS_ERROR;
+use stasis::exit::CODE_STASIS_ERROR;
+use stasis::store::state::StateRoot;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -89,10 +89,10 @@ impl From<stasis::api::ApiError> for Failure {
     }
 }
 
-impl From<stasis::client::ClientError> for Failure {
-    fn from(e: stasis::client::ClientError) -> Failure {
+impl From<stasis::attach::ClientError> for Failure {
+    fn from(e: stasis::attach::ClientError) -> Failure {
         match e {
-            stasis::client::ClientError::Refused { code, message } => Failure { code, message },
+            stasis::attach::ClientError::Refused { code, message } => Failure { code, message },
             other => Failure {
                 code: CODE_STASIS_ERROR,
                 message: other.to_string(),
@@ -209,7 +209,7 @@ pub fn fmt_time(ms: u64) -> String {
 
 /// A short "how long ago": `5s`, `3m`, `2h`, `4d`.
 pub fn ago(ms: u64) -> String {
-    let now = stasis::state::now_ms();
+    let now = stasis::store::state::now_ms();
     let s = now.saturating_sub(ms) / 1000;
     match s {
         0..=59 => format!("{s}s"),

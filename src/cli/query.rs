@@ -4,8 +4,8 @@ use super::{ago, fmt_time, usage, Failure, Format};
 use clap::Args;
 use serde::Serialize;
 use stasis::api;
-use stasis::log::{LogReader, Stream};
-use stasis::state::{self, StateRoot, Status};
+use stasis::store::log::{LogReader, Stream};
+use stasis::store::state::{self, StateRoot, Status};
 use std::io::Write;
 use std::time::Duration;
 
@@ -218,7 +218,7 @@ pub fn logs(root: &StateRoot, a: LogsArgs) -> Result<i32, Failure> {
         return Err(api::ApiError::from(state::StateError::NotFound(a.name.clone())).into());
     }
     let path = match &a.exec {
-        Some(id) => stasis::exec::log_path(&wd, id),
+        Some(id) => stasis::store::sessions::log_path(&wd, id),
         None => wd.log_path(),
     };
     let mut reader = loop {
@@ -262,8 +262,8 @@ pub fn logs(root: &StateRoot, a: LogsArgs) -> Result<i32, Failure> {
         if !wrote {
             // Follow until the workload (or session) is over and nothing more can come.
             let done = match &a.exec {
-                Some(id) => stasis::exec::load(&wd, id)
-                    .is_none_or(|r| r.status == stasis::exec::SessionStatus::Exited),
+                Some(id) => stasis::store::sessions::load(&wd, id)
+                    .is_none_or(|r| r.status == stasis::store::sessions::SessionStatus::Exited),
                 None => state::observe(&wd)
                     .map(|o| o.state.status.is_final() && !o.monitor_alive)
                     .unwrap_or(true),
@@ -331,7 +331,7 @@ pub fn events(root: &StateRoot, a: InspectArgs) -> Result<i32, Failure> {
     if !wd.exists() {
         return Err(api::ApiError::from(state::StateError::NotFound(a.name.clone())).into());
     }
-    let ev = stasis::events::read(&wd);
+    let ev = stasis::store::events::read(&wd);
     if a.format == Format::Json {
         println!(
             "{}",
@@ -378,9 +378,9 @@ pub fn check(root: &StateRoot) -> Result<i32, Failure> {
             "stasis needs root (namespaces, cgroups, CRIU)".into()
         },
     );
-    let mode = stasis::cgroup::detect();
+    let mode = stasis::container::cgroup::detect();
 
-    let dirs = stasis::cgroup::available();
+    let dirs = stasis::container::cgroup::available();
     line(
         !dirs.is_empty(),
         "cgroup",
@@ -425,8 +425,8 @@ pub fn check(root: &StateRoot) -> Result<i32, Failure> {
         }
         Err(e) => line(false, "criu", e.to_string()),
     }
-    let store = stasis::initstore::dir();
-    match stasis::initstore::ensure() {
+    let store = stasis::store::init_copies::dir();
+    match stasis::store::init_copies::ensure() {
         Ok(p) => line(true, "init store", p.display().to_string()),
         Err(e) => line(false, "init store", format!("{}: {e}", store.display())),
     }
@@ -437,6 +437,6 @@ pub fn check(root: &StateRoot) -> Result<i32, Failure> {
     Ok(if ok {
         0
     } else {
-        stasis::status::CODE_STASIS_ERROR
+        stasis::exit::CODE_STASIS_ERROR
     })
 }

@@ -3,10 +3,10 @@
 use super::{usage, Failure};
 use clap::Args;
 use stasis::api;
-use stasis::client::{self, AttachOpts, Outcome};
-use stasis::proto::{self, Reply, Request};
+use stasis::attach::{self, AttachOpts, Outcome};
+use stasis::protocol::{self, Reply, Request};
 use stasis::spec::{ByteSize, Dur, ExitPolicy, Network, ShutdownAction, Spec, SpecOverrides};
-use stasis::state::StateRoot;
+use stasis::store::state::StateRoot;
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -162,10 +162,10 @@ pub fn build_spec(a: &RunArgs) -> Result<Spec, Failure> {
 
 pub fn run(root: &StateRoot, a: RunArgs) -> Result<i32, Failure> {
     let spec = build_spec(&a)?;
-    let keys = client::parse_detach_keys(
+    let keys = attach::parse_detach_keys(
         a.detach_keys
             .as_deref()
-            .unwrap_or(client::DEFAULT_DETACH_KEYS),
+            .unwrap_or(attach::DEFAULT_DETACH_KEYS),
     )
     .map_err(usage)?;
     let tty = spec.tty;
@@ -179,10 +179,10 @@ pub fn run(root: &StateRoot, a: RunArgs) -> Result<i32, Failure> {
     let conn = api::spawn_monitor(root, &wd, lock, Some((spec, state)))?;
     let term = std::env::var("TERM").ok();
     if a.detach {
-        proto::send(
+        protocol::send(
             conn.as_fd(),
             &Request::Start {
-                version: proto::PROTO_VERSION,
+                version: protocol::PROTO_VERSION,
                 attach: None,
                 term,
             },
@@ -204,13 +204,13 @@ pub fn run(root: &StateRoot, a: RunArgs) -> Result<i32, Failure> {
         session: None,
         name: wd.name.clone(),
     };
-    let relays = client::relays(&opts)?;
+    let relays = attach::relays(&opts)?;
     let first = Request::Start {
-        version: proto::PROTO_VERSION,
+        version: protocol::PROTO_VERSION,
         attach: Some(relays.spec.clone()),
         term,
     };
-    match client::attach(&conn, &first, relays, &opts, |_| {})? {
+    match attach::attach(&conn, &first, relays, &opts, |_| {})? {
         Outcome::Ended(Reply::Exit {
             code, oom_killed, ..
         }) => {

@@ -10,19 +10,19 @@
 //! monitor's child again; then the new inodes are recorded, so the next checkpoint works like
 //! the first. Attached clients keep their pipes: their output simply continues.
 
-use super::exec::Session;
+use super::sessions::Session;
 use super::start::{make_stdio, role_stream, start_pumps};
 use super::{diag, err_reply, Monitor, Stdio};
-use crate::checkpoint::{self, External, Manifest, Role, SessionEntry, MANIFEST_VERSION};
 use crate::container::INIT_MOUNT;
 use crate::criu::{self, Criu, ExtId};
-use crate::events::Event as HistEvent;
-use crate::exec::SessionStatus;
-use crate::fsutil;
-use crate::proto::{CheckpointOpts, DumpStats, Reply, RestoreOpts};
+use crate::exit::CODE_STASIS_ERROR;
+use crate::protocol::{CheckpointOpts, DumpStats, Reply, RestoreOpts};
 use crate::spec::Volume;
-use crate::state::{now_ms, Status};
-use crate::status::CODE_STASIS_ERROR;
+use crate::store::atomic;
+use crate::store::events::Event as HistEvent;
+use crate::store::generations::{self, External, Manifest, Role, SessionEntry, MANIFEST_VERSION};
+use crate::store::sessions::SessionStatus;
+use crate::store::state::{now_ms, Status};
 use crate::sys;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -60,7 +60,7 @@ impl Monitor {
 
     fn criu_log(&self, what: &str, gen: u32) -> PathBuf {
         let d = self.wd.criu_logs();
-        let _ = fsutil::mkdir_p(&d, 0o700);
+        let _ = atomic::mkdir_p(&d, 0o700);
         d.join(format!("{what}-{gen}.log"))
     }
 
@@ -71,7 +71,7 @@ impl Monitor {
             v.push((
                 INIT_MOUNT.to_string(),
                 "stasis-init".to_string(),
-                crate::initstore::dir(),
+                crate::store::init_copies::dir(),
             ));
             for (i, vol) in self
                 .spec
@@ -121,14 +121,14 @@ impl Monitor {
             Ok(c) => c,
             Err(r) => return r,
         };
-        let gen = checkpoint::next_number(
+        let gen = generations::next_number(
             &self.wd,
             self.st
                 .generation
                 .unwrap_or(0)
                 .max(self.policy.last_generation),
         );
-        let tmp = match checkpoint::temp_dir(&self.wd, gen) {
+        let tmp = match generations::temp_dir(&self.wd, gen) {
             Ok(t) => t,
             Err(e) => return self.checkpoint_failed(gen, None, e.to_string(), e.is_no_space()),
         };
@@ -181,7 +181,7 @@ impl Monitor {
             file_locks: opts.file_locks,
         };
         let stdin_open = self.stdin_tx.borrow().is_some() && !self.spec.tty;
-        let init_path = match crate::initstore::ensure() {
+        let init_path = match crate::store::init_copies::ensure() {
             Ok(p) => p,
             Err(e) => {
                 return self.checkpoint_failed(gen, Some(&tmp), e.to_string(), e.is_no_space())
@@ -208,7 +208,7 @@ impl Monitor {
         let stop_ms = t0.elapsed().as_secs_f64() * 1000.0 - dump_ms;
         let log_offset = self.log.borrow().as_ref().map(|l| l.offset()).unwrap_or(0);
         let times = criu::read_dump_times(&tmp.join("stats-dump"));
-        let files = match checkpoint::file_entries(&tmp) {
+        let files = match generations::file_entries(&tmp) {
             Ok(f) => f,
             Err(e) => {
                 return self.checkpoint_failed(gen, Some(&tmp), format!("list images: {e}"), false)
@@ -244,7 +244,7 @@ impl Monitor {
             files,
             stats: stats.clone(),
         };
-        if let Err(e) = checkpoint::commit(&self.wd, &tmp, &manifest) {
+        if let Err(e) = generations::commit(&self.wd, &tmp, &manifest) {
             return self
                 .after_dump_failure(gen, &tmp, manifest, e.to_string())
                 .await;
@@ -254,7 +254,7 @@ impl Monitor {
         self.st.generation = Some(gen);
         let keep = opts.keep.or(self.spec.checkpoint.keep);
         if let Some(k) = keep {
-            let trash = checkpoint::prune(&self.wd, k);
+            let trash = generations::prune(&self.wd, k);
             self.delete_in_background(trash);
         }
         self.event(HistEvent::new("checkpoint", opts.reason.clone()).generation(gen));
@@ -402,7 +402,7 @@ impl Monitor {
                 format!("{} is running", self.wd.name),
             ));
         }
-        let gen = checkpoint::pick(&self.wd, opts.generation)
+        let gen = generations::pick(&self.wd, opts.generation)
             .map_err(|e| err_reply(CODE_STASIS_ERROR, e.to_string()))?;
         let number = gen.number;
         let manifest = gen.verify(&self.wd.name).map_err(|e| {
@@ -428,7 +428,7 @@ impl Monitor {
         let criu = self.criu(opts.criu.as_ref())?;
         self.prepare_cgroup().map_err(|(c, m)| err_reply(c, m))?;
         if let Some(d) = &manifest.init_cwd {
-            fsutil::mkdir_p(d, 0o700).map_err(|e| err_reply(CODE_STASIS_ERROR, e.to_string()))?;
+            atomic::mkdir_p(d, 0o700).map_err(|e| err_reply(CODE_STASIS_ERROR, e.to_string()))?;
         }
         let mut fresh = self.fresh_fds(&manifest).map_err(|e| {
             err_reply(
@@ -543,7 +543,7 @@ impl Monitor {
         // Sessions that existed at the dump but were not in it are gone for good.
         let in_dump: Vec<String> = manifest.sessions.iter().map(|s| s.id.clone()).collect();
         self.sessions.retain(|id, _| in_dump.contains(id));
-        let newest = checkpoint::list(&self.wd)
+        let newest = generations::list(&self.wd)
             .last()
             .map(|g| g.number)
             .unwrap_or(number);
@@ -612,7 +612,7 @@ impl Monitor {
             };
             match &ext.role {
                 Role::Control => {
-                    let (mon, init_end) = crate::proto::seqpacket_pair()?;
+                    let (mon, init_end) = crate::protocol::seqpacket_pair()?;
                     let ino = nix::sys::stat::fstat(&init_end)
                         .map(|s| s.st_ino)
                         .unwrap_or(0);
@@ -660,7 +660,7 @@ impl Monitor {
     async fn resume_session(&mut self, id: &str, mut stdio: Stdio, stdin_open: bool) {
         let Some(s) = self.sessions.get_mut(id) else {
             // A session known only from the checkpoint (a new monitor): its output goes to its log.
-            let Some(rec) = crate::exec::load(&self.wd, id) else {
+            let Some(rec) = crate::store::sessions::load(&self.wd, id) else {
                 return;
             };
             let mut s = Session::new(rec, &self.wd);
@@ -691,7 +691,7 @@ impl Monitor {
             if s.client.is_none() {
                 s.detach_to_log(&self.wd);
             }
-            if let Err(e) = crate::exec::save(&self.wd, &s.rec) {
+            if let Err(e) = crate::store::sessions::save(&self.wd, &s.rec) {
                 diag(&format!("session {id}: {e}"));
             }
         }
@@ -712,7 +712,7 @@ impl Monitor {
         let target = std::fs::File::open(format!("/proc/{pid}/ns/net"))
             .map_err(|e| format!("open netns of {pid}: {e}"))?;
         setns(&target, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns: {e}"))?;
-        let pair = crate::proto::seqpacket_pair();
+        let pair = crate::protocol::seqpacket_pair();
         if let Err(e) = setns(&host, CloneFlags::CLONE_NEWNET) {
             // Never stay in a workload's namespace.
             diag(&format!("cannot return to the host network namespace: {e}"));
@@ -721,18 +721,18 @@ impl Monitor {
         let (mine, theirs) = pair.map_err(|e| format!("socketpair: {e}"))?;
         let live = self.live.as_mut().ok_or("not running")?;
         live.ctl
-            .send_msg(&crate::proto::ToInit::Rekey, &[theirs.as_raw_fd()])
+            .send_msg(&crate::protocol::ToInit::Rekey, &[theirs.as_raw_fd()])
             .await
             .map_err(|e| format!("send: {e}"))?;
         drop(theirs);
         let new = std::rc::Rc::new(super::io::Fd::new(mine).map_err(|e| e.to_string())?);
         match tokio::time::timeout(
             Duration::from_secs(5),
-            new.recv_msg::<crate::proto::FromInit>(),
+            new.recv_msg::<crate::protocol::FromInit>(),
         )
         .await
         {
-            Ok(Ok(Some((crate::proto::FromInit::Rekeyed, _)))) => {}
+            Ok(Ok(Some((crate::protocol::FromInit::Rekeyed, _)))) => {}
             other => return Err(format!("no answer from init: {other:?}")),
         }
         let reader = super::start::spawn_reader(

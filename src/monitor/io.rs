@@ -5,8 +5,8 @@
 //! setting O_NONBLOCK never leaks into a description someone else shares. Pipe-to-pipe copies
 //! use splice with SPLICE_F_NONBLOCK: the data moves between kernel buffers without a copy.
 
-use crate::log::{LogWriter, Stream};
-use crate::proto;
+use crate::protocol;
+use crate::store::log::{LogWriter, Stream};
 use crate::sys;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -104,7 +104,7 @@ impl Fd {
 
     /// Sends a message (with fds) on a seqpacket socket.
     pub async fn send_msg<T: Serialize>(&self, msg: &T, fds: &[RawFd]) -> io::Result<()> {
-        let data = proto::encode(msg)?;
+        let data = protocol::encode(msg)?;
         loop {
             let mut g = self.inner.writable().await?;
             match g.try_io(|i| sys::send_with_fds(i.get_ref().as_fd(), &data, fds, true)) {
@@ -118,9 +118,9 @@ impl Fd {
     pub async fn recv_msg<T: DeserializeOwned>(&self) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
         loop {
             let mut g = self.inner.readable().await?;
-            match g.try_io(|i| sys::recv_datagram(i.get_ref().as_fd(), true, proto::MAX_MSG)) {
+            match g.try_io(|i| sys::recv_datagram(i.get_ref().as_fd(), true, protocol::MAX_MSG)) {
                 Ok(Ok((buf, fds))) if buf.is_empty() && fds.is_empty() => return Ok(None),
-                Ok(Ok((buf, fds))) => return Ok(Some((proto::decode(&buf)?, fds))),
+                Ok(Ok((buf, fds))) => return Ok(Some((protocol::decode(&buf)?, fds))),
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => return Ok(None),
                 Ok(Err(e)) => return Err(e),
                 Err(_) => continue,

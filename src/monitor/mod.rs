@@ -8,20 +8,22 @@
 //! readers, output pumps, the reaper) talk to it through a channel.
 
 mod cr;
-mod exec;
 pub(crate) mod io;
 mod policy;
 mod reaper;
+mod sessions;
 mod start;
 
-use crate::cgroup::Cgroup;
+use crate::container::cgroup::Cgroup;
 use crate::criu::Criu;
-use crate::events::{self, Event as HistEvent};
-use crate::log::LogWriter;
-use crate::proto::{self, Reply, Request};
+use crate::exit::{ExitStatus, CODE_STASIS_ERROR};
+use crate::protocol::{self, Reply, Request};
 use crate::spec::Spec;
-use crate::state::{now_ms, ExitInfo, ProcRef, StateRoot, Status, WorkloadDir, WorkloadState};
-use crate::status::{ExitStatus, CODE_STASIS_ERROR};
+use crate::store::events::{self, Event as HistEvent};
+use crate::store::log::LogWriter;
+use crate::store::state::{
+    now_ms, ExitInfo, ProcRef, StateRoot, Status, WorkloadDir, WorkloadState,
+};
 use crate::sys;
 use io::{Fd, Finish, Sinks};
 use std::cell::{Cell, RefCell};
@@ -162,7 +164,7 @@ pub(crate) struct Stdio {
     pub pumps: Vec<JoinHandle<u64>>,
     pub finish: Rc<Finish>,
     /// CRIU names of the container-side ends, by role.
-    pub exts: Vec<crate::checkpoint::External>,
+    pub exts: Vec<crate::store::generations::External>,
 }
 
 impl Stdio {
@@ -226,7 +228,7 @@ pub(crate) struct Monitor {
     /// A signal the user sent with `stasis kill`, and when.
     pub user_kill: Option<(i32, Instant)>,
     pub oom_base: u64,
-    pub sessions: HashMap<String, exec::Session>,
+    pub sessions: HashMap<String, sessions::Session>,
     /// The exit being drained before it is recorded.
     pending_exit: Option<ExitInfo>,
     pub criu: Option<Criu>,
@@ -323,7 +325,7 @@ async fn main(l: Launch) -> i32 {
     // Recorded with the next state change (the start or restore that follows at once).
     m.st.monitor = ProcRef::of(std::process::id() as i32);
     m.st.note = None;
-    crate::checkpoint::clean_temps(&m.wd);
+    crate::store::generations::clean_temps(&m.wd);
     match Fd::new(l.first) {
         Ok(f) => {
             m.add_client(f);
@@ -333,7 +335,7 @@ async fn main(l: Launch) -> i32 {
             return CODE_STASIS_ERROR;
         }
     }
-    match proto::listen(&wd.socket).and_then(Fd::new) {
+    match protocol::listen(&wd.socket).and_then(Fd::new) {
         Ok(listener) => {
             let tx = m.tx.clone();
             tokio::task::spawn_local(accept_loop(listener, tx));
@@ -411,7 +413,7 @@ async fn accept_loop(listener: Fd, tx: mpsc::UnboundedSender<Event>) {
         match listener.accept().await {
             Ok(fd) => {
                 // Only root and the monitor's own user may drive a workload.
-                match proto::peer_uid(&fd) {
+                match protocol::peer_uid(&fd) {
                     Ok(uid) if uid == 0 || uid == me => {
                         if tx.send(Event::NewClient(fd)).is_err() {
                             return;
@@ -530,12 +532,15 @@ impl Monitor {
                 attach,
                 term,
             } => {
-                if version != proto::PROTO_VERSION {
+                if version != protocol::PROTO_VERSION {
                     self.reply(
                         cid,
                         err_reply(
                             CODE_STASIS_ERROR,
-                            format!("protocol version {version} is not {}", proto::PROTO_VERSION),
+                            format!(
+                                "protocol version {version} is not {}",
+                                protocol::PROTO_VERSION
+                            ),
                         ),
                     )
                     .await;
@@ -626,7 +631,12 @@ impl Monitor {
         }
     }
 
-    async fn req_start(&mut self, cid: u64, attach: Option<proto::AttachSpec>, fds: Vec<OwnedFd>) {
+    async fn req_start(
+        &mut self,
+        cid: u64,
+        attach: Option<protocol::AttachSpec>,
+        fds: Vec<OwnedFd>,
+    ) {
         if self.st.status != Status::Created {
             self.reply(
                 cid,
@@ -674,7 +684,7 @@ impl Monitor {
 
     /// Attaches a client's pipes (stdin read end, stdout and stderr write ends, in that order,
     /// as the spec says which are present) to the workload's stdio.
-    fn attach(&mut self, cid: u64, a: &proto::AttachSpec, fds: Vec<OwnedFd>) -> Reply {
+    fn attach(&mut self, cid: u64, a: &protocol::AttachSpec, fds: Vec<OwnedFd>) -> Reply {
         if self.st.status.is_final() {
             return err_reply(
                 CODE_STASIS_ERROR,
@@ -972,7 +982,7 @@ impl Monitor {
         diag("SIGTERM: host shutdown");
         if self.live.is_some() && self.spec.on_shutdown == crate::spec::ShutdownAction::Checkpoint {
             let r = self
-                .checkpoint(proto::CheckpointOpts {
+                .checkpoint(protocol::CheckpointOpts {
                     reason: "shutdown".into(),
                     ..Default::default()
                 })

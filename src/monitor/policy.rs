@@ -9,12 +9,12 @@
 //! back every time.
 
 use super::{diag, Event, Monitor};
-use crate::checkpoint;
-use crate::events::Event as HistEvent;
-use crate::proto::{CheckpointOpts, Reply, RestoreOpts};
+use crate::exit::ExitStatus;
+use crate::protocol::{CheckpointOpts, Reply, RestoreOpts};
 use crate::spec::{ExitPolicy, ExitWhen};
-use crate::state::{ExitInfo, Status};
-use crate::status::ExitStatus;
+use crate::store::events::Event as HistEvent;
+use crate::store::generations;
+use crate::store::state::{ExitInfo, Status};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -175,7 +175,7 @@ impl Monitor {
             .map(|s| format!("crash: {s}"))
             .unwrap_or_else(|| "crash".into());
         if self.spec.on_exit.policy == ExitPolicy::Restore {
-            let gens: Vec<u32> = checkpoint::list(&self.wd)
+            let gens: Vec<u32> = generations::list(&self.wd)
                 .iter()
                 .rev()
                 .map(|g| g.number)
@@ -225,7 +225,7 @@ impl Monitor {
                     status: None,
                     code,
                     oom_killed: false,
-                    at: crate::state::now_ms(),
+                    at: crate::store::state::now_ms(),
                     reason: Some(message),
                 });
                 if !self.policy_wants_retry().await {

@@ -5,7 +5,7 @@
 //! run and of an orphan never steal each other's statuses. An exit reaped before anyone asked
 //! for it is kept, so `watch` after the fact still gets it.
 
-use crate::status::ExitStatus;
+use crate::exit::ExitStatus;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use tokio::sync::oneshot;

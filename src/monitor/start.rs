@@ -2,16 +2,16 @@
 
 use super::io::{self as mio, Fd, Finish, Sinks};
 use super::{diag, Event, Live, Monitor, Stdio};
-use crate::cgroup::Limits;
-use crate::checkpoint::{External, Role};
+use crate::container::cgroup::Limits;
 use crate::container::{self, ContainerConfig};
 use crate::criu::ExtId;
-use crate::log::Stream;
-use crate::proto::{FromInit, ToInit};
-use crate::spawn::ProcSpec;
+use crate::exit::CODE_STASIS_ERROR;
+use crate::init::spawn::ProcSpec;
+use crate::protocol::{FromInit, ToInit};
 use crate::spec::Volume;
-use crate::state::{now_ms, ProcRef, Status};
-use crate::status::CODE_STASIS_ERROR;
+use crate::store::generations::{External, Role};
+use crate::store::log::Stream;
+use crate::store::state::{now_ms, ProcRef, Status};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -157,7 +157,7 @@ pub(crate) fn make_stdio(
 /// Starts the output pumps of a stdio towards a log and sinks.
 pub(crate) fn start_pumps(
     s: &mut Stdio,
-    log: Option<Rc<RefCell<Option<crate::log::LogWriter>>>>,
+    log: Option<Rc<RefCell<Option<crate::store::log::LogWriter>>>>,
     out_sinks: &Sinks,
     err_sinks: &Sinks,
 ) {
@@ -190,7 +190,7 @@ pub(crate) fn spawn_reader(
     ctl: Rc<Fd>,
     tx: tokio::sync::mpsc::UnboundedSender<Event>,
     pending: super::PendingSpawns,
-    main_status: Rc<Cell<Option<crate::status::ExitStatus>>>,
+    main_status: Rc<Cell<Option<crate::exit::ExitStatus>>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::task::spawn_local(async move {
         loop {
@@ -361,7 +361,7 @@ impl Monitor {
     /// Writes spec.json if the CLI left it to the monitor (see `api::create`).
     pub(crate) fn persist_spec(&mut self) {
         if !self.spec_on_disk {
-            match crate::fsutil::write_json_atomic(&self.wd.spec_path(), &self.spec) {
+            match crate::store::atomic::write_json_atomic(&self.wd.spec_path(), &self.spec) {
                 Ok(()) => self.spec_on_disk = true,
                 Err(e) => diag(&format!("write spec: {e}")),
             }
@@ -374,10 +374,10 @@ impl Monitor {
             self.save();
             return;
         }
-        let spec = crate::fsutil::to_json(&self.wd.spec_path(), &self.spec);
-        let state = crate::fsutil::to_json(&self.wd.state_path(), &self.st);
+        let spec = crate::store::atomic::to_json(&self.wd.spec_path(), &self.spec);
+        let state = crate::store::atomic::to_json(&self.wd.state_path(), &self.st);
         let r = match (spec, state) {
-            (Ok(a), Ok(b)) => crate::fsutil::write_atomic_many(&[
+            (Ok(a), Ok(b)) => crate::store::atomic::write_atomic_many(&[
                 (&self.wd.spec_path(), &a),
                 (&self.wd.state_path(), &b),
             ]),
@@ -391,17 +391,18 @@ impl Monitor {
 
     /// Starts the container and the workload in it. Returns init's host pid.
     pub(crate) async fn launch(&mut self) -> Result<i32, (i32, String)> {
-        let proc = crate::spawn::workload_proc(&self.spec, self.term.as_deref())
+        let proc = crate::init::spawn::workload_proc(&self.spec, self.term.as_deref())
             .map_err(|e| (CODE_STASIS_ERROR, e.to_string()))?;
         let init_path =
-            crate::initstore::ensure().map_err(|e| (CODE_STASIS_ERROR, e.to_string()))?;
+            crate::store::init_copies::ensure().map_err(|e| (CODE_STASIS_ERROR, e.to_string()))?;
         // The cgroup first: the config lists the cgroup.procs files init joins.
         self.prepare_cgroup()?;
         let cfg = self.container_config(init_path)?;
         if let Some(d) = &cfg.init_cwd {
-            crate::fsutil::mkdir_p(d, 0o700).map_err(|e| (CODE_STASIS_ERROR, e.to_string()))?;
+            crate::store::atomic::mkdir_p(d, 0o700)
+                .map_err(|e| (CODE_STASIS_ERROR, e.to_string()))?;
         }
-        let (mut mon_ctl, init_ctl) = crate::proto::seqpacket_pair()
+        let (mut mon_ctl, init_ctl) = crate::protocol::seqpacket_pair()
             .map_err(|e| (CODE_STASIS_ERROR, format!("socketpair: {e}")))?;
         let (mut stdio, child) = make_stdio(self.spec.tty, None, self.winsize)
             .map_err(|e| (CODE_STASIS_ERROR, format!("stdio: {e}")))?;
@@ -411,7 +412,7 @@ impl Monitor {
         if self.spec.network == crate::spec::Network::None {
             // The child made the real control socket inside the new network namespace and
             // sent our end over the bootstrap pair (see container::start).
-            mon_ctl = match crate::proto::recv::<String>(mon_ctl.as_fd()) {
+            mon_ctl = match crate::protocol::recv::<String>(mon_ctl.as_fd()) {
                 Ok(Some((_, mut fds))) if fds.len() == 1 => fds.remove(0),
                 other => {
                     return Err((

@@ -161,7 +161,7 @@ impl Drop for Env {
 
 /// cgroup directories stasis made for a root (to check cleanup and to tidy after failures).
 pub fn cgroup_dirs_of(root: &Path) -> Vec<PathBuf> {
-    let key = stasis::state::StateRoot::from_flag(Some(root.to_path_buf())).key();
+    let key = stasis::store::state::StateRoot::from_flag(Some(root.to_path_buf())).key();
     let mut v = Vec::new();
     for base in [
         "/sys/fs/cgroup/memory",

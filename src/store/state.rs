@@ -15,8 +15,8 @@
 //! The monitor's flock is the ground truth for "is a monitor alive": the kernel drops it when
 //! the monitor dies, however it dies, so a reader never trusts a stale pid.
 
-use crate::fsutil::{self, FsError};
-use crate::status::ExitStatus;
+use crate::exit::ExitStatus;
+use crate::store::atomic::{self, FsError};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsFd;
@@ -82,8 +82,8 @@ impl StateRoot {
 
     /// Creates the root's directories (mode 0700: specs and logs may hold secrets).
     pub fn ensure(&self) -> Result<(), FsError> {
-        fsutil::mkdir_p(&self.root.join("workloads"), 0o700)?;
-        fsutil::mkdir_p(&self.runtime, 0o700)
+        atomic::mkdir_p(&self.root.join("workloads"), 0o700)?;
+        atomic::mkdir_p(&self.runtime, 0o700)
     }
 
     /// The directory of workload `name` (which may not exist).
@@ -189,7 +189,7 @@ impl WorkloadDir {
 
     /// Writes state.json atomically.
     pub fn save(&self, st: &WorkloadState) -> Result<(), StateError> {
-        Ok(fsutil::write_json_atomic(&self.state_path(), st)?)
+        Ok(atomic::write_json_atomic(&self.state_path(), st)?)
     }
 
     /// Opens the lock file (creating it).
@@ -443,7 +443,7 @@ pub fn reconcile_dead_monitor(st: &mut WorkloadState) -> bool {
                 _ => {
                     st.set_exited(ExitInfo {
                     status: None,
-                    code: crate::status::CODE_STASIS_ERROR,
+                    code: crate::exit::CODE_STASIS_ERROR,
                     oom_killed: false,
                     at: now_ms(),
                     reason: Some(format!("{LOST}: the workload ended while unsupervised; its exit status is unknown")),
@@ -457,7 +457,7 @@ pub fn reconcile_dead_monitor(st: &mut WorkloadState) -> bool {
         Status::Created => {
             st.set_exited(ExitInfo {
                 status: None,
-                code: crate::status::CODE_STASIS_ERROR,
+                code: crate::exit::CODE_STASIS_ERROR,
                 oom_killed: false,
                 at: now_ms(),
                 reason: Some(format!("{LOST} before the workload started")),

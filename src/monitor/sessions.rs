@@ -6,12 +6,12 @@
 use super::io::{self as mio, Fd, Sinks};
 use super::start::{make_stdio, start_pumps};
 use super::{diag, err_reply, Event, Monitor, Stdio};
-use crate::exec::{self, SessionRecord, SessionStatus};
-use crate::log::LogWriter;
-use crate::proto::{AttachSpec, ExecRequest, Reply, ToInit};
-use crate::spawn::{self, ProcSpec};
-use crate::state::{now_ms, WorkloadDir};
-use crate::status::{ExitStatus, CODE_STASIS_ERROR};
+use crate::exit::{ExitStatus, CODE_STASIS_ERROR};
+use crate::init::spawn::{self, ProcSpec};
+use crate::protocol::{AttachSpec, ExecRequest, Reply, ToInit};
+use crate::store::log::LogWriter;
+use crate::store::sessions::{self, SessionRecord, SessionStatus};
+use crate::store::state::{now_ms, WorkloadDir};
 use std::cell::RefCell;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
@@ -63,8 +63,8 @@ impl Session {
         self.out_sinks.borrow_mut().clear();
         self.err_sinks.borrow_mut().clear();
         if self.log.borrow().is_none() {
-            let _ = crate::fsutil::mkdir_p(&wd.exec_dir(), 0o700);
-            match LogWriter::open(&exec::log_path(wd, &self.rec.id)) {
+            let _ = crate::store::atomic::mkdir_p(&wd.exec_dir(), 0o700);
+            match LogWriter::open(&sessions::log_path(wd, &self.rec.id)) {
                 Ok(l) => *self.log.borrow_mut() = Some(l),
                 Err(e) => diag(&format!("session {} log: {e}", self.rec.id)),
             }
@@ -125,7 +125,7 @@ impl Monitor {
     /// client when the session ends.
     pub(crate) async fn exec_start(&mut self, cid: u64, req: ExecRequest, fds: Vec<OwnedFd>) {
         if self.live.is_none() || self.pending_exit.is_some() {
-            let what = if self.st.status == crate::state::Status::Checkpointed {
+            let what = if self.st.status == crate::store::state::Status::Checkpointed {
                 "is checkpointed"
             } else {
                 "is not running"
@@ -164,7 +164,7 @@ impl Monitor {
         }
         let mut fds = fds;
         let preserved: Vec<OwnedFd> = fds.split_off(n_attach);
-        let id = exec::new_id();
+        let id = sessions::new_id();
         let mut rec = SessionRecord {
             id: id.clone(),
             command: req.command.clone(),
@@ -184,7 +184,7 @@ impl Monitor {
         let (mut stdio, ends) = match make_stdio(req.tty, Some(&id), req.attach.winsize) {
             Ok(x) => x,
             Err(e) => {
-                exec::remove(&self.wd, &id);
+                sessions::remove(&self.wd, &id);
                 self.reply(
                     cid,
                     err_reply(CODE_STASIS_ERROR, format!("exec stdio: {e}")),
@@ -196,7 +196,7 @@ impl Monitor {
         let mut child_fds = match ends.stdio_fds() {
             Ok(f) => f,
             Err(e) => {
-                exec::remove(&self.wd, &id);
+                sessions::remove(&self.wd, &id);
                 self.reply(
                     cid,
                     err_reply(CODE_STASIS_ERROR, format!("exec stdio: {e}")),
@@ -215,7 +215,7 @@ impl Monitor {
             Ok(pid) => pid,
             Err((code, message)) => {
                 // No record of a session that never ran.
-                exec::remove(&self.wd, &id);
+                sessions::remove(&self.wd, &id);
                 self.reply(cid, Reply::Error { code, message }).await;
                 return;
             }
@@ -224,7 +224,7 @@ impl Monitor {
         rec.status = SessionStatus::Running;
         if req.detach {
             // `exec -d` prints the id next: the record must be there for `exec --list`.
-            let _ = exec::save(&self.wd, &rec);
+            let _ = sessions::save(&self.wd, &rec);
         } else {
             // An attached client is told how it ends; a short session then writes only its
             // final record, one fsync instead of two on its path.
@@ -312,7 +312,7 @@ impl Monitor {
     /// Stops a session: TERM, then KILL after the timeout; replies when it has ended.
     pub(crate) async fn exec_stop(&mut self, cid: u64, id: &str, timeout_ms: Option<u64>) {
         if !self.sessions.contains_key(id) {
-            let r = match exec::load(&self.wd, id) {
+            let r = match sessions::load(&self.wd, id) {
                 Some(rec) if rec.status == SessionStatus::Exited => Reply::Exit {
                     code: rec.exit_code.unwrap_or(0),
                     status: rec.exit_status,
@@ -359,9 +359,9 @@ impl Monitor {
                 format!("exec session {id} is running; stop it first"),
             );
         }
-        match exec::load(&self.wd, id) {
+        match sessions::load(&self.wd, id) {
             Some(_) => {
-                exec::remove(&self.wd, id);
+                sessions::remove(&self.wd, id);
                 Reply::Ok
             }
             None => err_reply(
@@ -407,7 +407,7 @@ impl Monitor {
     pub(crate) fn session_persist(&mut self, id: &str) {
         if let Some(s) = self.sessions.get(id) {
             if s.rec.status == SessionStatus::Running {
-                if let Err(e) = exec::save(&self.wd, &s.rec) {
+                if let Err(e) = sessions::save(&self.wd, &s.rec) {
                     diag(&format!("session {id}: {e}"));
                 }
             }
@@ -421,7 +421,7 @@ impl Monitor {
         };
         s.out_sinks.borrow_mut().clear();
         s.err_sinks.borrow_mut().clear();
-        if let Err(e) = exec::save(&self.wd, &s.rec) {
+        if let Err(e) = sessions::save(&self.wd, &s.rec) {
             diag(&format!("session {id}: {e}"));
         }
         let r = Reply::Exit {

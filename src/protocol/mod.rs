@@ -5,8 +5,8 @@
 //! The monitor↔init link is itself a socketpair whose init end lives inside the container, so
 //! CRIU dumps it as an external unix socket and restore re-creates it with `--inherit-fd`.
 
-use crate::spawn::ProcSpec;
-use crate::status::ExitStatus;
+use crate::exit::ExitStatus;
+use crate::init::spawn::ProcSpec;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

@@ -4,8 +4,8 @@
 //! the child-side code that applies it between fork and exec. The workload and every exec
 //! session are started through it, by the container's init.
 
+use crate::exit::{CODE_CANNOT_EXECUTE, CODE_NOT_FOUND, CODE_STASIS_ERROR};
 use crate::spec::{self, Spec, Ulimit, UserRef};
-use crate::status::{CODE_CANNOT_EXECUTE, CODE_NOT_FOUND, CODE_STASIS_ERROR};
 use crate::sys;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;

@@ -2,7 +2,7 @@
 //! with time, generation and reason. Appended one JSON line at a time (O_APPEND, one write per
 //! line, not fsynced: it is history, not state); a torn last line is skipped by readers.
 
-use crate::state::{now_ms, WorkloadDir};
+use crate::store::state::{now_ms, WorkloadDir};
 use serde::{Deserialize, Serialize};
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
@@ -76,7 +76,7 @@ pub fn read(wd: &WorkloadDir) -> Vec<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::StateRoot;
+    use crate::store::state::StateRoot;
 
     #[test]
     fn append_and_read_skip_torn_lines() {

@@ -13,13 +13,13 @@
 //! verification and the previous one is used.
 
 use crate::criu::ExtId;
-use crate::fsutil::{self, FsError};
-use crate::proto::DumpStats;
+use crate::protocol::DumpStats;
 use crate::spec::Spec;
-use crate::state::WorkloadDir;
+use crate::store::atomic::{self, FsError};
+use crate::store::state::WorkloadDir;
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 /// Manifest file name inside a generation.
@@ -277,12 +277,12 @@ pub fn next_number(wd: &WorkloadDir, last_known: u32) -> u32 {
 /// A temp directory for dumping generation `n` (removes leftovers of a crashed earlier try).
 pub fn temp_dir(wd: &WorkloadDir, n: u32) -> Result<PathBuf, FsError> {
     let base = wd.checkpoints();
-    fsutil::mkdir_p(&base, 0o700)?;
+    atomic::mkdir_p(&base, 0o700)?;
     let p = base.join(format!(".tmp-{n}"));
     if p.exists() {
         fs::remove_dir_all(&p).map_err(|e| FsError::new("remove", &p, e))?;
     }
-    fsutil::mkdir_p(&p, 0o700)?;
+    atomic::mkdir_p(&p, 0o700)?;
     Ok(p)
 }
 
@@ -300,10 +300,10 @@ pub fn clean_temps(wd: &WorkloadDir) {
 /// Writes the manifest into the temp directory and renames it into place as generation
 /// `m.generation`.
 pub fn commit(wd: &WorkloadDir, tmp: &Path, m: &Manifest) -> Result<Generation, FsError> {
-    fsutil::write_json_atomic(&tmp.join(MANIFEST), m)?;
+    atomic::write_json_atomic(&tmp.join(MANIFEST), m)?;
     let dst = wd.checkpoints().join(m.generation.to_string());
     fs::rename(tmp, &dst).map_err(|e| FsError::new("rename", &dst, e))?;
-    fsutil::sync_dir(&wd.checkpoints())?;
+    atomic::sync_dir(&wd.checkpoints())?;
     Ok(Generation {
         number: m.generation,
         dir: dst,
@@ -327,152 +327,12 @@ pub fn prune(wd: &WorkloadDir, keep: u32) -> Vec<PathBuf> {
     trash
 }
 
-/// The header of an export archive.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ExportHeader {
-    pub format: u32,
-    pub name: String,
-    pub manifest: Manifest,
-}
-
-/// Export archive format version.
-pub const EXPORT_FORMAT: u32 = 1;
-const HEADER_NAME: &str = "stasis-export.json";
-
-/// Writes generation `g` of `wd` (its images, manifest and init copy) as a zstd-compressed
-/// tar to `out`.
-pub fn export(wd: &WorkloadDir, g: &Generation, out: impl Write) -> Result<(), CheckpointError> {
-    let m = g.verify(&wd.name)?;
-    let arch = |why: String| CheckpointError::Archive {
-        path: "export".into(),
-        why,
-    };
-    let enc = zstd::stream::write::Encoder::new(out, 3).map_err(|e| arch(e.to_string()))?;
-    let mut tar = tar::Builder::new(enc);
-    tar.mode(tar::HeaderMode::Deterministic);
-    let header = serde_json::to_vec_pretty(&ExportHeader {
-        format: EXPORT_FORMAT,
-        name: wd.name.clone(),
-        manifest: m.clone(),
-    })
-    .map_err(|e| arch(e.to_string()))?;
-    let mut h = tar::Header::new_gnu();
-    h.set_size(header.len() as u64);
-    h.set_mode(0o600);
-    h.set_cksum();
-    tar.append_data(&mut h, HEADER_NAME, header.as_slice())
-        .map_err(|e| arch(e.to_string()))?;
-    let mut names: Vec<String> = m.files.iter().map(|f| f.name.clone()).collect();
-    names.push(MANIFEST.into());
-    for n in names {
-        tar.append_path_with_name(g.dir.join(&n), format!("images/{n}"))
-            .map_err(|e| arch(format!("{n}: {e}")))?;
-    }
-    tar.append_path_with_name(&m.init_path, "init/stasis-init")
-        .map_err(|e| arch(format!("{}: {e}", m.init_path.display())))?;
-    // The log up to the dump, so the log on the new host continues this one.
-    if let Ok(f) = fs::File::open(wd.log_path()) {
-        let len = f
-            .metadata()
-            .map(|md| md.len())
-            .unwrap_or(0)
-            .min(m.log_offset);
-        let mut h = tar::Header::new_gnu();
-        h.set_size(len);
-        h.set_mode(0o600);
-        h.set_cksum();
-        tar.append_data(&mut h, "log", f.take(len))
-            .map_err(|e| arch(format!("log: {e}")))?;
-    }
-    let enc = tar.into_inner().map_err(|e| arch(e.to_string()))?;
-    enc.finish()
-        .map_err(|e| arch(e.to_string()))?
-        .flush()
-        .map_err(|e| arch(e.to_string()))?;
-    Ok(())
-}
-
-/// An unpacked import: where its images (and log) went and what it says.
-pub struct Imported {
-    pub header: ExportHeader,
-    pub images: PathBuf,
-    pub log: Option<PathBuf>,
-}
-
-/// Unpacks an export archive into `dest_tmp` (a temp directory) and installs its init copy at
-/// the path its manifest names.
-pub fn import(
-    input: impl Read,
-    origin: &str,
-    dest_tmp: &Path,
-) -> Result<Imported, CheckpointError> {
-    let arch = |why: String| CheckpointError::Archive {
-        path: origin.into(),
-        why,
-    };
-    let dec = zstd::stream::read::Decoder::new(input)
-        .map_err(|e| arch(format!("not a zstd stream: {e}")))?;
-    let mut tar = tar::Archive::new(dec);
-    let images = dest_tmp.join("images");
-    fsutil::mkdir_p(&images, 0o700)?;
-    let mut header: Option<ExportHeader> = None;
-    let mut init: Option<Vec<u8>> = None;
-    let mut log: Option<PathBuf> = None;
-    for entry in tar.entries().map_err(|e| arch(e.to_string()))? {
-        let mut entry = entry.map_err(|e| arch(format!("damaged archive: {e}")))?;
-        let path = entry
-            .path()
-            .map_err(|e| arch(e.to_string()))?
-            .to_string_lossy()
-            .into_owned();
-        if path == HEADER_NAME {
-            let mut s = Vec::new();
-            entry.read_to_end(&mut s).map_err(|e| arch(e.to_string()))?;
-            header = Some(
-                serde_json::from_slice(&s).map_err(|e| arch(format!("bad {HEADER_NAME}: {e}")))?,
-            );
-        } else if path == "log" {
-            let dst = dest_tmp.join("log");
-            let mut f = fs::File::create(&dst).map_err(|e| FsError::new("create", &dst, e))?;
-            io::copy(&mut entry, &mut f).map_err(|e| FsError::new("write", &dst, e))?;
-            log = Some(dst);
-        } else if path == "init/stasis-init" {
-            let mut s = Vec::new();
-            entry.read_to_end(&mut s).map_err(|e| arch(e.to_string()))?;
-            init = Some(s);
-        } else if let Some(name) = path.strip_prefix("images/") {
-            if name.is_empty() || name.contains('/') || name.starts_with('.') {
-                return Err(arch(format!("unexpected entry {path}")));
-            }
-            let dst = images.join(name);
-            let mut f = fs::File::create(&dst).map_err(|e| FsError::new("create", &dst, e))?;
-            io::copy(&mut entry, &mut f).map_err(|e| FsError::new("write", &dst, e))?;
-        } else {
-            return Err(arch(format!("unexpected entry {path}")));
-        }
-    }
-    let header = header.ok_or_else(|| arch(format!("no {HEADER_NAME}: not a stasis export")))?;
-    if header.format > EXPORT_FORMAT {
-        return Err(arch(format!(
-            "export format {} is newer than this stasis understands",
-            header.format
-        )));
-    }
-    let init = init.ok_or_else(|| arch("no init copy in the archive".into()))?;
-    crate::initstore::install(&header.manifest.init_path, &init)?;
-    Ok(Imported {
-        header,
-        images,
-        log,
-    })
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::state::StateRoot;
+    use crate::store::state::StateRoot;
 
-    fn setup() -> (tempfile::TempDir, WorkloadDir) {
+    pub(crate) fn setup() -> (tempfile::TempDir, WorkloadDir) {
         let d = tempfile::tempdir().unwrap();
         let r = StateRoot::from_flag(Some(d.path().to_path_buf()));
         r.ensure().unwrap();
@@ -507,7 +367,7 @@ mod tests {
         }
     }
 
-    fn dump_into(wd: &WorkloadDir, n: u32, init: &Path) -> Generation {
+    pub(crate) fn dump_into(wd: &WorkloadDir, n: u32, init: &Path) -> Generation {
         let tmp = temp_dir(wd, n).unwrap();
         fs::write(tmp.join("core-1.img"), b"core").unwrap();
         fs::write(tmp.join("pages-1.img"), vec![1u8; 8192]).unwrap();
@@ -609,28 +469,5 @@ mod tests {
         fs::remove_file(&init).unwrap();
         let e = g.verify("job").unwrap_err().to_string();
         assert!(e.contains("stasis-init-gone"), "{e}");
-    }
-
-    #[test]
-    fn export_import_round_trip() {
-        let (d, wd) = setup();
-        let init = d.path().join("store/stasis-init-x");
-        fs::create_dir_all(init.parent().unwrap()).unwrap();
-        fs::write(&init, b"bin").unwrap();
-        let g = dump_into(&wd, 3, &init);
-        let mut buf = Vec::new();
-        export(&wd, &g, &mut buf).unwrap();
-        fs::remove_file(&init).unwrap();
-        let dest = tempfile::tempdir().unwrap();
-        let imp = import(buf.as_slice(), "x.tar.zst", dest.path()).unwrap();
-        assert_eq!(imp.header.name, "job");
-        assert_eq!(imp.header.manifest.generation, 3);
-        assert_eq!(fs::read(imp.images.join("core-1.img")).unwrap(), b"core");
-        assert_eq!(fs::read(&init).unwrap(), b"bin");
-        let e = import(&b"not an archive"[..], "bad.tar.zst", dest.path())
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(e.contains("bad.tar.zst"), "{e}");
     }
 }

@@ -2,9 +2,9 @@
 //! a checkpoint includes them), with a lifecycle kept on disk like podman's exec sessions:
 //! created → running → exited, with the exit code.
 
-use crate::fsutil::{self, FsError};
-use crate::state::WorkloadDir;
-use crate::status::ExitStatus;
+use crate::exit::ExitStatus;
+use crate::store::atomic::{self, FsError};
+use crate::store::state::WorkloadDir;
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::path::PathBuf;
@@ -48,7 +48,7 @@ pub fn new_id() -> String {
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
         .is_err()
     {
-        let t = crate::state::now_ms() ^ (std::process::id() as u64) << 20;
+        let t = crate::store::state::now_ms() ^ (std::process::id() as u64) << 20;
         b.copy_from_slice(&t.to_le_bytes()[..6]);
     }
     b.iter().map(|x| format!("{x:02x}")).collect()
@@ -66,8 +66,8 @@ pub fn log_path(wd: &WorkloadDir, id: &str) -> PathBuf {
 
 /// Writes a session record atomically.
 pub fn save(wd: &WorkloadDir, rec: &SessionRecord) -> Result<(), FsError> {
-    fsutil::mkdir_p(&wd.exec_dir(), 0o700)?;
-    fsutil::write_json_atomic(&record_path(wd, &rec.id), rec)
+    atomic::mkdir_p(&wd.exec_dir(), 0o700)?;
+    atomic::write_json_atomic(&record_path(wd, &rec.id), rec)
 }
 
 /// Reads one session record.
@@ -101,7 +101,7 @@ pub fn remove(wd: &WorkloadDir, id: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::StateRoot;
+    use crate::store::state::StateRoot;
 
     #[test]
     fn ids_are_12_hex_and_differ() {

@@ -8,6 +8,8 @@
 //! [`start`] runs in the monitor; the child half runs between clone3 and the exec of init and
 //! reports any failure on a CLOEXEC pipe, so the monitor gets a reason, not just a status.
 
+pub mod cgroup;
+
 use crate::spec::{Network, Volume};
 use crate::sys;
 use std::ffi::CString;
@@ -105,7 +107,7 @@ fn errno_text(e: &io::Error) -> String {
 /// root. One directory per workload, under the host-wide init store (a path that exists, or
 /// is made, wherever the checkpoint is restored), keeps them apart.
 pub fn init_cwd(root_key: &str, name: &str) -> PathBuf {
-    crate::initstore::dir()
+    crate::store::init_copies::dir()
         .join("cwd")
         .join(format!("{root_key}-{name}"))
 }
@@ -139,7 +141,7 @@ pub fn start(cfg: &ContainerConfig, ctl: &OwnedFd) -> Result<Started, ContainerE
             let e = child(cfg, ctl.as_raw_fd(), &init_inside, &argv);
             let mut f = fs::File::from(err_w);
             let _ = f.write_all(e.as_bytes());
-            sys::exit_now(crate::status::CODE_STASIS_ERROR)
+            sys::exit_now(crate::exit::CODE_STASIS_ERROR)
         }
         Ok(Some(c)) => {
             drop(err_w);
@@ -161,7 +163,7 @@ pub fn start(cfg: &ContainerConfig, ctl: &OwnedFd) -> Result<Started, ContainerE
 /// Child half: returns only with an error message.
 fn child(cfg: &ContainerConfig, ctl: RawFd, init: &CString, argv: &[CString]) -> String {
     sys::reset_signals();
-    if let Err(e) = crate::cgroup::Cgroup::join_self(&cfg.cgroup_procs) {
+    if let Err(e) = crate::container::cgroup::Cgroup::join_self(&cfg.cgroup_procs) {
         return format!("join cgroup: {e}");
     }
     // init is the session leader of the container: CRIU requires every session leader of the
@@ -212,10 +214,10 @@ fn child(cfg: &ContainerConfig, ctl: RawFd, init: &CString, argv: &[CString]) ->
     // bootstrap socket it gave us.
     let own_ctl;
     let ctl = if cfg.network == Network::None {
-        match crate::proto::seqpacket_pair() {
+        match crate::protocol::seqpacket_pair() {
             Ok((mine, theirs)) => {
                 if let Err(e) =
-                    crate::proto::send(sys::borrowed(&ctl), &"ctl", &[theirs.as_raw_fd()])
+                    crate::protocol::send(sys::borrowed(&ctl), &"ctl", &[theirs.as_raw_fd()])
                 {
                     return format!("hand over the control socket: {e}");
                 }

@@ -8,7 +8,7 @@
 //! keeps old checkpoints restorable across upgrades, state roots and hosts (an export archive
 //! carries the copy and import puts it back at the same path).
 
-use crate::fsutil::{self, FsError};
+use crate::store::atomic::{self, FsError};
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -45,7 +45,7 @@ pub fn ensure() -> Result<PathBuf, FsError> {
     if path.is_file() {
         return Ok(path);
     }
-    fsutil::mkdir_p(&d, 0o755)?;
+    atomic::mkdir_p(&d, 0o755)?;
     let tmp = d.join(format!(".{PREFIX}{key}.{}.tmp", std::process::id()));
     let res = (|| {
         fs::copy("/proc/self/exe", &tmp)
@@ -56,7 +56,7 @@ pub fn ensure() -> Result<PathBuf, FsError> {
             .and_then(|f| f.sync_all())
             .map_err(|e| FsError::new("fsync", &tmp, e))?;
         publish(&tmp, &path)?;
-        fsutil::sync_dir(&d)
+        atomic::sync_dir(&d)
     })();
     let _ = fs::remove_file(&tmp);
     res.map(|()| path)
@@ -89,7 +89,7 @@ pub fn install(path: &Path, data: &[u8]) -> Result<(), FsError> {
         ));
     }
     let d = path.parent().unwrap_or(Path::new("/"));
-    fsutil::mkdir_p(d, 0o755)?;
+    atomic::mkdir_p(d, 0o755)?;
     let tmp = d.join(format!(".import.{}.tmp", std::process::id()));
     fs::write(&tmp, data).map_err(|e| FsError::new("write", &tmp, e))?;
     fs::set_permissions(&tmp, fs::Permissions::from_mode(0o555))
@@ -97,7 +97,7 @@ pub fn install(path: &Path, data: &[u8]) -> Result<(), FsError> {
     let r = publish(&tmp, path);
     let _ = fs::remove_file(&tmp);
     r?;
-    fsutil::sync_dir(d)
+    atomic::sync_dir(d)
 }
 
 #[cfg(test)]

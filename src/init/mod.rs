@@ -6,9 +6,10 @@
 //! workload's process group, reports exits to the monitor, and exits with the workload's
 //! status when the workload ends (the kernel then ends everything else in the namespace).
 
-use crate::proto::{self, FromInit, ToInit};
-use crate::spawn;
-use crate::status::ExitStatus;
+pub mod spawn;
+
+use crate::exit::ExitStatus;
+use crate::protocol::{self, FromInit, ToInit};
 use crate::sys;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::collections::HashMap;
@@ -37,7 +38,7 @@ struct Init {
 impl Init {
     fn report(&mut self, msg: &FromInit) {
         if let Some(ctl) = &self.ctl {
-            if proto::send(ctl.as_fd(), msg, &[]).is_err() {
+            if protocol::send(ctl.as_fd(), msg, &[]).is_err() {
                 // The monitor is gone: keep running the workload; nobody to report to.
                 self.ctl = None;
             }
@@ -132,7 +133,7 @@ pub fn main(ctl_fd: RawFd) -> ! {
     sigs.push(libc::SIGCHLD);
     let sfd = match sys::block_into_signalfd(&sigs) {
         Ok(f) => f,
-        Err(_) => sys::exit_now(crate::status::CODE_STASIS_ERROR),
+        Err(_) => sys::exit_now(crate::exit::CODE_STASIS_ERROR),
     };
     // SAFETY: fd 3 was placed by the container setup for init alone.
     let ctl = unsafe { sys::owned(ctl_fd) };
@@ -153,7 +154,7 @@ pub fn main(ctl_fd: RawFd) -> ! {
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => sys::exit_now(crate::status::CODE_STASIS_ERROR),
+                Err(_) => sys::exit_now(crate::exit::CODE_STASIS_ERROR),
             }
             sig_ready = fds[0].revents().map(|r| !r.is_empty()).unwrap_or(false);
             ctl_ready = fds
@@ -181,7 +182,10 @@ pub fn main(ctl_fd: RawFd) -> ! {
             }
         }
         if ctl_ready {
-            let got = init.ctl.as_ref().map(|c| proto::recv::<ToInit>(c.as_fd()));
+            let got = init
+                .ctl
+                .as_ref()
+                .map(|c| protocol::recv::<ToInit>(c.as_fd()));
             match got {
                 Some(Ok(Some((msg, fds)))) => {
                     if let Some(code) = init.handle(msg, fds) {

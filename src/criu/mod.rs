@@ -117,9 +117,9 @@ fn version_of(path: PathBuf) -> Result<Criu, CriuError> {
 /// Where the result of `criu check` is cached: the default runtime directory, shared by every
 /// state root (the answer depends only on the binary and the boot), or the root's own runtime
 /// directory when that cannot be made.
-pub fn cache_dir(root: &crate::state::StateRoot) -> PathBuf {
-    let shared = Path::new(crate::state::DEFAULT_RUNTIME);
-    if crate::fsutil::mkdir_p(shared, 0o700).is_ok() {
+pub fn cache_dir(root: &crate::store::state::StateRoot) -> PathBuf {
+    let shared = Path::new(crate::store::state::DEFAULT_RUNTIME);
+    if crate::store::atomic::mkdir_p(shared, 0o700).is_ok() {
         shared.to_path_buf()
     } else {
         root.runtime.clone()
@@ -158,7 +158,7 @@ pub fn locate_checked(cache_dir: &Path) -> Result<Criu, CriuError> {
     let c = version_of(path)?;
     c.check()?;
     key.version = c.version.clone();
-    let _ = crate::fsutil::write_json_atomic(&cache, &key);
+    let _ = crate::store::atomic::write_json_atomic(&cache, &key);
     Ok(c)
 }
 

@@ -5,7 +5,7 @@
 //! Parsing rejects unknown keys with their name and line, because a misspelt key that is
 //! silently ignored (`memroy: 1g`) is a limit the user believes in and does not have.
 
-use crate::status::parse_signal;
+use crate::exit::parse_signal;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -1019,8 +1019,8 @@ mod tests {
     #[test]
     fn the_shipped_examples_parse_and_validate() {
         for (name, text) in [
-            ("config/job.yaml", include_str!("../config/job.yaml")),
-            ("config/train.yaml", include_str!("../config/train.yaml")),
+            ("config/job.yaml", include_str!("../../config/job.yaml")),
+            ("config/train.yaml", include_str!("../../config/train.yaml")),
         ] {
             let s = Spec::from_yaml(text, name).unwrap_or_else(|e| panic!("{e}"));
             s.validate().unwrap_or_else(|e| panic!("{name}: {e}"));

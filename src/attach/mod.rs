@@ -8,7 +8,7 @@
 //! restored), watches for the detach keys, and exits with the code the monitor reports once
 //! every byte has arrived.
 
-use crate::proto::{self, AttachSpec, Reply, Request};
+use crate::protocol::{self, AttachSpec, Reply, Request};
 use crate::sys;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io::{self, IsTerminal};
@@ -288,7 +288,7 @@ pub fn attach(
     let sigs = forwarded_signals();
     let sfd = sys::block_into_signalfd(&sigs)?;
     let far: Vec<RawFd> = relays.far.iter().map(|f| f.as_raw_fd()).collect();
-    proto::send(conn.as_fd(), first, &far)?;
+    protocol::send(conn.as_fd(), first, &far)?;
     drop(relays.far);
     let raw = RawMode::enter(o.tty);
     let out_t = spawn_copy(relays.out_r, 1);
@@ -334,7 +334,7 @@ pub fn attach(
             (r(0), r(1), r(2))
         };
         if wake_ready {
-            let _ = proto::send(conn.as_fd(), &Request::Detach, &[]);
+            let _ = protocol::send(conn.as_fd(), &Request::Detach, &[]);
             drop(raw);
             return Ok(Outcome::Detached);
         }
@@ -361,11 +361,11 @@ pub fn attach(
                     held.push(req);
                     continue;
                 }
-                let _ = proto::send(conn.as_fd(), &req, &[]);
+                let _ = protocol::send(conn.as_fd(), &req, &[]);
             }
         }
         if conn_ready {
-            match proto::recv::<Reply>(conn.as_fd()) {
+            match protocol::recv::<Reply>(conn.as_fd()) {
                 Ok(Some((reply, _))) => match reply {
                     Reply::Error { code, message } if !got_first => {
                         drop(raw);
@@ -397,7 +397,7 @@ pub fn attach(
                                         }
                                         _ => {}
                                     }
-                                    let _ = proto::send(conn.as_fd(), &req, &[]);
+                                    let _ = protocol::send(conn.as_fd(), &req, &[]);
                                 }
                             }
                             first_reply(&other);

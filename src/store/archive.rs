@@ -1,0 +1,180 @@
+//! Export archives: one generation (its images and manifest), the init copy it runs from and
+//! the log up to the dump, as a zstd-compressed tar, so a job can move to another host or
+//! state root.
+
+use super::atomic::{self, FsError};
+use super::generations::{CheckpointError, Generation, Manifest, MANIFEST};
+use super::state::WorkloadDir;
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// The header of an export archive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportHeader {
+    pub format: u32,
+    pub name: String,
+    pub manifest: Manifest,
+}
+
+/// Export archive format version.
+pub const EXPORT_FORMAT: u32 = 1;
+const HEADER_NAME: &str = "stasis-export.json";
+
+/// Writes generation `g` of `wd` (its images, manifest and init copy) as a zstd-compressed
+/// tar to `out`.
+pub fn export(wd: &WorkloadDir, g: &Generation, out: impl Write) -> Result<(), CheckpointError> {
+    let m = g.verify(&wd.name)?;
+    let arch = |why: String| CheckpointError::Archive {
+        path: "export".into(),
+        why,
+    };
+    let enc = zstd::stream::write::Encoder::new(out, 3).map_err(|e| arch(e.to_string()))?;
+    let mut tar = tar::Builder::new(enc);
+    tar.mode(tar::HeaderMode::Deterministic);
+    let header = serde_json::to_vec_pretty(&ExportHeader {
+        format: EXPORT_FORMAT,
+        name: wd.name.clone(),
+        manifest: m.clone(),
+    })
+    .map_err(|e| arch(e.to_string()))?;
+    let mut h = tar::Header::new_gnu();
+    h.set_size(header.len() as u64);
+    h.set_mode(0o600);
+    h.set_cksum();
+    tar.append_data(&mut h, HEADER_NAME, header.as_slice())
+        .map_err(|e| arch(e.to_string()))?;
+    let mut names: Vec<String> = m.files.iter().map(|f| f.name.clone()).collect();
+    names.push(MANIFEST.into());
+    for n in names {
+        tar.append_path_with_name(g.dir.join(&n), format!("images/{n}"))
+            .map_err(|e| arch(format!("{n}: {e}")))?;
+    }
+    tar.append_path_with_name(&m.init_path, "init/stasis-init")
+        .map_err(|e| arch(format!("{}: {e}", m.init_path.display())))?;
+    // The log up to the dump, so the log on the new host continues this one.
+    if let Ok(f) = fs::File::open(wd.log_path()) {
+        let len = f
+            .metadata()
+            .map(|md| md.len())
+            .unwrap_or(0)
+            .min(m.log_offset);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(len);
+        h.set_mode(0o600);
+        h.set_cksum();
+        tar.append_data(&mut h, "log", f.take(len))
+            .map_err(|e| arch(format!("log: {e}")))?;
+    }
+    let enc = tar.into_inner().map_err(|e| arch(e.to_string()))?;
+    enc.finish()
+        .map_err(|e| arch(e.to_string()))?
+        .flush()
+        .map_err(|e| arch(e.to_string()))?;
+    Ok(())
+}
+
+/// An unpacked import: where its images (and log) went and what it says.
+pub struct Imported {
+    pub header: ExportHeader,
+    pub images: PathBuf,
+    pub log: Option<PathBuf>,
+}
+
+/// Unpacks an export archive into `dest_tmp` (a temp directory) and installs its init copy at
+/// the path its manifest names.
+pub fn import(
+    input: impl Read,
+    origin: &str,
+    dest_tmp: &Path,
+) -> Result<Imported, CheckpointError> {
+    let arch = |why: String| CheckpointError::Archive {
+        path: origin.into(),
+        why,
+    };
+    let dec = zstd::stream::read::Decoder::new(input)
+        .map_err(|e| arch(format!("not a zstd stream: {e}")))?;
+    let mut tar = tar::Archive::new(dec);
+    let images = dest_tmp.join("images");
+    atomic::mkdir_p(&images, 0o700)?;
+    let mut header: Option<ExportHeader> = None;
+    let mut init: Option<Vec<u8>> = None;
+    let mut log: Option<PathBuf> = None;
+    for entry in tar.entries().map_err(|e| arch(e.to_string()))? {
+        let mut entry = entry.map_err(|e| arch(format!("damaged archive: {e}")))?;
+        let path = entry
+            .path()
+            .map_err(|e| arch(e.to_string()))?
+            .to_string_lossy()
+            .into_owned();
+        if path == HEADER_NAME {
+            let mut s = Vec::new();
+            entry.read_to_end(&mut s).map_err(|e| arch(e.to_string()))?;
+            header = Some(
+                serde_json::from_slice(&s).map_err(|e| arch(format!("bad {HEADER_NAME}: {e}")))?,
+            );
+        } else if path == "log" {
+            let dst = dest_tmp.join("log");
+            let mut f = fs::File::create(&dst).map_err(|e| FsError::new("create", &dst, e))?;
+            io::copy(&mut entry, &mut f).map_err(|e| FsError::new("write", &dst, e))?;
+            log = Some(dst);
+        } else if path == "init/stasis-init" {
+            let mut s = Vec::new();
+            entry.read_to_end(&mut s).map_err(|e| arch(e.to_string()))?;
+            init = Some(s);
+        } else if let Some(name) = path.strip_prefix("images/") {
+            if name.is_empty() || name.contains('/') || name.starts_with('.') {
+                return Err(arch(format!("unexpected entry {path}")));
+            }
+            let dst = images.join(name);
+            let mut f = fs::File::create(&dst).map_err(|e| FsError::new("create", &dst, e))?;
+            io::copy(&mut entry, &mut f).map_err(|e| FsError::new("write", &dst, e))?;
+        } else {
+            return Err(arch(format!("unexpected entry {path}")));
+        }
+    }
+    let header = header.ok_or_else(|| arch(format!("no {HEADER_NAME}: not a stasis export")))?;
+    if header.format > EXPORT_FORMAT {
+        return Err(arch(format!(
+            "export format {} is newer than this stasis understands",
+            header.format
+        )));
+    }
+    let init = init.ok_or_else(|| arch("no init copy in the archive".into()))?;
+    crate::store::init_copies::install(&header.manifest.init_path, &init)?;
+    Ok(Imported {
+        header,
+        images,
+        log,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::generations::tests::{dump_into, setup};
+
+    #[test]
+    fn export_import_round_trip() {
+        let (d, wd) = setup();
+        let init = d.path().join("store/stasis-init-x");
+        fs::create_dir_all(init.parent().unwrap()).unwrap();
+        fs::write(&init, b"bin").unwrap();
+        let g = dump_into(&wd, 3, &init);
+        let mut buf = Vec::new();
+        export(&wd, &g, &mut buf).unwrap();
+        fs::remove_file(&init).unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let imp = import(buf.as_slice(), "x.tar.zst", dest.path()).unwrap();
+        assert_eq!(imp.header.name, "job");
+        assert_eq!(imp.header.manifest.generation, 3);
+        assert_eq!(fs::read(imp.images.join("core-1.img")).unwrap(), b"core");
+        assert_eq!(fs::read(&init).unwrap(), b"bin");
+        let e = import(&b"not an archive"[..], "bad.tar.zst", dest.path())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("bad.tar.zst"), "{e}");
+    }
+}
