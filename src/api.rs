@@ -6,6 +6,7 @@ use crate::protocol::{self, CheckpointOpts, Reply, Request, RestoreOpts};
 use crate::spec::{Spec, SpecError};
 use crate::store::atomic::FsError;
 use crate::store::generations::{self, CheckpointError};
+use crate::store::name::WorkloadName;
 use crate::store::state::{
     self, Observed, StateError, StateRoot, Status, WorkloadDir, WorkloadState,
 };
@@ -32,11 +33,11 @@ pub enum ApiError {
     #[error(transparent)]
     Criu(#[from] crate::criu::CriuError),
     #[error("{0} is not running")]
-    NotRunning(String),
+    NotRunning(WorkloadName),
     #[error("{0} is running (stop it first, or use -f)")]
-    Running(String),
+    Running(WorkloadName),
     #[error("the monitor of {name} is gone: {why}")]
-    NoMonitor { name: String, why: String },
+    NoMonitor { name: WorkloadName, why: String },
     #[error("{message}")]
     Monitor { code: i32, message: String },
     #[error("{what}: {source}")]
@@ -70,9 +71,13 @@ pub fn check(reply: Reply) -> Result<Reply, ApiError> {
 }
 
 /// A generated workload name: `job-` and 6 hex digits.
-pub fn generate_name(root: &StateRoot) -> String {
+pub fn generate_name(root: &StateRoot) -> WorkloadName {
     loop {
-        let n = format!("job-{}", &crate::store::sessions::new_id()[..6]);
+        let id = crate::store::sessions::random_hex();
+        // six hex digits after "job-" always make a valid name
+        let Ok(n) = WorkloadName::parse(&format!("job-{}", &id[..6])) else {
+            continue;
+        };
         if !root.workload(&n).exists() {
             return n;
         }
@@ -96,10 +101,11 @@ pub struct Created {
 pub fn create(root: &StateRoot, mut spec: Spec) -> Result<Created, ApiError> {
     spec.validate()?;
     root.ensure()?;
-    if spec.name.is_none() {
-        spec.name = Some(generate_name(root));
-    }
-    let name = spec.name.clone().unwrap_or_default();
+    let name = match &spec.name {
+        Some(n) => n.clone(),
+        None => generate_name(root),
+    };
+    spec.name = Some(name.clone());
     if let Some(r) = &spec.rootfs {
         let cfg = crate::container::ContainerConfig {
             hostname: None,
@@ -238,14 +244,14 @@ pub fn lock_existing(wd: &WorkloadDir) -> Result<std::fs::File, ApiError> {
 }
 
 /// Connects to the live monitor of `name`.
-pub fn connect(root: &StateRoot, name: &str) -> Result<OwnedFd, ApiError> {
+pub fn connect(root: &StateRoot, name: &WorkloadName) -> Result<OwnedFd, ApiError> {
     let wd = root.workload(name);
     if !wd.exists() {
-        return Err(StateError::NotFound(name.to_string()).into());
+        return Err(StateError::NotFound(name.clone()).into());
     }
     if !wd.monitor_alive() {
         return Err(ApiError::NoMonitor {
-            name: name.into(),
+            name: name.clone(),
             why: "no monitor runs for it".into(),
         });
     }
@@ -257,7 +263,7 @@ pub fn connect(root: &StateRoot, name: &str) -> Result<OwnedFd, ApiError> {
             Err(e) => {
                 if !wd.monitor_alive() {
                     return Err(ApiError::NoMonitor {
-                        name: name.into(),
+                        name: name.clone(),
                         why: e.to_string(),
                     });
                 }
@@ -267,7 +273,7 @@ pub fn connect(root: &StateRoot, name: &str) -> Result<OwnedFd, ApiError> {
         }
     }
     Err(ApiError::NoMonitor {
-        name: name.into(),
+        name: name.clone(),
         why: last.map(|e| e.to_string()).unwrap_or_default(),
     })
 }
@@ -301,7 +307,7 @@ pub fn next_reply(conn: &OwnedFd) -> Result<Reply, ApiError> {
 }
 
 /// One request to the monitor of `name`.
-pub fn call(root: &StateRoot, name: &str, req: &Request) -> Result<Reply, ApiError> {
+pub fn call(root: &StateRoot, name: &WorkloadName, req: &Request) -> Result<Reply, ApiError> {
     let c = connect(root, name)?;
     request(&c, req)
 }
@@ -320,7 +326,7 @@ pub fn settled(wd: &WorkloadDir) -> Result<Observed, ApiError> {
 }
 
 /// Sends a signal to a workload.
-pub fn kill(root: &StateRoot, name: &str, sig: i32) -> Result<(), ApiError> {
+pub fn kill(root: &StateRoot, name: &WorkloadName, sig: i32) -> Result<(), ApiError> {
     let o = state::observe(&root.workload(name))?;
     if !o.monitor_alive {
         return Err(not_running_or_orphan(&o, name));
@@ -328,18 +334,22 @@ pub fn kill(root: &StateRoot, name: &str, sig: i32) -> Result<(), ApiError> {
     call(root, name, &Request::Signal { sig, session: None }).map(|_| ())
 }
 
-fn not_running_or_orphan(o: &Observed, name: &str) -> ApiError {
+fn not_running_or_orphan(o: &Observed, name: &WorkloadName) -> ApiError {
     match (o.state.status, &o.state.note) {
         (Status::Running, Some(n)) => ApiError::NoMonitor {
-            name: name.into(),
+            name: name.clone(),
             why: format!("{n}; `stasis rm -f {name}` ends it"),
         },
-        _ => ApiError::NotRunning(name.into()),
+        _ => ApiError::NotRunning(name.clone()),
     }
 }
 
 /// Stops a workload (stop signal, SIGKILL after the timeout); returns its exit reply.
-pub fn stop(root: &StateRoot, name: &str, timeout: Option<Duration>) -> Result<Reply, ApiError> {
+pub fn stop(
+    root: &StateRoot,
+    name: &WorkloadName,
+    timeout: Option<Duration>,
+) -> Result<Reply, ApiError> {
     let o = state::observe(&root.workload(name))?;
     if !o.monitor_alive {
         if o.state.status.is_final() {
@@ -377,7 +387,7 @@ pub fn exit_reply(st: &WorkloadState) -> Reply {
 
 /// Waits for a workload to end; returns its exit reply. Keeps waiting across a checkpoint
 /// (the workload is one continuous job) and across a monitor restart.
-pub fn wait(root: &StateRoot, name: &str) -> Result<Reply, ApiError> {
+pub fn wait(root: &StateRoot, name: &WorkloadName) -> Result<Reply, ApiError> {
     let wd = root.workload(name);
     loop {
         let o = state::observe(&wd)?;
@@ -412,7 +422,7 @@ fn kill_orphan(root: &StateRoot, wd: &WorkloadDir, st: &WorkloadState) {
             }
         }
     }
-    let cg = crate::container::cgroup::Cgroup::for_workload(&root.key(), &wd.name);
+    let cg = crate::container::cgroup::Cgroup::for_workload(&root.key(), wd.name.as_str());
     for _ in 0..200 {
         if cg.pids().is_empty() && !st.init.is_some_and(|i| i.alive()) {
             break;
@@ -423,13 +433,13 @@ fn kill_orphan(root: &StateRoot, wd: &WorkloadDir, st: &WorkloadState) {
 }
 
 /// Removes a workload. Without `force` it must not be running.
-pub fn rm(root: &StateRoot, name: &str, force: bool) -> Result<(), ApiError> {
+pub fn rm(root: &StateRoot, name: &WorkloadName, force: bool) -> Result<(), ApiError> {
     let wd = root.workload(name);
     let o = state::observe(&wd)?;
     if o.monitor_alive {
         let running = !o.state.status.is_final() && o.state.status != Status::Checkpointed;
         if running && !force {
-            return Err(ApiError::Running(name.into()));
+            return Err(ApiError::Running(name.clone()));
         }
         if let Ok(c) = connect(root, name) {
             if running {
@@ -474,7 +484,7 @@ pub fn rm(root: &StateRoot, name: &str, force: bool) -> Result<(), ApiError> {
         Err(_) => WorkloadState::new(name),
     };
     if st.status == Status::Running && st.init.is_some_and(|i| i.alive()) && !force {
-        return Err(ApiError::Running(name.into()));
+        return Err(ApiError::Running(name.clone()));
     }
     kill_orphan(root, &wd, &st);
     let _ = std::fs::remove_file(&wd.socket);
@@ -492,7 +502,7 @@ pub fn locate_criu(root: &StateRoot) -> Result<crate::criu::Criu, ApiError> {
 
 pub fn checkpoint(
     root: &StateRoot,
-    name: &str,
+    name: &WorkloadName,
     mut opts: CheckpointOpts,
 ) -> Result<Reply, ApiError> {
     let o = state::observe(&root.workload(name))?;
@@ -507,7 +517,11 @@ pub fn checkpoint(
 }
 
 /// Restores a workload: through its monitor if it has one, else by starting a new monitor.
-pub fn restore(root: &StateRoot, name: &str, mut opts: RestoreOpts) -> Result<Reply, ApiError> {
+pub fn restore(
+    root: &StateRoot,
+    name: &WorkloadName,
+    mut opts: RestoreOpts,
+) -> Result<Reply, ApiError> {
     let wd = root.workload(name);
     let o = settled(&wd)?;
     opts.criu = Some(locate_criu(root)?);
@@ -522,7 +536,7 @@ pub fn restore(root: &StateRoot, name: &str, mut opts: RestoreOpts) -> Result<Re
     }
     // Check before starting a monitor, so a refusal leaves nothing changed.
     let g = generations::pick(&wd, opts.generation)?;
-    g.verify(name)?;
+    g.verify(name.as_str())?;
     let lock = lock_existing(&wd)?;
     let conn = spawn_monitor(root, &wd, lock, None)?;
     protocol::send(
@@ -540,13 +554,13 @@ pub fn restore(root: &StateRoot, name: &str, mut opts: RestoreOpts) -> Result<Re
 /// Exports generation `gen` (newest when None) of a workload to `out`.
 pub fn export(
     root: &StateRoot,
-    name: &str,
+    name: &WorkloadName,
     gen: Option<u32>,
     out: impl std::io::Write,
 ) -> Result<u32, ApiError> {
     let wd = root.workload(name);
     if !wd.exists() {
-        return Err(StateError::NotFound(name.into()).into());
+        return Err(StateError::NotFound(name.clone()).into());
     }
     let g = generations::pick(&wd, gen)?;
     crate::store::archive::export(&wd, &g, out)?;
@@ -558,8 +572,8 @@ pub fn import(
     root: &StateRoot,
     input: impl std::io::Read,
     origin: &str,
-    name: Option<String>,
-) -> Result<String, ApiError> {
+    name: Option<WorkloadName>,
+) -> Result<WorkloadName, ApiError> {
     root.ensure()?;
     let staging = root
         .root
@@ -567,15 +581,28 @@ pub fn import(
         .join(format!(".import-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     crate::store::atomic::mkdir_p(&staging, 0o700)?;
-    let res = (|| -> Result<String, ApiError> {
-        let imp = crate::store::archive::import(input, origin, &staging)?;
-        let name = name.unwrap_or_else(|| imp.header.name.clone());
-        crate::spec::validate_name(&name)?;
+    let res = (|| -> Result<WorkloadName, ApiError> {
+        let imp = crate::store::archive::import(
+            input,
+            origin,
+            &staging,
+            &crate::store::init_copies::dir(),
+        )?;
+        let name = match name {
+            Some(n) => n,
+            None => {
+                WorkloadName::parse(&imp.header.name).map_err(|e| CheckpointError::Archive {
+                    path: origin.to_string(),
+                    why: e.to_string(),
+                })?
+            }
+        };
         let mut spec = imp.header.manifest.spec.clone();
         spec.name = Some(name.clone());
         let wd = root.workload(&name);
         wd.create()?;
         let inner = (|| -> Result<(), ApiError> {
+            imp.install_init()?;
             crate::store::atomic::write_json_atomic(&wd.spec_path(), &spec)?;
             crate::store::atomic::mkdir_p(&wd.checkpoints(), 0o700)?;
             let gen = imp.header.manifest.generation;
@@ -594,7 +621,7 @@ pub fn import(
                 number: gen,
                 dir: dst,
             }
-            .verify(&name)?;
+            .verify(name.as_str())?;
             Ok(())
         })();
         if let Err(e) = inner {
@@ -610,7 +637,7 @@ pub fn import(
 /// What `inspect` shows.
 #[derive(Debug, Serialize)]
 pub struct Inspect {
-    pub name: String,
+    pub name: WorkloadName,
     pub state: WorkloadState,
     pub monitor_alive: bool,
     pub spec: Spec,
@@ -639,7 +666,7 @@ pub struct GenerationInfo {
 pub fn generations(wd: &WorkloadDir) -> Vec<GenerationInfo> {
     generations::list(wd)
         .into_iter()
-        .map(|g| match g.manifest(&wd.name) {
+        .map(|g| match g.manifest(wd.name.as_str()) {
             Ok(m) => GenerationInfo {
                 generation: g.number,
                 created_at: m.created_at,
@@ -667,24 +694,24 @@ pub fn generations(wd: &WorkloadDir) -> Vec<GenerationInfo> {
 }
 
 /// Everything about one workload.
-pub fn inspect(root: &StateRoot, name: &str) -> Result<Inspect, ApiError> {
+pub fn inspect(root: &StateRoot, name: &WorkloadName) -> Result<Inspect, ApiError> {
     let wd = root.workload(name);
     let o = state::observe(&wd)?;
     let spec = load_spec(&wd)?;
     Ok(Inspect {
-        name: name.into(),
+        name: name.clone(),
         state: o.state,
         monitor_alive: o.monitor_alive,
         spec,
         generations: generations(&wd),
         sessions: crate::store::sessions::list(&wd),
-        cgroup: crate::container::cgroup::Cgroup::for_workload(&root.key(), name).rel,
+        cgroup: crate::container::cgroup::Cgroup::for_workload(&root.key(), name.as_str()).rel,
         log: wd.log_path().display().to_string(),
     })
 }
 
 /// All workloads, reconciled.
-pub fn list(root: &StateRoot) -> Vec<(String, Result<Observed, ApiError>)> {
+pub fn list(root: &StateRoot) -> Vec<(WorkloadName, Result<Observed, ApiError>)> {
     root.names()
         .into_iter()
         .map(|n| {

@@ -86,7 +86,7 @@ pub struct AttachOpts {
     /// Detach keys (empty: none).
     pub detach_keys: Vec<u8>,
     /// Which exec session (for resize and signals), if any.
-    pub session: Option<String>,
+    pub session: Option<crate::store::sessions::SessionId>,
     /// Name of the workload, for messages.
     pub name: String,
 }

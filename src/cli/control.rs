@@ -7,11 +7,12 @@ use stasis::attach::{self, AttachOpts, Outcome};
 use stasis::exit::parse_signal;
 use stasis::protocol::{Reply, Request};
 use stasis::spec::Dur;
+use stasis::store::name::WorkloadName;
 use stasis::store::state::{self, StateRoot};
 
 #[derive(Args, Debug)]
 pub struct NameArg {
-    pub name: String,
+    pub name: WorkloadName,
 }
 
 #[derive(Args, Debug)]
@@ -22,7 +23,7 @@ pub struct AttachArgs {
     /// Do not send our stdin.
     #[arg(long = "no-stdin")]
     pub no_stdin: bool,
-    pub name: String,
+    pub name: WorkloadName,
 }
 
 #[derive(Args, Debug)]
@@ -30,7 +31,7 @@ pub struct KillArgs {
     /// Signal, by name (TERM, SIGUSR1) or number (default KILL).
     #[arg(short = 's', long = "signal", default_value = "KILL")]
     pub signal: String,
-    pub name: String,
+    pub name: WorkloadName,
 }
 
 #[derive(Args, Debug)]
@@ -39,7 +40,7 @@ pub struct StopArgs {
     /// default.
     #[arg(short = 't', long = "time", value_parser = |s: &str| Dur::parse(s))]
     pub time: Option<Dur>,
-    pub name: String,
+    pub name: WorkloadName,
 }
 
 #[derive(Args, Debug)]
@@ -50,7 +51,7 @@ pub struct RmArgs {
     /// Remove every workload.
     #[arg(long)]
     pub all: bool,
-    pub names: Vec<String>,
+    pub names: Vec<WorkloadName>,
 }
 
 pub fn attach(root: &StateRoot, a: AttachArgs) -> Result<i32, Failure> {
@@ -68,7 +69,7 @@ pub fn attach(root: &StateRoot, a: AttachArgs) -> Result<i32, Failure> {
         tty: spec.tty,
         detach_keys: if spec.tty { keys } else { vec![] },
         session: None,
-        name: a.name.clone(),
+        name: a.name.to_string(),
     };
     let relays = attach::relays(&opts)?;
     let first = Request::Attach {

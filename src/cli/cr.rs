@@ -4,6 +4,7 @@ use super::{usage, Failure};
 use clap::Args;
 use stasis::api::{self, ApiError};
 use stasis::protocol::{CheckpointOpts, Reply, RestoreOpts};
+use stasis::store::name::WorkloadName;
 use stasis::store::state::{StateRoot, Status};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -40,7 +41,7 @@ pub struct CheckpointArgs {
     /// No progress, no summary lines; errors only.
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    pub name: Option<String>,
+    pub name: Option<WorkloadName>,
 }
 
 #[derive(Args, Debug)]
@@ -53,7 +54,7 @@ pub struct RestoreArgs {
     pub import: Option<String>,
     /// With --import: the name to give the imported workload.
     #[arg(long = "name", value_name = "NEW")]
-    pub new_name: Option<String>,
+    pub new_name: Option<WorkloadName>,
     #[arg(long = "tcp-established")]
     pub tcp_established: bool,
     #[arg(long = "file-locks")]
@@ -65,7 +66,7 @@ pub struct RestoreArgs {
     pub parallel: usize,
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    pub name: Option<String>,
+    pub name: Option<WorkloadName>,
 }
 
 /// Shows elapsed time on a terminal while a long operation runs.
@@ -110,12 +111,12 @@ impl Drop for Progress {
 /// Runs `f` over `names` with at most `parallel` at a time; prints one line per name and a
 /// progress count on a terminal; returns the names that failed.
 fn for_all(
-    names: Vec<String>,
+    names: Vec<WorkloadName>,
     parallel: usize,
     quiet: bool,
     verb: &str,
-    f: impl Fn(&str) -> Result<String, ApiError> + Sync,
-) -> Vec<(String, String)> {
+    f: impl Fn(&WorkloadName) -> Result<String, ApiError> + Sync,
+) -> Vec<(WorkloadName, String)> {
     let total = names.len();
     let queue = Mutex::new(names.into_iter());
     let failed = Mutex::new(Vec::new());
@@ -153,11 +154,11 @@ fn for_all(
     failed.into_inner().unwrap_or_default()
 }
 
-fn summary(verb: &str, failed: Vec<(String, String)>) -> Result<i32, Failure> {
+fn summary(verb: &str, failed: Vec<(WorkloadName, String)>) -> Result<i32, Failure> {
     if failed.is_empty() {
         return Ok(0);
     }
-    let names: Vec<String> = failed.into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = failed.into_iter().map(|(n, _)| n.to_string()).collect();
     Err(Failure {
         code: stasis::exit::CODE_STASIS_ERROR,
         message: format!(
@@ -202,7 +203,7 @@ pub fn checkpoint(root: &StateRoot, a: CheckpointArgs) -> Result<i32, Failure> {
         if a.name.is_some() || a.export.is_some() {
             return Err(usage("--all takes no name and no --export"));
         }
-        let names: Vec<String> = api::list(root)
+        let names: Vec<WorkloadName> = api::list(root)
             .into_iter()
             .filter_map(|(n, o)| {
                 o.ok()
@@ -251,7 +252,12 @@ pub fn checkpoint(root: &StateRoot, a: CheckpointArgs) -> Result<i32, Failure> {
     Ok(0)
 }
 
-fn export_to(root: &StateRoot, name: &str, gen: Option<u32>, dest: &str) -> Result<(), Failure> {
+fn export_to(
+    root: &StateRoot,
+    name: &WorkloadName,
+    gen: Option<u32>,
+    dest: &str,
+) -> Result<(), Failure> {
     if dest == "-" {
         let out = std::io::stdout().lock();
         api::export(root, name, gen, out)?;
@@ -280,7 +286,11 @@ fn export_to(root: &StateRoot, name: &str, gen: Option<u32>, dest: &str) -> Resu
     }
 }
 
-fn restore_in_child(root: &StateRoot, name: &str, opts: &RestoreOpts) -> Result<String, ApiError> {
+fn restore_in_child(
+    root: &StateRoot,
+    name: &WorkloadName,
+    opts: &RestoreOpts,
+) -> Result<String, ApiError> {
     let exe = std::env::current_exe().map_err(|e| ApiError::Io {
         what: "find own executable".into(),
         source: e,
@@ -299,7 +309,7 @@ fn restore_in_child(root: &StateRoot, name: &str, opts: &RestoreOpts) -> Result<
         cmd.arg("--file-locks");
     }
     let out = cmd
-        .arg(name)
+        .arg(name.as_str())
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| ApiError::Io {
@@ -341,7 +351,7 @@ pub fn restore(root: &StateRoot, a: RestoreArgs) -> Result<i32, Failure> {
         reason: String::new(),
     };
     if a.all {
-        let names: Vec<String> = api::list(root)
+        let names: Vec<WorkloadName> = api::list(root)
             .into_iter()
             .filter_map(|(n, o)| {
                 o.ok()

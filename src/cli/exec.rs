@@ -6,6 +6,8 @@ use stasis::api;
 use stasis::attach::{self, AttachOpts, Outcome};
 use stasis::protocol::{AttachSpec, ExecRequest, Reply, Request};
 use stasis::spec::{parse_env_kv, Dur};
+use stasis::store::name::WorkloadName;
+use stasis::store::sessions::SessionId;
 use stasis::store::state::StateRoot;
 use std::io::IsTerminal;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -42,20 +44,20 @@ pub struct ExecArgs {
     pub list: bool,
     /// Attach to a running session.
     #[arg(long, value_name = "ID")]
-    pub attach: Option<String>,
+    pub attach: Option<SessionId>,
     /// Stop a session (TERM, then KILL after --time).
     #[arg(long, value_name = "ID")]
-    pub stop: Option<String>,
+    pub stop: Option<SessionId>,
     /// Remove an exited session's record and log.
     #[arg(long = "rm", value_name = "ID")]
-    pub remove: Option<String>,
+    pub remove: Option<SessionId>,
     /// With --stop: how long before KILL (10s).
     #[arg(long, value_parser = |s: &str| Dur::parse(s))]
     pub time: Option<Dur>,
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
     /// The workload.
-    pub name: String,
+    pub name: WorkloadName,
     /// The command and its arguments (after --).
     #[arg(
         trailing_var_arg = true,
@@ -124,7 +126,7 @@ pub fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32, Failure> {
             tty,
             detach_keys: if tty { keys } else { vec![] },
             session: Some(id.clone()),
-            name: a.name.clone(),
+            name: a.name.to_string(),
         };
         let relays = attach::relays(&opts)?;
         let first = Request::ExecAttach {
@@ -133,7 +135,7 @@ pub fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32, Failure> {
         };
         return end(
             attach::attach(&conn, &first, relays, &opts, |_| {})?,
-            &a.name,
+            a.name.as_str(),
         );
     }
     let mut env = Vec::new();
@@ -189,7 +191,7 @@ pub fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32, Failure> {
         tty,
         detach_keys: if tty { keys } else { vec![] },
         session: None,
-        name: a.name.clone(),
+        name: a.name.to_string(),
     };
     let mut relays = attach::relays(&opts)?;
     for fd in &extra {
@@ -199,7 +201,7 @@ pub fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32, Failure> {
         req: req(relays.spec.clone()),
     };
     let r = attach::attach(&conn, &first, relays, &opts, |_| {})?;
-    end(r, &a.name)
+    end(r, a.name.as_str())
 }
 
 /// Borrows one of our own fds by number, after checking it is open.

@@ -9,6 +9,7 @@ mod run;
 
 use clap::{Args, Parser, Subcommand};
 use stasis::exit::CODE_STASIS_ERROR;
+use stasis::store::name::WorkloadName;
 use stasis::store::state::StateRoot;
 use std::path::PathBuf;
 
@@ -71,7 +72,7 @@ pub enum Format {
 
 #[derive(Args, Debug)]
 pub struct NameOnly {
-    pub name: String,
+    pub name: WorkloadName,
 }
 
 /// A failure of a verb: the code to exit with and a one-line message (empty: already said).

@@ -5,6 +5,8 @@ use clap::Args;
 use serde::Serialize;
 use stasis::api;
 use stasis::store::log::{LogReader, Stream};
+use stasis::store::name::WorkloadName;
+use stasis::store::sessions::SessionId;
 use stasis::store::state::{self, StateRoot, Status};
 use std::io::Write;
 use std::time::Duration;
@@ -22,7 +24,7 @@ pub struct PsArgs {
 pub struct InspectArgs {
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
-    pub name: String,
+    pub name: WorkloadName,
 }
 
 #[derive(Args, Debug)]
@@ -35,8 +37,8 @@ pub struct LogsArgs {
     pub markers: bool,
     /// The log of exec session ID (its output while no client was attached).
     #[arg(long = "exec", value_name = "ID")]
-    pub exec: Option<String>,
-    pub name: String,
+    pub exec: Option<SessionId>,
+    pub name: WorkloadName,
 }
 
 #[derive(Serialize)]
@@ -95,7 +97,7 @@ pub fn ps(root: &StateRoot, a: PsArgs) -> Result<i32, Failure> {
         let spec = api::load_spec(&root.workload(&name)).ok();
         rows.push((
             PsRow {
-                name: name.clone(),
+                name: name.to_string(),
                 status: o.state.status,
                 pid: o.state.init.map(|i| i.pid),
                 exit_code: o.state.exit.as_ref().map(|e| e.code),

@@ -6,6 +6,7 @@ use stasis::api;
 use stasis::attach::{self, AttachOpts, Outcome};
 use stasis::protocol::{self, Reply, Request};
 use stasis::spec::{ByteSize, Dur, ExitPolicy, Network, ShutdownAction, Spec, SpecOverrides};
+use stasis::store::name::WorkloadName;
 use stasis::store::state::StateRoot;
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
@@ -20,7 +21,7 @@ pub struct RunArgs {
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
     #[arg(long)]
-    pub name: Option<String>,
+    pub name: Option<WorkloadName>,
     /// Give the workload a pty.
     #[arg(short = 't', long)]
     pub tty: bool,
@@ -202,7 +203,7 @@ pub fn run(root: &StateRoot, a: RunArgs) -> Result<i32, Failure> {
         tty,
         detach_keys: if tty { keys } else { vec![] },
         session: None,
-        name: wd.name.clone(),
+        name: wd.name.to_string(),
     };
     let relays = attach::relays(&opts)?;
     let first = Request::Start {

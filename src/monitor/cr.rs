@@ -21,6 +21,7 @@ use crate::spec::Volume;
 use crate::store::atomic;
 use crate::store::events::Event as HistEvent;
 use crate::store::generations::{self, External, Manifest, Role, SessionEntry, MANIFEST_VERSION};
+use crate::store::sessions::SessionId;
 use crate::store::sessions::SessionStatus;
 use crate::store::state::{now_ms, Status};
 use crate::sys;
@@ -38,7 +39,7 @@ struct Fresh {
     inherit: Vec<(i32, ExtId, OwnedFd)>,
     ctl: Option<(OwnedFd, u64)>,
     stdio: Option<Stdio>,
-    sessions: HashMap<String, Stdio>,
+    sessions: HashMap<SessionId, Stdio>,
 }
 
 impl Monitor {
@@ -143,7 +144,7 @@ impl Monitor {
             externals.extend(s.exts.iter().cloned());
         }
         // A restore by a new monitor finds sessions through their records.
-        let ids: Vec<String> = self.sessions.keys().cloned().collect();
+        let ids: Vec<SessionId> = self.sessions.keys().cloned().collect();
         for id in ids {
             self.session_persist(&id);
         }
@@ -223,7 +224,7 @@ impl Monitor {
         let manifest = Manifest {
             version: MANIFEST_VERSION,
             generation: gen,
-            name: self.wd.name.clone(),
+            name: self.wd.name.to_string(),
             created_at: now_ms(),
             criu_version: criu.version.clone(),
             spec: self.spec.clone(),
@@ -234,7 +235,7 @@ impl Monitor {
                 .spec
                 .rootfs
                 .is_none()
-                .then(|| crate::container::init_cwd(&self.root.key(), &self.wd.name)),
+                .then(|| crate::container::init_cwd(&self.root.key(), self.wd.name.as_str())),
             leave_running: opts.leave_running,
             tcp_established: opts.tcp_established,
             file_locks: opts.file_locks,
@@ -405,7 +406,7 @@ impl Monitor {
         let gen = generations::pick(&self.wd, opts.generation)
             .map_err(|e| err_reply(CODE_STASIS_ERROR, e.to_string()))?;
         let number = gen.number;
-        let manifest = gen.verify(&self.wd.name).map_err(|e| {
+        let manifest = gen.verify(self.wd.name.as_str()).map_err(|e| {
             self.event(HistEvent::new("restore-failed", e.to_string()).generation(number));
             err_reply(
                 CODE_STASIS_ERROR,
@@ -541,7 +542,7 @@ impl Monitor {
                 .await;
         }
         // Sessions that existed at the dump but were not in it are gone for good.
-        let in_dump: Vec<String> = manifest.sessions.iter().map(|s| s.id.clone()).collect();
+        let in_dump: Vec<SessionId> = manifest.sessions.iter().map(|s| s.id.clone()).collect();
         self.sessions.retain(|id, _| in_dump.contains(id));
         let newest = generations::list(&self.wd)
             .last()
@@ -598,8 +599,8 @@ impl Monitor {
             sessions: HashMap::new(),
         };
         let mut next = INHERIT_BASE;
-        let mut child_ends: HashMap<(Option<String>, String), OwnedFd> = HashMap::new();
-        let tty_of = |sess: Option<&str>| {
+        let mut child_ends: HashMap<(Option<SessionId>, String), OwnedFd> = HashMap::new();
+        let tty_of = |sess: Option<&SessionId>| {
             match sess {
             None => m.externals.iter().any(|e| e.role == Role::Tty),
             Some(id) => m.externals.iter().any(|e| matches!(&e.role, Role::Session { id: i, stream } if i == id && stream == "tty")),
@@ -632,8 +633,7 @@ impl Monitor {
                         } else {
                             None
                         };
-                        let (stdio, ends) =
-                            make_stdio(tty_of(sess.as_deref()), sess.as_deref(), win)?;
+                        let (stdio, ends) = make_stdio(tty_of(sess.as_ref()), sess.as_ref(), win)?;
                         for (role, fd) in ends.ends {
                             child_ends.insert((sess.clone(), role_stream(&role).to_string()), fd);
                         }
@@ -657,7 +657,7 @@ impl Monitor {
     }
 
     /// Resumes a session after a restore: fresh stdio, same clients.
-    async fn resume_session(&mut self, id: &str, mut stdio: Stdio, stdin_open: bool) {
+    async fn resume_session(&mut self, id: &SessionId, mut stdio: Stdio, stdin_open: bool) {
         let Some(s) = self.sessions.get_mut(id) else {
             // A session known only from the checkpoint (a new monitor): its output goes to its log.
             let Some(rec) = crate::store::sessions::load(&self.wd, id) else {
@@ -665,7 +665,7 @@ impl Monitor {
             };
             let mut s = Session::new(rec, &self.wd);
             s.detach_to_log(&self.wd);
-            self.sessions.insert(id.to_string(), s);
+            self.sessions.insert(id.clone(), s);
             return Box::pin(self.resume_session(id, stdio, stdin_open)).await;
         };
         let carry = std::mem::take(&mut s.stdin_carry);

@@ -40,7 +40,7 @@ use tokio::time::Instant;
 /// What a new monitor is handed by the CLI that forks it.
 pub struct Launch {
     pub root: StateRoot,
-    pub name: String,
+    pub name: crate::store::name::WorkloadName,
     /// The workload lock, held for the monitor's whole life.
     pub lock: File,
     /// The CLI's connection; its first request says start or restore.
@@ -125,11 +125,11 @@ pub(crate) enum Event {
     },
     /// A session's output is drained after its exit.
     SessionDrained {
-        id: String,
+        id: crate::store::sessions::SessionId,
     },
     /// Time to write a running session's record.
     SessionPersist {
-        id: String,
+        id: crate::store::sessions::SessionId,
     },
     /// A restart or restore the exit policy scheduled is due.
     PolicyDue,
@@ -228,7 +228,7 @@ pub(crate) struct Monitor {
     /// A signal the user sent with `stasis kill`, and when.
     pub user_kill: Option<(i32, Instant)>,
     pub oom_base: u64,
-    pub sessions: HashMap<String, sessions::Session>,
+    pub sessions: HashMap<crate::store::sessions::SessionId, sessions::Session>,
     /// The exit being drained before it is recorded.
     pending_exit: Option<ExitInfo>,
     pub criu: Option<Criu>,
@@ -286,7 +286,7 @@ async fn main(l: Launch) -> i32 {
             return CODE_STASIS_ERROR;
         }
     }
-    let cgroup = Cgroup::for_workload(&l.root.key(), &l.name);
+    let cgroup = Cgroup::for_workload(&l.root.key(), l.name.as_str());
     let (stdin_tx, _) = watch::channel(None);
     let mut m = Monitor {
         root: l.root.clone(),
@@ -582,7 +582,7 @@ impl Monitor {
                 cols,
                 session,
             } => {
-                self.resize(session.as_deref(), rows, cols);
+                self.resize(session.as_ref(), rows, cols);
             }
             Request::Stop { timeout_ms } => self.req_stop(cid, timeout_ms).await,
             Request::Wait => {
@@ -771,7 +771,12 @@ impl Monitor {
         }
     }
 
-    fn resize(&mut self, session: Option<&str>, rows: u16, cols: u16) {
+    fn resize(
+        &mut self,
+        session: Option<&crate::store::sessions::SessionId>,
+        rows: u16,
+        cols: u16,
+    ) {
         let tty = match session {
             None => {
                 self.winsize = Some((rows, cols));
@@ -968,7 +973,10 @@ impl Monitor {
             diag(&format!("{e}"));
         }
         // A later restore makes it again from the manifest.
-        let _ = std::fs::remove_dir(crate::container::init_cwd(&self.root.key(), &self.wd.name));
+        let _ = std::fs::remove_dir(crate::container::init_cwd(
+            &self.root.key(),
+            self.wd.name.as_str(),
+        ));
     }
 
     /// `--rm`: the workload's directory goes once it has exited and been reported.

@@ -10,7 +10,7 @@ use crate::exit::{ExitStatus, CODE_STASIS_ERROR};
 use crate::init::spawn::{self, ProcSpec};
 use crate::protocol::{AttachSpec, ExecRequest, Reply, ToInit};
 use crate::store::log::LogWriter;
-use crate::store::sessions::{self, SessionRecord, SessionStatus};
+use crate::store::sessions::{self, SessionId, SessionRecord, SessionStatus};
 use crate::store::state::{now_ms, WorkloadDir};
 use std::cell::RefCell;
 use std::os::fd::OwnedFd;
@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// The spawn id init knows a session by.
-pub(crate) fn init_id(id: &str) -> String {
+pub(crate) fn init_id(id: &SessionId) -> String {
     format!("exec:{id}")
 }
 
@@ -164,7 +164,7 @@ impl Monitor {
         }
         let mut fds = fds;
         let preserved: Vec<OwnedFd> = fds.split_off(n_attach);
-        let id = sessions::new_id();
+        let id = SessionId::random();
         let mut rec = SessionRecord {
             id: id.clone(),
             command: req.command.clone(),
@@ -258,7 +258,7 @@ impl Monitor {
     pub(crate) async fn exec_attach(
         &mut self,
         cid: u64,
-        id: &str,
+        id: &SessionId,
         a: &AttachSpec,
         fds: Vec<OwnedFd>,
     ) {
@@ -286,7 +286,7 @@ impl Monitor {
         self.reply(cid, r).await;
     }
 
-    pub(crate) async fn signal_session(&mut self, id: &str, sig: i32) -> Reply {
+    pub(crate) async fn signal_session(&mut self, id: &SessionId, sig: i32) -> Reply {
         let (Some(live), true) = (&self.live, self.sessions.contains_key(id)) else {
             return err_reply(
                 CODE_STASIS_ERROR,
@@ -310,7 +310,7 @@ impl Monitor {
     }
 
     /// Stops a session: TERM, then KILL after the timeout; replies when it has ended.
-    pub(crate) async fn exec_stop(&mut self, cid: u64, id: &str, timeout_ms: Option<u64>) {
+    pub(crate) async fn exec_stop(&mut self, cid: u64, id: &SessionId, timeout_ms: Option<u64>) {
         if !self.sessions.contains_key(id) {
             let r = match sessions::load(&self.wd, id) {
                 Some(rec) if rec.status == SessionStatus::Exited => Reply::Exit {
@@ -352,7 +352,7 @@ impl Monitor {
         }
     }
 
-    pub(crate) fn exec_remove(&mut self, id: &str) -> Reply {
+    pub(crate) fn exec_remove(&mut self, id: &SessionId) -> Reply {
         if self.sessions.contains_key(id) {
             return err_reply(
                 CODE_STASIS_ERROR,
@@ -373,13 +373,16 @@ impl Monitor {
 
     /// A process init spawned has ended.
     pub(crate) async fn on_proc_exit(&mut self, init_id_: &str, status: ExitStatus) {
-        let Some(id) = init_id_.strip_prefix("exec:") else {
+        let Some(id) = init_id_
+            .strip_prefix("exec:")
+            .and_then(|i| SessionId::parse(i).ok())
+        else {
             return;
         };
-        self.session_ended(id, status, None);
+        self.session_ended(&id, status, None);
     }
 
-    fn session_ended(&mut self, id: &str, status: ExitStatus, why: Option<&str>) {
+    fn session_ended(&mut self, id: &SessionId, status: ExitStatus, why: Option<&str>) {
         let Some(s) = self.sessions.get_mut(id) else {
             return;
         };
@@ -394,7 +397,7 @@ impl Monitor {
         s.stdin_tx.send_replace(None);
         let stdio = s.stdio.take();
         let tx = self.tx.clone();
-        let id = id.to_string();
+        let id = id.clone();
         tokio::task::spawn_local(async move {
             if let Some(st) = stdio {
                 st.drain().await;
@@ -404,7 +407,7 @@ impl Monitor {
     }
 
     /// Writes the record of a session that is still running.
-    pub(crate) fn session_persist(&mut self, id: &str) {
+    pub(crate) fn session_persist(&mut self, id: &SessionId) {
         if let Some(s) = self.sessions.get(id) {
             if s.rec.status == SessionStatus::Running {
                 if let Err(e) = sessions::save(&self.wd, &s.rec) {
@@ -415,7 +418,7 @@ impl Monitor {
     }
 
     /// A session's output is all delivered: record its exit and tell its clients.
-    pub(crate) async fn session_drained(&mut self, id: &str) {
+    pub(crate) async fn session_drained(&mut self, id: &SessionId) {
         let Some(s) = self.sessions.remove(id) else {
             return;
         };
@@ -437,7 +440,7 @@ impl Monitor {
 
     /// The container ended: every session in it ended with it.
     pub(crate) fn sessions_container_gone(&mut self) {
-        let ids: Vec<String> = self.sessions.keys().cloned().collect();
+        let ids: Vec<SessionId> = self.sessions.keys().cloned().collect();
         for id in ids {
             self.session_ended(
                 &id,

@@ -11,6 +11,7 @@ use crate::protocol::{FromInit, ToInit};
 use crate::spec::Volume;
 use crate::store::generations::{External, Role};
 use crate::store::log::Stream;
+use crate::store::sessions::SessionId;
 use crate::store::state::{now_ms, ProcRef, Status};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -69,12 +70,12 @@ pub(crate) fn role_stream(r: &Role) -> &str {
 /// exec session. The monitor's ends come back in a [`Stdio`] (pumps not started yet).
 pub(crate) fn make_stdio(
     tty: bool,
-    session: Option<&str>,
+    session: Option<&SessionId>,
     winsize: Option<(u16, u16)>,
 ) -> std::io::Result<(Stdio, ChildEnds)> {
     let role = |stream: &str| match session {
         Some(id) => Role::Session {
-            id: id.to_string(),
+            id: id.clone(),
             stream: stream.to_string(),
         },
         None => match stream {
@@ -244,7 +245,7 @@ impl Monitor {
                 .spec
                 .rootfs
                 .is_none()
-                .then(|| container::init_cwd(&self.root.key(), &self.wd.name)),
+                .then(|| container::init_cwd(&self.root.key(), self.wd.name.as_str())),
         })
     }
 
@@ -487,11 +488,11 @@ mod tests {
         let local = tokio::task::LocalSet::new();
         local
             .run_until(async {
-                let (s, ends) = make_stdio(false, Some("abc"), None).unwrap();
+                let (s, ends) = make_stdio(false, Some(&SessionId::parse("abcabcabcabc").unwrap()), None).unwrap();
                 assert_eq!(s.exts.len(), 3);
                 let inos: std::collections::HashSet<_> = s.exts.iter().map(|e| e.id.clone()).collect();
                 assert_eq!(inos.len(), 3);
-                assert!(matches!(&s.exts[0].role, Role::Session { id, stream } if id == "abc" && stream == "stdin"));
+                assert!(matches!(&s.exts[0].role, Role::Session { id, stream } if id.as_str() == "abcabcabcabc" && stream == "stdin"));
                 assert_eq!(ends.stdio_fds().unwrap().len(), 3);
             })
             .await;

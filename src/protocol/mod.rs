@@ -7,6 +7,7 @@
 
 use crate::exit::ExitStatus;
 use crate::init::spawn::ProcSpec;
+use crate::store::sessions::SessionId;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -103,12 +104,12 @@ pub enum Request {
     },
     Signal {
         sig: i32,
-        session: Option<String>,
+        session: Option<SessionId>,
     },
     Resize {
         rows: u16,
         cols: u16,
-        session: Option<String>,
+        session: Option<SessionId>,
     },
     Stop {
         timeout_ms: Option<u64>,
@@ -124,15 +125,15 @@ pub enum Request {
         req: ExecRequest,
     },
     ExecAttach {
-        id: String,
+        id: SessionId,
         attach: AttachSpec,
     },
     ExecStop {
-        id: String,
+        id: SessionId,
         timeout_ms: Option<u64>,
     },
     ExecRemove {
-        id: String,
+        id: SessionId,
     },
     /// The client leaves (detach keys); the workload or session goes on.
     Detach,
@@ -179,7 +180,7 @@ pub enum Reply {
         pid: i32,
     },
     ExecStarted {
-        id: String,
+        id: SessionId,
     },
     /// Something the attached user should know ("checkpointed; waiting for restore").
     Notice {

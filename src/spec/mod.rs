@@ -6,6 +6,7 @@
 //! silently ignored (`memroy: 1g`) is a limit the user believes in and does not have.
 
 use crate::exit::parse_signal;
+use crate::store::name::WorkloadName;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -281,7 +282,7 @@ impl OnExit {
 pub struct Spec {
     /// Unique name under the state root (generated when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub name: Option<WorkloadName>,
     /// The argv of the workload; never run through a shell.
     #[serde(default)]
     pub command: Vec<String>,
@@ -365,7 +366,7 @@ fn is_default<T: Default + PartialEq>(t: &T) -> bool {
 /// Flags of `stasis run` that override a spec file; `None`/empty means "not given".
 #[derive(Debug, Clone, Default)]
 pub struct SpecOverrides {
-    pub name: Option<String>,
+    pub name: Option<WorkloadName>,
     pub command: Vec<String>,
     pub env: Vec<String>,
     pub env_pass: Vec<String>,
@@ -485,9 +486,6 @@ impl Spec {
 
     /// Checks everything that can be checked without touching the host.
     pub fn validate(&self) -> Result<(), SpecError> {
-        if let Some(n) = &self.name {
-            validate_name(n)?;
-        }
         if self.command.is_empty() {
             return Err(invalid("command", "the command is empty"));
         }
@@ -603,30 +601,6 @@ impl Spec {
 
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// Checks a workload name: 1 to 64 characters of `[a-zA-Z0-9_.-]`, starting with a letter or
-/// digit (so never `.`, `..` or a hidden name), never a path.
-pub fn validate_name(n: &str) -> Result<(), SpecError> {
-    let bad = |why: &str| invalid("name", format!("{n:?} {why}"));
-    if n.is_empty() {
-        return Err(bad("is empty"));
-    }
-    if n.len() > 64 {
-        return Err(bad("is longer than 64 characters"));
-    }
-    if let Some(c) = n
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "_.-".contains(*c)))
-    {
-        return Err(bad(&format!(
-            "contains {c:?} (allowed: letters, digits, '_', '.', '-')"
-        )));
-    }
-    if !n.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(bad("must start with a letter or a digit"));
-    }
-    Ok(())
 }
 
 fn validate_env_key(k: &str) -> Result<(), SpecError> {
@@ -873,26 +847,6 @@ mod tests {
         let e = parse("command: [true\n  - x: :").unwrap_err().to_string();
         assert!(e.starts_with("job.yaml: "), "{e}");
         assert!(!e.contains('\n'));
-    }
-
-    #[test]
-    fn names_are_checked() {
-        for good in ["a", "job-1", "A.b_c", &"x".repeat(64)] {
-            validate_name(good).unwrap();
-        }
-        for bad in [
-            "",
-            ".",
-            "..",
-            "a/b",
-            "-x",
-            ".hidden",
-            "a b",
-            &"x".repeat(65),
-            "é",
-        ] {
-            assert!(validate_name(bad).is_err(), "{bad:?} accepted");
-        }
     }
 
     #[test]

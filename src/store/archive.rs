@@ -25,7 +25,7 @@ const HEADER_NAME: &str = "stasis-export.json";
 /// Writes generation `g` of `wd` (its images, manifest and init copy) as a zstd-compressed
 /// tar to `out`.
 pub fn export(wd: &WorkloadDir, g: &Generation, out: impl Write) -> Result<(), CheckpointError> {
-    let m = g.verify(&wd.name)?;
+    let m = g.verify(wd.name.as_str())?;
     let arch = |why: String| CheckpointError::Archive {
         path: "export".into(),
         why,
@@ -35,7 +35,7 @@ pub fn export(wd: &WorkloadDir, g: &Generation, out: impl Write) -> Result<(), C
     tar.mode(tar::HeaderMode::Deterministic);
     let header = serde_json::to_vec_pretty(&ExportHeader {
         format: EXPORT_FORMAT,
-        name: wd.name.clone(),
+        name: wd.name.to_string(),
         manifest: m.clone(),
     })
     .map_err(|e| arch(e.to_string()))?;
@@ -75,23 +75,56 @@ pub fn export(wd: &WorkloadDir, g: &Generation, out: impl Write) -> Result<(), C
     Ok(())
 }
 
-/// An unpacked import: where its images (and log) went and what it says.
+/// An unpacked import: where its images (and log) went, what it says, and its init copy
+/// (checked, not yet installed: see [`Imported::install_init`]).
 pub struct Imported {
     pub header: ExportHeader,
     pub images: PathBuf,
     pub log: Option<PathBuf>,
+    init: Vec<u8>,
+    init_path: PathBuf,
 }
 
-/// Unpacks an export archive into `dest_tmp` (a temp directory) and installs its init copy at
-/// the path its manifest names.
+impl Imported {
+    /// Puts the archive's init copy into this host's init store, under the name its content
+    /// gives it (the path the generation needs, which [`import`] checked).
+    pub fn install_init(&self) -> Result<(), FsError> {
+        crate::store::init_copies::install(&self.init_path, &self.init)
+    }
+}
+
+/// Archive text shown to a user: printable, one line, bounded (an archive is untrusted input,
+/// and a damaged one yields binary garbage in decoder errors and entry names).
+pub fn printable(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(200)
+        .map(|c| {
+            if c.is_control() || c == '\u{fffd}' {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if s.chars().count() > 200 {
+        out.push('…');
+    }
+    out
+}
+
+/// Unpacks an export archive into `dest_tmp` (a temp directory). Nothing is written outside
+/// `dest_tmp`: the init copy is checked against the generation's manifest and this host's
+/// store, and installed only by [`Imported::install_init`].
 pub fn import(
     input: impl Read,
     origin: &str,
     dest_tmp: &Path,
+    init_store: &Path,
 ) -> Result<Imported, CheckpointError> {
     let arch = |why: String| CheckpointError::Archive {
-        path: origin.into(),
-        why,
+        path: printable(origin),
+        why: printable(&why),
     };
     let dec = zstd::stream::read::Decoder::new(input)
         .map_err(|e| arch(format!("not a zstd stream: {e}")))?;
@@ -142,11 +175,15 @@ pub fn import(
         )));
     }
     let init = init.ok_or_else(|| arch("no init copy in the archive".into()))?;
-    crate::store::init_copies::install(&header.manifest.init_path, &init)?;
+    let init_path =
+        crate::store::init_copies::import_path(init_store, &header.manifest.init_path, &init)
+            .map_err(|e| arch(e.to_string()))?;
     Ok(Imported {
         header,
         images,
         log,
+        init,
+        init_path,
     })
 }
 
@@ -155,26 +192,90 @@ mod tests {
     use super::*;
     use crate::store::generations::tests::{dump_into, setup};
 
+    /// This test binary as an "init copy" in a store under `d`.
+    fn fake_init(d: &Path) -> (PathBuf, PathBuf) {
+        let bytes = fs::read("/proc/self/exe").unwrap();
+        let key = crate::store::init_copies::elf_build_id(&bytes).expect("build-id");
+        let store = d.join("store");
+        fs::create_dir_all(&store).unwrap();
+        let init = store.join(format!("stasis-init-{key}"));
+        fs::write(&init, &bytes).unwrap();
+        (store, init)
+    }
+
     #[test]
     fn export_import_round_trip() {
         let (d, wd) = setup();
-        let init = d.path().join("store/stasis-init-x");
-        fs::create_dir_all(init.parent().unwrap()).unwrap();
-        fs::write(&init, b"bin").unwrap();
+        let (store, init) = fake_init(d.path());
         let g = dump_into(&wd, 3, &init);
         let mut buf = Vec::new();
         export(&wd, &g, &mut buf).unwrap();
         fs::remove_file(&init).unwrap();
         let dest = tempfile::tempdir().unwrap();
-        let imp = import(buf.as_slice(), "x.tar.zst", dest.path()).unwrap();
+        let imp = import(buf.as_slice(), "x.tar.zst", dest.path(), &store).unwrap();
         assert_eq!(imp.header.name, "job");
         assert_eq!(imp.header.manifest.generation, 3);
         assert_eq!(fs::read(imp.images.join("core-1.img")).unwrap(), b"core");
-        assert_eq!(fs::read(&init).unwrap(), b"bin");
-        let e = import(&b"not an archive"[..], "bad.tar.zst", dest.path())
+        assert!(
+            !init.exists(),
+            "import installed the init copy before being asked"
+        );
+        imp.install_init().unwrap();
+        assert!(init.is_file());
+        let e = import(&b"not an archive"[..], "bad.tar.zst", dest.path(), &store)
             .err()
             .unwrap()
             .to_string();
         assert!(e.contains("bad.tar.zst"), "{e}");
+    }
+
+    #[test]
+    fn an_archive_never_chooses_where_its_init_copy_goes() {
+        let (d, wd) = setup();
+        let (store, init) = fake_init(d.path());
+        let g = dump_into(&wd, 1, &init);
+        // a manifest that names a path outside the store (as a hostile archive would)
+        let mut m = g.manifest("job").unwrap();
+        let evil = d.path().join("etc/cron.d/stasis-init-x");
+        m.init_path = evil.clone();
+        crate::store::atomic::write_json_atomic(&g.manifest_path(), &m).unwrap();
+        let mut buf = Vec::new();
+        // export reads init from the manifest's path: give it one to read
+        fs::create_dir_all(evil.parent().unwrap()).unwrap();
+        fs::copy(&init, &evil).unwrap();
+        export(&wd, &g, &mut buf).unwrap();
+        fs::remove_dir_all(d.path().join("etc")).unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let e = import(buf.as_slice(), "evil.tar.zst", dest.path(), &store)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains("keeps init copies in"), "{e}");
+        assert!(
+            !d.path().join("etc").exists(),
+            "import wrote outside the store"
+        );
+    }
+
+    #[test]
+    fn garbage_gives_a_printable_one_line_error() {
+        let (_d, _wd) = setup();
+        let dest = tempfile::tempdir().unwrap();
+        let mut junk = vec![0x28u8, 0xb5, 0x2f, 0xfd];
+        junk.extend((0..4096u32).map(|i| (i * 7919 % 251) as u8));
+        let e = import(
+            junk.as_slice(),
+            "junk",
+            dest.path(),
+            Path::new("/nonexistent"),
+        )
+        .err()
+        .expect("refused")
+        .to_string();
+        assert!(
+            !e.contains('\n') && e.chars().all(|c| !c.is_control()),
+            "{e:?}"
+        );
+        assert!(e.chars().count() < 400, "{e}");
     }
 }

@@ -83,7 +83,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let r = StateRoot::from_flag(Some(d.path().into()));
         r.ensure().unwrap();
-        let w = r.workload("a");
+        let w = r.workload(&crate::store::name::n("a"));
         w.create().unwrap();
         append(&w, &Event::new("checkpoint", "periodic").generation(1));
         append(&w, &Event::new("restore", "crash").generation(1).code(137));

@@ -55,7 +55,7 @@ pub enum Role {
     Control,
     /// A stream of exec session `id`: "stdin", "stdout", "stderr" or "tty".
     Session {
-        id: String,
+        id: crate::store::sessions::SessionId,
         stream: String,
     },
 }
@@ -81,7 +81,7 @@ pub struct FileEntry {
 /// An exec session recorded in a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionEntry {
-    pub id: String,
+    pub id: crate::store::sessions::SessionId,
     pub tty: bool,
     pub stdin: bool,
 }
@@ -254,12 +254,12 @@ pub fn pick(wd: &WorkloadDir, n: Option<u32>) -> Result<Generation, CheckpointEr
             all.into_iter()
                 .find(|g| g.number == n)
                 .ok_or(CheckpointError::NoSuchGeneration {
-                    name: wd.name.clone(),
+                    name: wd.name.to_string(),
                     gen: n,
                 })
         }
         None => all.into_iter().last().ok_or(CheckpointError::NoGeneration {
-            name: wd.name.clone(),
+            name: wd.name.to_string(),
         }),
     }
 }
@@ -336,7 +336,7 @@ pub(crate) mod tests {
         let d = tempfile::tempdir().unwrap();
         let r = StateRoot::from_flag(Some(d.path().to_path_buf()));
         r.ensure().unwrap();
-        let w = r.workload("job");
+        let w = r.workload(&crate::store::name::n("job"));
         w.create().unwrap();
         (d, w)
     }
@@ -381,7 +381,7 @@ pub(crate) mod tests {
         let mut m = manifest(1, vec![], d.path().join("init"));
         m.externals.push(External {
             role: Role::Session {
-                id: "abc".into(),
+                id: crate::store::sessions::SessionId::parse("abcabcabcabc").unwrap(),
                 stream: "stdout".into(),
             },
             id: ExtId::Pipe { ino: 9 },

@@ -73,7 +73,89 @@ fn publish(tmp: &Path, path: &Path) -> Result<(), FsError> {
     }
 }
 
-/// Installs an init copy brought by an import at the exact path recorded in its checkpoint.
+/// The GNU build-id of an ELF64 little-endian executable given as bytes, as hex.
+///
+/// An import names the init copy it brings by its content, never by a path an archive
+/// claims: the copy goes to `dir()/stasis-init-<build-id>` or nowhere.
+pub fn elf_build_id(b: &[u8]) -> Option<String> {
+    let u16_at = |o: usize| Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?));
+    // ELF magic, 64-bit, little-endian
+    if b.get(0..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let phoff = usize::try_from(u64_at(0x20)?).ok()?;
+    let phentsize = u16_at(0x36)? as usize;
+    let phnum = u16_at(0x38)? as usize;
+    for i in 0..phnum {
+        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
+        if u32_at(ph)? != 4 {
+            continue; // not PT_NOTE
+        }
+        let off = usize::try_from(u64_at(ph + 0x08)?).ok()?;
+        let size = usize::try_from(u64_at(ph + 0x20)?).ok()?;
+        let notes = b.get(off..off.checked_add(size)?)?;
+        let mut p = 0usize;
+        while p + 12 <= notes.len() {
+            let namesz = u32::from_le_bytes(notes[p..p + 4].try_into().ok()?) as usize;
+            let descsz = u32::from_le_bytes(notes[p + 4..p + 8].try_into().ok()?) as usize;
+            let ntype = u32::from_le_bytes(notes[p + 8..p + 12].try_into().ok()?);
+            let name = p + 12;
+            let desc = name.checked_add(namesz.checked_add(3)? & !3)?;
+            let end = desc.checked_add(descsz)?;
+            if end > notes.len() {
+                break;
+            }
+            if ntype == 3 && notes.get(name..name + namesz) == Some(b"GNU\0".as_slice()) {
+                return Some(
+                    notes[desc..end]
+                        .iter()
+                        .map(|x| format!("{x:02x}"))
+                        .collect(),
+                );
+            }
+            p = desc.checked_add(descsz.checked_add(3)? & !3)?;
+        }
+    }
+    None
+}
+
+/// Errors installing an imported init copy.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("the archive's init copy is not a stasis binary (no ELF build-id)")]
+    NotStasis,
+    #[error("the generation runs init from {wanted}, but this host keeps init copies in {store} (STASIS_INIT_DIR): CRIU restores a process only from the path it was dumped with")]
+    OtherStore { wanted: PathBuf, store: PathBuf },
+    #[error("the generation names init copy {wanted}, but the archive's copy has build-id {key}")]
+    Mismatch { wanted: PathBuf, key: String },
+    #[error(transparent)]
+    Fs(#[from] FsError),
+}
+
+/// Where an imported copy goes: checks that `data` is a stasis binary whose build-id names
+/// exactly `wanted` inside the init store `store`, without writing anything.
+pub fn import_path(store: &Path, wanted: &Path, data: &[u8]) -> Result<PathBuf, InstallError> {
+    let key = elf_build_id(data).ok_or(InstallError::NotStasis)?;
+    let store = store.to_path_buf();
+    let path = store.join(format!("{PREFIX}{key}"));
+    if wanted.parent() != Some(store.as_path()) {
+        return Err(InstallError::OtherStore {
+            wanted: wanted.to_path_buf(),
+            store,
+        });
+    }
+    if wanted != path {
+        return Err(InstallError::Mismatch {
+            wanted: wanted.to_path_buf(),
+            key,
+        });
+    }
+    Ok(path)
+}
+
+/// Installs an init copy at `path` (a path from [`import_path`], inside the store).
 pub fn install(path: &Path, data: &[u8]) -> Result<(), FsError> {
     if let Ok(existing) = fs::read(path) {
         if existing == data {

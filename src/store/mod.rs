@@ -9,5 +9,6 @@ pub mod events;
 pub mod generations;
 pub mod init_copies;
 pub mod log;
+pub mod name;
 pub mod sessions;
 pub mod state;

@@ -21,7 +21,7 @@ pub enum SessionStatus {
 /// A session as kept in `exec/ID.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {
-    pub id: String,
+    pub id: SessionId,
     pub command: Vec<String>,
     pub status: SessionStatus,
     pub tty: bool,
@@ -41,8 +41,66 @@ pub struct SessionRecord {
     pub error: Option<String>,
 }
 
-/// A fresh session id: 12 hex digits.
-pub fn new_id() -> String {
+/// An exec session's id: 12 lowercase hex digits. Like a workload name, it is validated where
+/// it enters (a flag, a request, a record) because it names files.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionId(String);
+
+/// Why a string is not a session id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid exec session id {0:?}: an id is 12 hex digits (see `stasis exec --list NAME`)")]
+pub struct BadSessionId(pub String);
+
+impl SessionId {
+    pub fn parse(s: &str) -> Result<SessionId, BadSessionId> {
+        if s.len() == 12
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            Ok(SessionId(s.to_string()))
+        } else {
+            Err(BadSessionId(s.chars().take(40).collect()))
+        }
+    }
+
+    /// A fresh random id.
+    pub fn random() -> SessionId {
+        SessionId(random_hex())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for SessionId {
+    type Err = BadSessionId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        SessionId::parse(s)
+    }
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for SessionId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SessionId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        SessionId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// 12 random hex digits.
+pub fn random_hex() -> String {
     let mut b = [0u8; 6];
     if fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
@@ -55,12 +113,12 @@ pub fn new_id() -> String {
 }
 
 /// Path of a session's record.
-pub fn record_path(wd: &WorkloadDir, id: &str) -> PathBuf {
+pub fn record_path(wd: &WorkloadDir, id: &SessionId) -> PathBuf {
     wd.exec_dir().join(format!("{id}.json"))
 }
 
 /// Path of a session's log (output while no client is attached).
-pub fn log_path(wd: &WorkloadDir, id: &str) -> PathBuf {
+pub fn log_path(wd: &WorkloadDir, id: &SessionId) -> PathBuf {
     wd.exec_dir().join(format!("{id}.log"))
 }
 
@@ -71,7 +129,7 @@ pub fn save(wd: &WorkloadDir, rec: &SessionRecord) -> Result<(), FsError> {
 }
 
 /// Reads one session record.
-pub fn load(wd: &WorkloadDir, id: &str) -> Option<SessionRecord> {
+pub fn load(wd: &WorkloadDir, id: &SessionId) -> Option<SessionRecord> {
     fs::read(record_path(wd, id))
         .ok()
         .and_then(|d| serde_json::from_slice(&d).ok())
@@ -93,7 +151,7 @@ pub fn list(wd: &WorkloadDir) -> Vec<SessionRecord> {
 }
 
 /// Removes a session's record and log.
-pub fn remove(wd: &WorkloadDir, id: &str) {
+pub fn remove(wd: &WorkloadDir, id: &SessionId) {
     let _ = fs::remove_file(record_path(wd, id));
     let _ = fs::remove_file(log_path(wd, id));
 }
@@ -105,10 +163,10 @@ mod tests {
 
     #[test]
     fn ids_are_12_hex_and_differ() {
-        let a = new_id();
+        let a = random_hex();
         assert_eq!(a.len(), 12);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(a, new_id());
+        assert_ne!(a, random_hex());
     }
 
     #[test]
@@ -116,11 +174,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let r = StateRoot::from_flag(Some(d.path().into()));
         r.ensure().unwrap();
-        let w = r.workload("a");
+        let w = r.workload(&crate::store::name::n("a"));
         w.create().unwrap();
-        for (i, id) in ["bbb", "aaa"].iter().enumerate() {
+        for (i, id) in ["bbbbbbbbbbbb", "aaaaaaaaaaaa"].iter().enumerate() {
             let rec = SessionRecord {
-                id: id.to_string(),
+                id: SessionId::parse(id).unwrap(),
                 command: vec!["true".into()],
                 status: SessionStatus::Running,
                 tty: false,
@@ -138,10 +196,15 @@ mod tests {
         let l = list(&w);
         assert_eq!(
             l.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
-            vec!["bbb", "aaa"]
+            vec!["bbbbbbbbbbbb", "aaaaaaaaaaaa"]
         );
-        assert_eq!(load(&w, "aaa").unwrap().pid, Some(7));
-        remove(&w, "aaa");
-        assert!(load(&w, "aaa").is_none());
+        assert_eq!(
+            load(&w, &SessionId::parse("aaaaaaaaaaaa").unwrap())
+                .unwrap()
+                .pid,
+            Some(7)
+        );
+        remove(&w, &SessionId::parse("aaaaaaaaaaaa").unwrap());
+        assert!(load(&w, &SessionId::parse("aaaaaaaaaaaa").unwrap()).is_none());
     }
 }

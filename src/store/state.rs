@@ -17,6 +17,7 @@
 
 use crate::exit::ExitStatus;
 use crate::store::atomic::{self, FsError};
+use crate::store::name::WorkloadName;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsFd;
@@ -33,12 +34,12 @@ pub const DEFAULT_RUNTIME: &str = "/run/stasis";
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("no such workload: {0}")]
-    NotFound(String),
+    NotFound(WorkloadName),
     #[error("a workload named {0} already exists")]
-    Exists(String),
+    Exists(WorkloadName),
     #[error("state of {name} is unreadable ({path}): {msg}")]
     Corrupt {
-        name: String,
+        name: WorkloadName,
         path: PathBuf,
         msg: String,
     },
@@ -86,23 +87,25 @@ impl StateRoot {
         atomic::mkdir_p(&self.runtime, 0o700)
     }
 
-    /// The directory of workload `name` (which may not exist).
-    pub fn workload(&self, name: &str) -> WorkloadDir {
+    /// The directory of workload `name` (which may not exist). Only a validated name makes a
+    /// path, so nothing outside `ROOT/workloads` can be named.
+    pub fn workload(&self, name: &WorkloadName) -> WorkloadDir {
         WorkloadDir {
-            name: name.to_string(),
-            dir: self.root.join("workloads").join(name),
+            name: name.clone(),
+            dir: self.root.join("workloads").join(name.as_str()),
             socket: self.runtime.join(format!("{name}.sock")),
         }
     }
 
-    /// Names of all workloads, sorted.
-    pub fn names(&self) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(self.root.join("workloads"))
+    /// Names of all workloads, sorted (directories whose names are not valid names, such as
+    /// an import's staging directory, are not workloads).
+    pub fn names(&self) -> Vec<WorkloadName> {
+        let mut v: Vec<WorkloadName> = fs::read_dir(self.root.join("workloads"))
             .map(|rd| {
                 rd.flatten()
                     .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
                     .filter_map(|e| e.file_name().into_string().ok())
-                    .filter(|n| !n.starts_with('.'))
+                    .filter_map(|n| WorkloadName::parse(&n).ok())
                     .collect()
             })
             .unwrap_or_default();
@@ -124,7 +127,7 @@ impl StateRoot {
 /// Paths of one workload.
 #[derive(Debug, Clone)]
 pub struct WorkloadDir {
-    pub name: String,
+    pub name: WorkloadName,
     pub dir: PathBuf,
     pub socket: PathBuf,
 }
@@ -307,7 +310,7 @@ pub struct ExitInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkloadState {
     pub version: u32,
-    pub name: String,
+    pub name: WorkloadName,
     pub status: Status,
     pub created_at: u64,
     #[serde(default)]
@@ -346,10 +349,10 @@ pub const STATE_VERSION: u32 = 1;
 
 impl WorkloadState {
     /// A freshly created workload.
-    pub fn new(name: &str) -> WorkloadState {
+    pub fn new(name: &WorkloadName) -> WorkloadState {
         WorkloadState {
             version: STATE_VERSION,
-            name: name.to_string(),
+            name: name.clone(),
             status: Status::Created,
             created_at: now_ms(),
             started_at: None,
@@ -498,7 +501,7 @@ mod tests {
     #[test]
     fn create_claims_a_name_once() {
         let (_d, r) = root();
-        let w = r.workload("a");
+        let w = r.workload(&crate::store::name::n("a"));
         w.create().unwrap();
         assert!(matches!(w.create(), Err(StateError::Exists(_))));
         assert_eq!(r.names(), vec!["a"]);
@@ -507,14 +510,14 @@ mod tests {
     #[test]
     fn save_and_load() {
         let (_d, r) = root();
-        let w = r.workload("a");
+        let w = r.workload(&crate::store::name::n("a"));
         w.create().unwrap();
-        let mut st = WorkloadState::new("a");
+        let mut st = WorkloadState::new(&crate::store::name::n("a"));
         st.status = Status::Running;
         w.save(&st).unwrap();
         assert_eq!(w.load().unwrap(), st);
         assert!(matches!(
-            r.workload("b").load(),
+            r.workload(&crate::store::name::n("b")).load(),
             Err(StateError::NotFound(_))
         ));
     }
@@ -523,7 +526,7 @@ mod tests {
     fn old_state_files_still_load() {
         // a state.json from before the counters existed
         let (_d, r) = root();
-        let w = r.workload("a");
+        let w = r.workload(&crate::store::name::n("a"));
         w.create().unwrap();
         fs::write(
             w.state_path(),
@@ -538,7 +541,7 @@ mod tests {
     #[test]
     fn corrupt_state_is_reported_with_its_path() {
         let (_d, r) = root();
-        let w = r.workload("a");
+        let w = r.workload(&crate::store::name::n("a"));
         w.create().unwrap();
         fs::write(w.state_path(), "{nope").unwrap();
         let e = w.load().unwrap_err().to_string();
@@ -548,7 +551,7 @@ mod tests {
     #[test]
     fn lock_is_exclusive_between_descriptions() {
         let (_d, r) = root();
-        let w = r.workload("a");
+        let w = r.workload(&crate::store::name::n("a"));
         w.create().unwrap();
         let held = w.try_lock().unwrap().expect("free lock");
         assert!(w.try_lock().unwrap().is_none());
@@ -559,7 +562,7 @@ mod tests {
 
     #[test]
     fn dead_monitor_with_dead_init_means_exited_unknown() {
-        let mut st = WorkloadState::new("a");
+        let mut st = WorkloadState::new(&crate::store::name::n("a"));
         st.status = Status::Running;
         st.init = Some(ProcRef {
             pid: i32::MAX,
@@ -574,7 +577,7 @@ mod tests {
 
     #[test]
     fn dead_monitor_with_live_init_stays_running_with_a_note() {
-        let mut st = WorkloadState::new("a");
+        let mut st = WorkloadState::new(&crate::store::name::n("a"));
         st.status = Status::Running;
         st.init = ProcRef::of(std::process::id() as i32);
         assert!(reconcile_dead_monitor(&mut st));
@@ -586,7 +589,7 @@ mod tests {
 
     #[test]
     fn checkpointed_survives_a_dead_monitor() {
-        let mut st = WorkloadState::new("a");
+        let mut st = WorkloadState::new(&crate::store::name::n("a"));
         st.status = Status::Checkpointed;
         reconcile_dead_monitor(&mut st);
         assert_eq!(st.status, Status::Checkpointed);
