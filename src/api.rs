@@ -99,6 +99,7 @@ pub struct Created {
 /// The workload lock is taken right after the name is claimed and kept until the monitor
 /// inherits it, so no reader ever mistakes the new workload for one whose monitor died.
 pub fn create(root: &StateRoot, mut spec: Spec) -> Result<Created, ApiError> {
+    spec.normalize();
     spec.validate()?;
     root.ensure()?;
     let name = match &spec.name {
@@ -106,22 +107,20 @@ pub fn create(root: &StateRoot, mut spec: Spec) -> Result<Created, ApiError> {
         None => generate_name(root),
     };
     spec.name = Some(name.clone());
-    if let Some(r) = &spec.rootfs {
-        let cfg = crate::container::ContainerConfig {
-            hostname: None,
-            network: spec.network,
-            rootfs: Some(r.clone()),
-            volumes: spec
-                .volumes
-                .iter()
-                .map(|v| crate::spec::Volume::parse(v))
-                .collect::<Result<_, _>>()?,
-            cgroup_procs: vec![],
-            init_path: Default::default(),
-            init_cwd: None,
-        };
-        cfg.check()?;
+    // The rootfs and volume paths exist: fail now, not after the monitor started.
+    crate::container::ContainerConfig {
+        hostname: None,
+        network: spec.network,
+        rootfs: spec.rootfs.clone(),
+        volumes: spec
+            .volumes
+            .iter()
+            .map(|v| crate::spec::Volume::parse(v))
+            .collect::<Result<_, _>>()?,
+        cgroup_procs: vec![],
+        init_path: Default::default(),
     }
+    .check()?;
     // Fail on a bad user now, not after the monitor started.
     crate::init::spawn::resolve_user(
         spec.user.as_deref(),
@@ -539,15 +538,8 @@ pub fn restore(
     g.verify(name.as_str())?;
     let lock = lock_existing(&wd)?;
     let conn = spawn_monitor(root, &wd, lock, None)?;
-    protocol::send(
-        conn.as_fd(),
-        &Request::StartRestore {
-            version: protocol::PROTO_VERSION,
-            opts,
-        },
-        &[],
-    )
-    .map_err(io_err("send to the monitor"))?;
+    protocol::send(conn.as_fd(), &Request::StartRestore { opts }, &[])
+        .map_err(io_err("send to the monitor"))?;
     next_reply(&conn)
 }
 

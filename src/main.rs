@@ -4,14 +4,13 @@
 mod cli;
 
 fn main() {
-    let mut args = std::env::args_os();
-    let argv0 = args.next().unwrap_or_default();
+    let argv0 = std::env::args_os().next().unwrap_or_default();
     if argv0 == "stasis-init" {
-        let fd = args
-            .next()
-            .and_then(|a| a.to_str().and_then(|s| s.parse().ok()))
-            .unwrap_or(stasis::container::INIT_CTL_FD);
-        stasis::init::main(fd);
+        stasis::init::main();
+    }
+    // CRIU's action script: not a user command, so not in the CLI's help.
+    if stasis::criu::hook::invoked_as_hook(&argv0) {
+        std::process::exit(stasis::criu::hook::run());
     }
     std::process::exit(cli::main());
 }

@@ -93,6 +93,45 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
 }
 
+/// `pidfd_getfd(pidfd, fd)`: a duplicate (CLOEXEC) of fd number `fd` of the process the
+/// pidfd names. This is how a monitor takes the ends of a container's stdio and control
+/// socket that the container's init keeps: after a start, after a restore, and when it adopts
+/// a container whose monitor died.
+pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    let r = cvt(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) })?;
+    // SAFETY: the kernel returned a new fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// True when our fds `a` and `b` refer to the same open file description (`kcmp`), as a
+/// shell's `> f 2>&1` makes them: output for both must then go through one writer.
+pub fn same_description(a: RawFd, b: RawFd) -> bool {
+    let me = std::process::id() as libc::c_long;
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: plain syscall with integer arguments.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            me,
+            me,
+            KCMP_FILE,
+            a as libc::c_long,
+            b as libc::c_long,
+        )
+    };
+    r == 0
+}
+
+/// Ignores SIGPIPE (`ignore`) or restores its default action. The CLI dies quietly of SIGPIPE
+/// when its reader goes away, like any Unix filter; the monitor and the attach relays ignore
+/// it and handle EPIPE themselves.
+pub fn sigpipe(ignore: bool) {
+    let h = if ignore { libc::SIG_IGN } else { libc::SIG_DFL };
+    // SAFETY: installs no code of ours.
+    unsafe { libc::signal(libc::SIGPIPE, h) };
+}
+
 /// `pidfd_send_signal(pidfd, sig)`: signals exactly the process the pidfd refers to, even if
 /// its pid has since been reused.
 pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {

@@ -170,14 +170,15 @@ fn isolation_pid_namespace_hostname_fds_environment() {
     let text = stdout(&out);
     // PID 1 is init; the shell is the first process it started.
     assert!(text.contains("pid=2\n"), "{text}");
+    // The container's /proc is its own: it shows the pid in the container's namespace only.
     let nspid = text
         .lines()
         .find(|l| l.starts_with("NSpid"))
         .expect("NSpid line");
     assert_eq!(
-        nspid.split_whitespace().count(),
-        3,
-        "own PID namespace expected: {nspid}"
+        nspid.split_whitespace().collect::<Vec<_>>(),
+        vec!["NSpid:", "3"],
+        "own PID namespace and /proc expected: {nspid}"
     );
     assert!(text.lines().any(|l| l == "box"), "hostname: {text}");
     // ls's own fds: 0-2 and the directory it reads; nothing else leaked in.

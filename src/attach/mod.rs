@@ -123,7 +123,7 @@ pub fn relays(o: &AttachOpts) -> io::Result<Relays> {
     let _ = sys::set_pipe_size(out_w.as_fd(), 1 << 20);
     far.push(out_w);
     let mut err_r = None;
-    if !o.tty {
+    if !o.tty && !sys::same_description(1, 2) {
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         far.push(w);
         err_r = Some(r);
@@ -135,11 +135,14 @@ pub fn relays(o: &AttachOpts) -> io::Result<Relays> {
     } else {
         None
     };
+    // `> f 2>&1`: one file description for both: one pipe, one writer, order kept.
+    let merge = !o.tty && sys::same_description(1, 2);
     let spec = AttachSpec {
         stdin: o.stdin,
         stdout: true,
-        stderr: !o.tty,
+        stderr: !o.tty && !merge,
         winsize,
+        merge_output: merge,
     };
     Ok(Relays {
         spec,

@@ -17,12 +17,8 @@ pub struct CheckpointArgs {
     /// Keep the workload running after the dump.
     #[arg(long = "leave-running")]
     pub leave_running: bool,
-    /// Dump established TCP connections (and restore them).
-    #[arg(long = "tcp-established")]
-    pub tcp_established: bool,
-    /// Dump file locks.
-    #[arg(long = "file-locks")]
-    pub file_locks: bool,
+    #[command(flatten)]
+    pub criu: CriuFlags,
     /// Keep only the newest N generations.
     #[arg(long)]
     pub keep: Option<u32>,
@@ -44,6 +40,62 @@ pub struct CheckpointArgs {
     pub name: Option<WorkloadName>,
 }
 
+/// CRIU options for one checkpoint, on top of the spec's `criu:` (see `stasis help` and
+/// config/job.yaml for what each does and its default).
+#[derive(Args, Debug, Default)]
+pub struct CriuFlags {
+    /// Dump established TCP connections; the restore brings them back (the addresses must
+    /// exist where it is restored).
+    #[arg(long = "tcp-established")]
+    pub tcp_established: bool,
+    /// Dump file locks (the default; this flag is kept for scripts written for runc).
+    #[arg(long = "file-locks", conflicts_with = "no_file_locks")]
+    pub file_locks: bool,
+    /// Do not dump file locks: a job holding one at the dump then fails to checkpoint.
+    #[arg(long = "no-file-locks")]
+    pub no_file_locks: bool,
+    /// Link back files unlinked while open, so they can be dumped (the default).
+    #[arg(long = "link-remap", conflicts_with = "no_link_remap")]
+    pub link_remap: bool,
+    /// Fail on a file unlinked while open instead of linking it back.
+    #[arg(long = "no-link-remap")]
+    pub no_link_remap: bool,
+    /// Copy deleted-but-open files up to SIZE each into the images (default: enough for
+    /// the largest such file the job holds, up to 4g).
+    #[arg(long = "ghost-limit", value_name = "SIZE", value_parser = |s: &str| stasis::spec::ByteSize::parse(s))]
+    pub ghost_limit: Option<stasis::spec::ByteSize>,
+    /// Dump unix sockets connected outside the container as external: they come back
+    /// unconnected and the job must reconnect.
+    #[arg(long = "ext-unix-sk")]
+    pub ext_unix_sk: bool,
+    /// How long CRIU may take to freeze the job's whole process tree (CRIU's default: 10s).
+    #[arg(long = "freeze-timeout", value_name = "DURATION", value_parser = |s: &str| stasis::spec::Dur::parse(s))]
+    pub freeze_timeout: Option<stasis::spec::Dur>,
+    /// Declare a resource external in CRIU's own syntax (advanced; repeatable).
+    #[arg(long = "external", value_name = "SPEC")]
+    pub external: Vec<String>,
+}
+
+impl CriuFlags {
+    /// The options these flags set (unset ones are left to the spec and the defaults).
+    pub fn options(&self) -> stasis::criu::CriuOptions {
+        let pick = |on: bool, off: bool| match (on, off) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        };
+        stasis::criu::CriuOptions {
+            tcp_established: self.tcp_established.then_some(true),
+            link_remap: pick(self.link_remap, self.no_link_remap),
+            ghost_limit: self.ghost_limit,
+            file_locks: pick(self.file_locks, self.no_file_locks),
+            ext_unix_sk: self.ext_unix_sk.then_some(true),
+            freeze_timeout: self.freeze_timeout,
+            external: self.external.clone(),
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
     /// The generation to restore (the newest by default).
@@ -55,10 +107,6 @@ pub struct RestoreArgs {
     /// With --import: the name to give the imported workload.
     #[arg(long = "name", value_name = "NEW")]
     pub new_name: Option<WorkloadName>,
-    #[arg(long = "tcp-established")]
-    pub tcp_established: bool,
-    #[arg(long = "file-locks")]
-    pub file_locks: bool,
     /// Restore every checkpointed workload.
     #[arg(long)]
     pub all: bool,
@@ -193,8 +241,7 @@ fn describe_checkpoint(r: &Reply) -> String {
 pub fn checkpoint(root: &StateRoot, a: CheckpointArgs) -> Result<i32, Failure> {
     let opts = CheckpointOpts {
         leave_running: a.leave_running,
-        tcp_established: a.tcp_established,
-        file_locks: a.file_locks,
+        options: a.criu.options(),
         keep: a.keep,
         reason: "user".into(),
         criu: None,
@@ -302,12 +349,6 @@ fn restore_in_child(
     if let Some(g) = opts.generation {
         cmd.args(["--generation", &g.to_string()]);
     }
-    if opts.tcp_established {
-        cmd.arg("--tcp-established");
-    }
-    if opts.file_locks {
-        cmd.arg("--file-locks");
-    }
     let out = cmd
         .arg(name.as_str())
         .stdin(std::process::Stdio::null())
@@ -345,8 +386,6 @@ fn describe_restore(r: &Reply) -> String {
 pub fn restore(root: &StateRoot, a: RestoreArgs) -> Result<i32, Failure> {
     let opts = RestoreOpts {
         generation: a.generation,
-        tcp_established: a.tcp_established,
-        file_locks: a.file_locks,
         criu: None,
         reason: String::new(),
     };

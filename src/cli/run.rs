@@ -180,15 +180,7 @@ pub fn run(root: &StateRoot, a: RunArgs) -> Result<i32, Failure> {
     let conn = api::spawn_monitor(root, &wd, lock, Some((spec, state)))?;
     let term = std::env::var("TERM").ok();
     if a.detach {
-        protocol::send(
-            conn.as_fd(),
-            &Request::Start {
-                version: protocol::PROTO_VERSION,
-                attach: None,
-                term,
-            },
-            &[],
-        )?;
+        protocol::send(conn.as_fd(), &Request::Start { attach: None, term }, &[])?;
         return match api::next_reply(&conn) {
             Ok(Reply::Started { .. }) => {
                 println!("{}", wd.name);
@@ -207,7 +199,6 @@ pub fn run(root: &StateRoot, a: RunArgs) -> Result<i32, Failure> {
     };
     let relays = attach::relays(&opts)?;
     let first = Request::Start {
-        version: protocol::PROTO_VERSION,
         attach: Some(relays.spec.clone()),
         term,
     };

@@ -292,31 +292,15 @@ impl Cgroup {
         a
     }
 
-    /// Removes the cgroup (retrying while its last tasks finish exiting) and empty parents.
-    pub fn remove(&self) -> Result<(), CgroupError> {
+    /// One attempt at removing the cgroup and its empty parents: `Ok(true)` when it is gone,
+    /// `Ok(false)` while its last tasks are still exiting (EBUSY).
+    pub fn try_remove(&self) -> Result<bool, CgroupError> {
         for (_, d) in self.dirs() {
-            if !d.exists() {
-                continue;
-            }
-            let mut last = None;
-            for _ in 0..100 {
-                match fs::remove_dir(&d) {
-                    Ok(()) => {
-                        last = None;
-                        break;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        last = None;
-                        break;
-                    }
-                    Err(e) => {
-                        last = Some(e);
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                }
-            }
-            if let Some(e) = last {
-                return Err(err("rmdir", &d, e));
+            match fs::remove_dir(&d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(false),
+                Err(e) => return Err(err("rmdir", &d, e)),
             }
             // stasis/KEY and stasis: removed when empty, kept when another workload uses them
             let mut p = d.parent().map(Path::to_path_buf);
@@ -329,7 +313,36 @@ impl Cgroup {
                 }
             }
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Removes the cgroup, retrying for up to a second while its last tasks finish exiting.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        for _ in 0..100 {
+            if self.try_remove()? {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.still_busy()
+    }
+
+    /// As [`Cgroup::remove`], without blocking the caller's event loop.
+    pub async fn remove_async(&self) -> Result<(), CgroupError> {
+        for _ in 0..100 {
+            if self.try_remove()? {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.still_busy()
+    }
+
+    fn still_busy(&self) -> Result<(), CgroupError> {
+        match self.dirs().into_iter().next() {
+            Some((_, d)) => Err(err("rmdir", &d, io::Error::from_raw_os_error(libc::EBUSY))),
+            None => Ok(()),
+        }
     }
 }
 

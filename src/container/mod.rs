@@ -1,29 +1,30 @@
-//! The container: namespaces, hostname, loopback, optional rootfs, and the exec of init.
+//! The container: namespaces, hostname, loopback, mounts, and the exec of init.
 //!
-//! By default a container is new PID, UTS and IPC namespaces on the host's filesystem: it
-//! serves jobs that use the host's data and tools, and it restores reliably (FACTS.md: a new
-//! mount namespace sharing the host's root crashes CRIU at restore). `rootfs` adds a mount
-//! namespace with its own root, as runc does, which CRIU restores with `--root`.
+//! Every container is new PID, UTS, IPC and mount namespaces (and optionally a network
+//! namespace). Without a rootfs it keeps a copy of the host's mount tree with a private /proc,
+//! /dev/pts, /dev/shm and /dev/mqueue ([`mounts`]); with one it pivots into it, as runc does.
+//! CRIU restores either with `--root` and the carried-in mounts declared external.
 //!
 //! [`start`] runs in the monitor; the child half runs between clone3 and the exec of init and
 //! reports any failure on a CLOEXEC pipe, so the monitor gets a reason, not just a status.
 
 pub mod cgroup;
+pub mod mounts;
+pub mod tree;
 
+use crate::protocol::init::{CTL_FD, CTL_PEER_FD};
 use crate::spec::{Network, Volume};
 use crate::sys;
 use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Where the init store is mounted inside a rootfs container (on the container's own /dev
 /// tmpfs, so a read-only rootfs needs no mount point of ours).
 pub const INIT_MOUNT: &str = "/dev/.stasis";
-/// The fd number of init's control socket.
-pub const INIT_CTL_FD: RawFd = 3;
 
 /// Errors starting a container.
 #[derive(Debug, thiserror::Error)]
@@ -49,21 +50,25 @@ pub struct ContainerConfig {
     pub cgroup_procs: Vec<PathBuf>,
     /// Host path of the init copy.
     pub init_path: PathBuf,
-    /// init's working directory when there is no rootfs (see [`init_cwd`]).
-    pub init_cwd: Option<PathBuf>,
 }
 
 impl ContainerConfig {
     /// Namespace flags for clone3.
     pub fn clone_flags(&self) -> i32 {
-        let mut f = libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+        let mut f =
+            libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNS;
         if self.network == Network::None {
             f |= libc::CLONE_NEWNET;
         }
-        if self.rootfs.is_some() {
-            f |= libc::CLONE_NEWNS;
-        }
         f
+    }
+
+    /// The mount layout.
+    pub fn layout(&self) -> mounts::Layout {
+        match self.rootfs {
+            Some(_) => mounts::Layout::Rootfs,
+            None => mounts::Layout::HostTree,
+        }
     }
 
     /// Path of init as the container sees it.
@@ -84,8 +89,28 @@ impl ContainerConfig {
             }
         }
         for v in &self.volumes {
-            if let Err(e) = fs::metadata(&v.src) {
-                return Err(ContainerError::Volume(v.src.clone(), errno_text(&e)));
+            let src = fs::metadata(&v.src)
+                .map_err(|e| ContainerError::Volume(v.src.clone(), errno_text(&e)))?;
+            if self.rootfs.is_none() {
+                // On the host's tree a destination is a host path: never create one there.
+                match fs::metadata(&v.dst) {
+                    Ok(d) if d.is_dir() == src.is_dir() => {}
+                    Ok(_) => {
+                        return Err(ContainerError::Volume(
+                            v.dst.clone(),
+                            "destination is not the same kind of file as the source".into(),
+                        ))
+                    }
+                    Err(e) => {
+                        return Err(ContainerError::Volume(
+                            v.dst.clone(),
+                            format!(
+                                "destination: {} (without --rootfs a volume is bound over an existing host path)",
+                                errno_text(&e)
+                            ),
+                        ))
+                    }
+                }
             }
         }
         Ok(())
@@ -99,38 +124,24 @@ fn errno_text(e: &io::Error) -> String {
         .unwrap_or(s)
 }
 
-/// init's working directory for a container on the host's filesystem.
-///
-/// CRIU's parasite, run inside init at a dump, finds that /proc belongs to another PID
-/// namespace and mounts a private one at "proc.crtools" relative to init's cwd. With "/" as
-/// every init's cwd, two dumps at once collided there (EEXIST) and CRIU wrote into the host's
-/// root. One directory per workload, under the host-wide init store (a path that exists, or
-/// is made, wherever the checkpoint is restored), keeps them apart.
-pub fn init_cwd(root_key: &str, name: &str) -> PathBuf {
-    crate::store::init_copies::dir()
-        .join("cwd")
-        .join(format!("{root_key}-{name}"))
-}
-
 /// A started container: its init's host pid and pidfd.
 pub struct Started {
     pub pid: i32,
     pub pidfd: OwnedFd,
 }
 
-/// Clones into the container's namespaces and execs init with `ctl` as its control socket.
-/// Returns once init has been exec'd (or with the child's reason for failing).
+/// Clones into the container's namespaces and execs init, which holds both ends of its
+/// control socket (fds 3 and 4, made inside the container's network namespace, where CRIU
+/// looks unix sockets up). Returns once init has been exec'd (or with the child's reason for
+/// failing).
 ///
 /// Must be called from a single-threaded process (the monitor's current-thread runtime).
 #[allow(unsafe_code)]
-pub fn start(cfg: &ContainerConfig, ctl: &OwnedFd) -> Result<Started, ContainerError> {
+pub fn start(cfg: &ContainerConfig) -> Result<Started, ContainerError> {
     cfg.check()?;
     let init_inside = CString::new(cfg.init_path_inside().as_os_str().as_encoded_bytes())
         .map_err(|_| ContainerError::Setup("init path contains NUL".into()))?;
-    let argv = [
-        CString::new("stasis-init").unwrap_or_default(),
-        CString::new(INIT_CTL_FD.to_string()).unwrap_or_default(),
-    ];
+    let argv = [CString::new("stasis-init").unwrap_or_default()];
     let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| ContainerError::Setup(format!("pipe: {e}")))?;
     // SAFETY: the monitor is single-threaded; the child only runs setup code and execs.
@@ -138,7 +149,7 @@ pub fn start(cfg: &ContainerConfig, ctl: &OwnedFd) -> Result<Started, ContainerE
         Err(e) => Err(ContainerError::Clone(e)),
         Ok(None) => {
             drop(err_r);
-            let e = child(cfg, ctl.as_raw_fd(), &init_inside, &argv);
+            let e = child(cfg, &init_inside, &argv);
             let mut f = fs::File::from(err_w);
             let _ = f.write_all(e.as_bytes());
             sys::exit_now(crate::exit::CODE_STASIS_ERROR)
@@ -161,7 +172,7 @@ pub fn start(cfg: &ContainerConfig, ctl: &OwnedFd) -> Result<Started, ContainerE
 }
 
 /// Child half: returns only with an error message.
-fn child(cfg: &ContainerConfig, ctl: RawFd, init: &CString, argv: &[CString]) -> String {
+fn child(cfg: &ContainerConfig, init: &CString, argv: &[CString]) -> String {
     sys::reset_signals();
     if let Err(e) = crate::container::cgroup::Cgroup::join_self(&cfg.cgroup_procs) {
         return format!("join cgroup: {e}");
@@ -181,14 +192,15 @@ fn child(cfg: &ContainerConfig, ctl: RawFd, init: &CString, argv: &[CString]) ->
             return format!("bring up lo: {e}");
         }
     }
-    if let Some(r) = &cfg.rootfs {
-        if let Err(e) = setup_rootfs(r, &cfg.volumes, &cfg.init_path) {
-            return e;
-        }
-    } else if let Some(d) = &cfg.init_cwd {
-        if let Err(e) = std::env::set_current_dir(d) {
-            return format!("chdir {}: {e}", d.display());
-        }
+    let setup = match &cfg.rootfs {
+        Some(r) => setup_rootfs(r, &cfg.volumes, &cfg.init_path),
+        None => setup_host_tree(&cfg.volumes, &cfg.init_path),
+    };
+    if let Err(e) = setup {
+        return e;
+    }
+    if let Err(e) = std::env::set_current_dir("/") {
+        return format!("chdir /: {e}");
     }
     // init's own stdio: /dev/null opened in its final mount namespace (one from another
     // namespace makes CRIU's dump fail: "Can't lookup mount").
@@ -199,7 +211,9 @@ fn child(cfg: &ContainerConfig, ctl: RawFd, init: &CString, argv: &[CString]) ->
     ) {
         Ok(null) => {
             for i in 0..3 {
-                let _ = sys::dup_to(null.as_raw_fd(), i);
+                if let Err(e) = sys::dup_to(null.as_raw_fd(), i) {
+                    return format!("stdio of init: {e}");
+                }
             }
             if null.as_raw_fd() > 2 {
                 drop(null);
@@ -209,31 +223,25 @@ fn child(cfg: &ContainerConfig, ctl: RawFd, init: &CString, argv: &[CString]) ->
         }
         Err(e) => return format!("open /dev/null: {e}"),
     }
-    // CRIU finds unix sockets through the dumped tasks' network namespace: in a private
-    // one, init's control socket must be made there. Hand the monitor its end over the
-    // bootstrap socket it gave us.
-    let own_ctl;
-    let ctl = if cfg.network == Network::None {
-        match crate::protocol::seqpacket_pair() {
-            Ok((mine, theirs)) => {
-                if let Err(e) =
-                    crate::protocol::send(sys::borrowed(&ctl), &"ctl", &[theirs.as_raw_fd()])
-                {
-                    return format!("hand over the control socket: {e}");
-                }
-                own_ctl = mine;
-                own_ctl.as_raw_fd()
-            }
-            Err(e) => return format!("socketpair: {e}"),
-        }
-    } else {
-        ctl
+    let (a, b) = match crate::protocol::seqpacket_pair() {
+        Ok(p) => p,
+        Err(e) => return format!("socketpair: {e}"),
     };
-    if let Err(e) = sys::dup_to(ctl, INIT_CTL_FD) {
-        return format!("dup control socket: {e}");
+    // Above 4 first, so placing one never closes the other.
+    let (a, b) = match (
+        sys::dup_above(a.as_raw_fd(), 10),
+        sys::dup_above(b.as_raw_fd(), 10),
+    ) {
+        (Ok(x), Ok(y)) => (x, y),
+        (Err(e), _) | (_, Err(e)) => return format!("dup control socket: {e}"),
+    };
+    if let Err(e) = sys::dup_to(a, CTL_FD).and_then(|_| sys::dup_to(b, CTL_PEER_FD)) {
+        return format!("place control socket: {e}");
     }
-    // Only 0-3 survive into init; the error pipe (CLOEXEC) closes at exec.
-    let _ = sys::cloexec_from(INIT_CTL_FD as u32 + 1);
+    // Only 0-4 survive into init; the error pipe (CLOEXEC) closes at exec.
+    if let Err(e) = sys::cloexec_from(CTL_PEER_FD as u32 + 1) {
+        return format!("close_range: {e}");
+    }
     let e = sys::execve(init, argv, &[]);
     format!("exec init {}: {}", init.to_string_lossy(), errno_text(&e))
 }
@@ -252,6 +260,71 @@ fn mount(
             target.display()
         )
     })
+}
+
+/// Unmounts everything stacked at `p` (a host may have mounted twice at one point).
+fn detach_all(p: &Path) -> Result<(), String> {
+    for _ in 0..16 {
+        match nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) => continue,
+            Err(nix::errno::Errno::EINVAL) => return Ok(()),
+            Err(e) => return Err(format!("unmount {}: {e}", p.display())),
+        }
+    }
+    Ok(())
+}
+
+/// The host's mount tree with the filesystems of the container's own namespaces in place of
+/// the host's: /proc, /dev/pts, /dev/shm and /dev/mqueue. Host mount points are never created:
+/// a point the host lacks (no /dev/mqueue) is left out. The init store is bound read-only over
+/// itself, so a workload cannot replace the copy every later container runs.
+fn setup_host_tree(volumes: &[Volume], init_path: &Path) -> Result<(), String> {
+    use nix::mount::MsFlags as F;
+    // Private: nothing mounted here reaches the host, and CRIU sees no peer groups to follow.
+    mount(None, Path::new("/"), None, F::MS_REC | F::MS_PRIVATE, None)?;
+    let fresh: [(&str, &str, F, Option<&str>); 4] = [
+        (
+            "/proc",
+            "proc",
+            F::MS_NOSUID | F::MS_NODEV | F::MS_NOEXEC,
+            None,
+        ),
+        (
+            "/dev/pts",
+            "devpts",
+            F::MS_NOSUID | F::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620"),
+        ),
+        (
+            "/dev/shm",
+            "tmpfs",
+            F::MS_NOSUID | F::MS_NODEV,
+            Some("mode=1777"),
+        ),
+        (
+            "/dev/mqueue",
+            "mqueue",
+            F::MS_NOSUID | F::MS_NODEV | F::MS_NOEXEC,
+            None,
+        ),
+    ];
+    for (point, fstype, flags, data) in fresh {
+        let p = Path::new(point);
+        if !p.is_dir() {
+            if point == "/proc" {
+                return Err("the host has no /proc directory".into());
+            }
+            continue;
+        }
+        detach_all(p)?;
+        mount(Some(fstype), p, Some(fstype), flags, data)?;
+    }
+    let store = init_path.parent().unwrap_or(Path::new("/"));
+    bind(store, store, true)?;
+    for v in volumes {
+        bind(&v.src, &v.dst, v.readonly)?;
+    }
+    Ok(())
 }
 
 fn setup_rootfs(root: &Path, volumes: &[Volume], init_path: &Path) -> Result<(), String> {
@@ -361,6 +434,15 @@ fn setup_rootfs(root: &Path, volumes: &[Volume], init_path: &Path) -> Result<(),
         }
         bind(&v.src, &dst, v.readonly)?;
     }
+    if sub("dev/mqueue").is_dir() || fs::create_dir(sub("dev/mqueue")).is_ok() {
+        mount(
+            Some("mqueue"),
+            &sub("dev/mqueue"),
+            Some("mqueue"),
+            F::MS_NOSUID | F::MS_NODEV | F::MS_NOEXEC,
+            None,
+        )?;
+    }
     std::env::set_current_dir(root).map_err(|e| format!("chdir {}: {e}", root.display()))?;
     // pivot_root(".", ".") stacks the old root under the new one; detaching it leaves only
     // the container's mounts.
@@ -405,22 +487,20 @@ mod tests {
             volumes: vec![],
             cgroup_procs: vec![],
             init_path: "/var/lib/stasis/init/stasis-init-ab".into(),
-            init_cwd: None,
         }
     }
 
     #[test]
     fn flags_follow_the_options() {
         let mut c = cfg();
-        let base = libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+        // every container has its own mount namespace (a private /proc)
+        let base = libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNS;
         assert_eq!(c.clone_flags(), base);
+        assert_eq!(c.layout(), mounts::Layout::HostTree);
         c.network = Network::None;
         assert_eq!(c.clone_flags(), base | libc::CLONE_NEWNET);
         c.rootfs = Some("/r".into());
-        assert_eq!(
-            c.clone_flags(),
-            base | libc::CLONE_NEWNET | libc::CLONE_NEWNS
-        );
+        assert_eq!(c.layout(), mounts::Layout::Rootfs);
         assert_eq!(
             c.init_path_inside(),
             Path::new("/dev/.stasis/stasis-init-ab")

@@ -1,18 +1,25 @@
 //! The monitor: one per workload, as conmon is, daemonised, a child subreaper, outliving the
-//! CLI that started it. It owns the outer ends of every pipe and pty that crosses the
-//! container's edge, writes the log, serves attach clients on a unix socket, reaps everything,
-//! turns the workload's end into a recorded exit, and drives checkpoint and restore.
+//! CLI that started it. It reads and writes the workload's stdio (duplicates of the ends the
+//! container's init keeps), writes the log, serves clients on a unix socket, turns the
+//! workload's end into a recorded exit, and drives checkpoint, restore and the exit policy.
 //!
 //! It runs a current-thread tokio runtime and never starts another thread, so it can clone the
 //! container's init safely at any time. One event loop owns all state; small tasks (client
-//! readers, output pumps, the reaper) talk to it through a channel.
+//! readers and writers, output pumps, the reaper) talk to it through a channel. Where the
+//! workload is in its life is one [`lifecycle::Phase`].
 
-mod cr;
-pub(crate) mod io;
+mod adopt;
+mod checkpoint;
+mod clients;
+pub(crate) mod fd;
+mod lifecycle;
+mod link;
 mod policy;
 mod reaper;
+mod restore;
 mod sessions;
 mod start;
+pub(crate) mod stdio;
 
 use crate::container::cgroup::Cgroup;
 use crate::criu::Criu;
@@ -21,11 +28,12 @@ use crate::protocol::{self, Reply, Request};
 use crate::spec::Spec;
 use crate::store::events::{self, Event as HistEvent};
 use crate::store::log::LogWriter;
-use crate::store::state::{
-    now_ms, ExitInfo, ProcRef, StateRoot, Status, WorkloadDir, WorkloadState,
-};
+use crate::store::name::WorkloadName;
+use crate::store::sessions::SessionId;
+use crate::store::state::{now_ms, ExitInfo, ProcRef, StateRoot, WorkloadDir, WorkloadState};
 use crate::sys;
-use io::{Fd, Finish, Sinks};
+use fd::{Fd, Gate};
+use lifecycle::{Ev, Op, Phase};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -33,17 +41,17 @@ use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Duration;
+use stdio::{Stdio, Watchers};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// What a new monitor is handed by the CLI that forks it.
 pub struct Launch {
     pub root: StateRoot,
-    pub name: crate::store::name::WorkloadName,
-    /// The workload lock, held for the monitor's whole life.
+    pub name: WorkloadName,
+    /// The workload lock, held for the monitor's whole life (and by its CRIU children).
     pub lock: File,
-    /// The CLI's connection; its first request says start or restore.
+    /// The CLI's connection; its first request says start, restore or adopt.
     pub first: OwnedFd,
     /// The spec and state the CLI just wrote, when it has them (saves reading them back).
     pub preloaded: Option<(Spec, WorkloadState)>,
@@ -64,6 +72,8 @@ pub(crate) fn diag(msg: &str) {
 
 /// Runs a monitor in the current (already daemonised) process. Never returns.
 pub fn run(l: Launch) -> ! {
+    // A vanished client is an EPIPE to handle, never a reason for the monitor to die.
+    sys::sigpipe(true);
     // The monitor must not hold the CLI's terminal or pipes: a caller reading the CLI's
     // output to end-of-file would otherwise wait for the monitor to die.
     if let Ok(null) = nix::fcntl::open(
@@ -84,7 +94,12 @@ pub fn run(l: Launch) -> ! {
         DIAG.with(|d| *d.borrow_mut() = Some(f));
     }
     sys::set_name("stasis-monitor");
-    let _ = sys::set_child_subreaper();
+    // Orphans of CRIU runs and of restored trees must be ours to reap: without it a restored
+    // init's zombie would linger until the host's init gets to it.
+    if let Err(e) = sys::set_child_subreaper() {
+        diag(&format!("cannot become a child subreaper: {e}"));
+        sys::exit_now(CODE_STASIS_ERROR)
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -110,6 +125,11 @@ pub(crate) enum Event {
         req: Request,
         fds: Vec<OwnedFd>,
     },
+    /// A client sent something this version cannot read.
+    BadRequest {
+        cid: u64,
+        why: String,
+    },
     ClientGone {
         cid: u64,
     },
@@ -125,80 +145,27 @@ pub(crate) enum Event {
     },
     /// A session's output is drained after its exit.
     SessionDrained {
-        id: crate::store::sessions::SessionId,
+        id: SessionId,
     },
     /// Time to write a running session's record.
     SessionPersist {
-        id: crate::store::sessions::SessionId,
+        id: SessionId,
     },
     /// A restart or restore the exit policy scheduled is due.
     PolicyDue,
+    /// A client's stdin ended: the workload's (or a session's) stdin ends too.
+    StdinEnded {
+        session: Option<SessionId>,
+    },
 }
-
-/// Spawns init has been asked for, by id: each gets init's pid for it, or (code, reason).
-pub(crate) type PendingSpawns =
-    Rc<RefCell<HashMap<String, oneshot::Sender<Result<i32, (i32, String)>>>>>;
 
 /// The running container.
 pub(crate) struct Live {
     pub init: ProcRef,
-    pub pidfd: OwnedFd,
-    pub exit_rx: oneshot::Receiver<ExitStatus>,
-    pub ctl: Rc<Fd>,
-    /// Inode of init's end of the control socket (CRIU's name for it).
-    pub ctl_ino: u64,
-    pub reader: JoinHandle<()>,
-    pub main_status: Rc<Cell<Option<ExitStatus>>>,
-    pub pending: PendingSpawns,
-}
-
-/// The monitor's ends of a workload's (or session's) stdio.
-pub(crate) struct Stdio {
-    pub tty: Option<Rc<Fd>>,
-    pub stdin: Option<Rc<Fd>>,
-    /// A dup of the stdin pipe's read end: bytes the workload had not read when it was dumped
-    /// are taken back from it and written first into the restored workload's stdin.
-    pub stdin_peek: Option<OwnedFd>,
-    pub out: Option<Rc<Fd>>,
-    pub err: Option<Rc<Fd>>,
-    pub pumps: Vec<JoinHandle<u64>>,
-    pub finish: Rc<Finish>,
-    /// CRIU names of the container-side ends, by role.
-    pub exts: Vec<crate::store::generations::External>,
-}
-
-impl Stdio {
-    /// The writers are gone (or going): lets the output pumps deliver what is left, then
-    /// returns what the process had not read from its stdin (for a restore to hand back).
-    pub async fn drain(mut self) -> Vec<u8> {
-        self.finish.exited();
-        for p in self.pumps.drain(..) {
-            // A writer that outlived its container cannot exist (PID namespace), but a stuck
-            // pipe must not hold things up forever.
-            let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
-        }
-        self.stdin_peek
-            .as_ref()
-            .map(read_available)
-            .unwrap_or_default()
-    }
-}
-
-/// Reads whatever is buffered in a pipe, without blocking and without touching its flags
-/// (the description is shared with the workload's stdin).
-fn read_available(fd: &OwnedFd) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 65536];
-    loop {
-        let n = sys::bytes_readable(fd.as_fd()).unwrap_or(0).min(buf.len());
-        if n == 0 {
-            return out;
-        }
-        match nix::unistd::read(fd.as_fd(), &mut buf[..n]) {
-            Ok(0) | Err(_) => return out,
-            Ok(k) => out.extend_from_slice(&buf[..k]),
-        }
-    }
+    pub pidfd: Rc<OwnedFd>,
+    /// Resolves when init has exited: its status when it was our child.
+    pub exit_rx: oneshot::Receiver<Option<ExitStatus>>,
+    pub link: link::Link,
 }
 
 pub(crate) struct Monitor {
@@ -206,39 +173,44 @@ pub(crate) struct Monitor {
     pub wd: WorkloadDir,
     pub spec: Spec,
     pub st: WorkloadState,
-    _lock: File,
-    pub log: Rc<RefCell<Option<LogWriter>>>,
+    /// The workload lock; CRIU runs inherit it, so a monitor killed mid-dump or mid-restore
+    /// leaves the workload locked until CRIU is done (no second restore can start meanwhile).
+    pub lock: File,
+    pub phase: Phase,
+    pub log: stdio::SharedLog,
+    /// Log bytes lost to write errors (a full disk) since this monitor started.
+    pub log_dropped: Rc<Cell<u64>>,
     pub cgroup: Cgroup,
     pub reaper: Rc<reaper::Reaper>,
     pub tx: mpsc::UnboundedSender<Event>,
     rx: mpsc::UnboundedReceiver<Event>,
-    next_cid: u64,
-    pub clients: HashMap<u64, Rc<Fd>>,
+    pub clients: clients::Clients,
     /// Clients attached to the workload's stdio (they get `Exit` at the end).
     pub attached: HashSet<u64>,
     /// Clients waiting for the final exit.
     pub waiters: HashSet<u64>,
-    pub out_sinks: Sinks,
-    pub err_sinks: Sinks,
+    /// Clients watching the workload's output.
+    pub watchers: Watchers,
+    /// Their writer tasks, awaited (while they make progress) before the monitor leaves.
+    pub watcher_tasks: Vec<(tokio::task::JoinHandle<()>, Rc<stdio::Watcher>)>,
     pub stdin_tx: watch::Sender<Option<Rc<Fd>>>,
+    /// Closed around a dump (see [`fd::Gate`]).
+    pub gate: Rc<Gate>,
     pub live: Option<Live>,
     pub stdio: Option<Stdio>,
     pub epoch: u64,
     stop_deadline: Option<Instant>,
     /// A signal the user sent with `stasis kill`, and when.
-    pub user_kill: Option<(i32, Instant)>,
+    pub user_kill: Option<policy::UserKill>,
     pub oom_base: u64,
-    pub sessions: HashMap<crate::store::sessions::SessionId, sessions::Session>,
+    pub sessions: HashMap<SessionId, sessions::Session>,
     /// The exit being drained before it is recorded.
     pending_exit: Option<ExitInfo>,
     pub criu: Option<Criu>,
     pub term: Option<String>,
-    pub exiting: bool,
-    /// The workload's pty size, kept for a restore (a new pty starts at 0x0).
+    /// The workload's pty size.
     pub winsize: Option<(u16, u16)>,
     pub policy: policy::PolicyState,
-    /// Bytes the workload had not read from its stdin at the last dump.
-    pub stdin_carry: Vec<u8>,
     /// spec.json exists (a new workload's is written by its monitor, off the CLI's path).
     pub spec_on_disk: bool,
 }
@@ -293,19 +265,21 @@ async fn main(l: Launch) -> i32 {
         wd: wd.clone(),
         spec,
         st,
-        _lock: l.lock,
+        lock: l.lock,
+        phase: Phase::New,
         log: Rc::new(RefCell::new(Some(log))),
+        log_dropped: Rc::new(Cell::new(0)),
         cgroup,
         reaper,
         tx,
         rx,
-        next_cid: 1,
-        clients: HashMap::new(),
+        clients: clients::Clients::default(),
         attached: HashSet::new(),
         waiters: HashSet::new(),
-        out_sinks: Rc::new(RefCell::new(Vec::new())),
-        err_sinks: Rc::new(RefCell::new(Vec::new())),
+        watchers: Rc::new(RefCell::new(Vec::new())),
+        watcher_tasks: Vec::new(),
         stdin_tx,
+        gate: Rc::new(Gate::default()),
         live: None,
         stdio: None,
         epoch: 0,
@@ -316,19 +290,17 @@ async fn main(l: Launch) -> i32 {
         pending_exit: None,
         criu: None,
         term: None,
-        exiting: false,
         winsize: None,
         policy: policy::PolicyState::default(),
-        stdin_carry: Vec::new(),
         spec_on_disk,
     };
-    // Recorded with the next state change (the start or restore that follows at once).
+    // Recorded with the next state change (the start, restore or adoption that follows).
     m.st.monitor = ProcRef::of(std::process::id() as i32);
     m.st.note = None;
     crate::store::generations::clean_temps(&m.wd);
     match Fd::new(l.first) {
         Ok(f) => {
-            m.add_client(f);
+            m.clients.add(f, m.tx.clone());
         }
         Err(e) => {
             diag(&format!("first connection: {e}"));
@@ -345,7 +317,7 @@ async fn main(l: Launch) -> i32 {
     let mut sigterm =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     loop {
-        if m.exiting && m.pending_exit.is_none() {
+        if matches!(m.phase, Phase::Ended | Phase::Released) && m.pending_exit.is_none() {
             break;
         }
         let periodic = m.policy.next_periodic;
@@ -365,8 +337,16 @@ async fn main(l: Launch) -> i32 {
             Wake::Nothing => {}
         }
     }
+    // Watching clients take the rest of the output (never at the job's expense: it has ended,
+    // or runs on under another monitor), as long as they keep reading.
+    for w in m.watchers.borrow_mut().drain(..) {
+        w.finish();
+    }
+    let tasks = std::mem::take(&mut m.watcher_tasks);
+    stdio::await_watchers(tasks, Duration::from_secs(5)).await;
+    m.clients.flush(Duration::from_secs(2)).await;
     let _ = std::fs::remove_file(&m.wd.socket);
-    if m.spec.rm && m.st.status.is_final() {
+    if m.spec.rm && m.st.status.is_final() && m.phase == Phase::Ended {
         m.remove_all();
     }
     0
@@ -374,14 +354,14 @@ async fn main(l: Launch) -> i32 {
 
 enum Wake {
     Event(Event),
-    InitExit(ExitStatus),
+    InitExit(Option<ExitStatus>),
     StopTimeout,
     Periodic,
     Term,
     Nothing,
 }
 
-async fn wait_init(live: &mut Option<Live>) -> ExitStatus {
+async fn wait_init(live: &mut Option<Live>) -> Option<ExitStatus> {
     match live {
         Some(l) => match (&mut l.exit_rx).await {
             Ok(s) => s,
@@ -430,22 +410,6 @@ async fn accept_loop(listener: Fd, tx: mpsc::UnboundedSender<Event>) {
     }
 }
 
-async fn client_reader(cid: u64, conn: Rc<Fd>, tx: mpsc::UnboundedSender<Event>) {
-    loop {
-        match conn.recv_msg::<Request>().await {
-            Ok(Some((req, fds))) => {
-                if tx.send(Event::Request { cid, req, fds }).is_err() {
-                    return;
-                }
-            }
-            Ok(None) | Err(_) => {
-                let _ = tx.send(Event::ClientGone { cid });
-                return;
-            }
-        }
-    }
-}
-
 /// An error reply for a request.
 pub(crate) fn err_reply(code: i32, message: impl Into<String>) -> Reply {
     Reply::Error {
@@ -455,6 +419,8 @@ pub(crate) fn err_reply(code: i32, message: impl Into<String>) -> Reply {
 }
 
 impl Monitor {
+    /// Writes state.json. A failure (a full disk) is logged; the in-memory state stays the
+    /// truth the monitor acts on, and the next save retries.
     pub fn save(&mut self) {
         if let Err(e) = self.wd.save(&self.st) {
             diag(&format!("save state: {e}"));
@@ -465,30 +431,37 @@ impl Monitor {
         events::append(&self.wd, &ev);
     }
 
-    fn add_client(&mut self, conn: Fd) -> u64 {
-        let cid = self.next_cid;
-        self.next_cid += 1;
-        let conn = Rc::new(conn);
-        self.clients.insert(cid, conn.clone());
-        tokio::task::spawn_local(client_reader(cid, conn, self.tx.clone()));
-        cid
+    /// Moves the lifecycle on.
+    pub fn go(&mut self, ev: Ev) {
+        let next = lifecycle::next(self.phase, ev);
+        if next != self.phase {
+            diag(&format!("{:?} --{ev:?}--> {next:?}", self.phase));
+        }
+        self.phase = next;
     }
 
-    pub async fn reply(&self, cid: u64, r: Reply) {
-        if let Some(c) = self.clients.get(&cid) {
-            let _ = c.send_msg(&r, &[]).await;
-        }
+    /// Refuses a request the phase does not admit.
+    pub fn admit(&self, op: Op) -> Result<(), Reply> {
+        lifecycle::admit(self.phase, op)
+            .map_err(|r| err_reply(CODE_STASIS_ERROR, format!("{} {}", self.wd.name, r.0)))
+    }
+
+    pub fn reply(&mut self, cid: u64, r: Reply) {
+        self.clients.reply(cid, r);
     }
 
     async fn on_event(&mut self, e: Event) {
         match e {
             Event::NewClient(fd) => match Fd::new(fd) {
                 Ok(f) => {
-                    self.add_client(f);
+                    self.clients.add(f, self.tx.clone());
                 }
                 Err(e) => diag(&format!("client: {e}")),
             },
             Event::Request { cid, req, fds } => self.on_request(cid, req, fds).await,
+            Event::BadRequest { cid, why } => {
+                self.reply(cid, err_reply(CODE_STASIS_ERROR, why));
+            }
             Event::ClientGone { cid } => self.client_gone(cid),
             Event::Proc { epoch, id, status } => {
                 if epoch == self.epoch {
@@ -503,16 +476,35 @@ impl Monitor {
             Event::SessionDrained { id } => self.session_drained(&id).await,
             Event::SessionPersist { id } => self.session_persist(&id),
             Event::PolicyDue => self.policy_due().await,
+            Event::StdinEnded { session } => self.close_stdin(session).await,
+        }
+    }
+
+    /// Closes the stdin init keeps for the workload or a session, so its reader sees
+    /// end-of-file (our own duplicate is already dropped).
+    async fn close_stdin(&mut self, session: Option<SessionId>) {
+        let id = match &session {
+            None => crate::protocol::init::MAIN_ID.to_string(),
+            Some(s) => sessions::init_id(s),
+        };
+        if let Some(live) = &self.live {
+            if let Err(e) = live
+                .link
+                .tell(&crate::protocol::init::ToInit::CloseStdin { id })
+                .await
+            {
+                diag(&format!("close stdin: {e}"));
+            }
         }
     }
 
     fn client_gone(&mut self, cid: u64) {
-        self.clients.remove(&cid);
+        self.clients.remove(cid);
         self.attached.remove(&cid);
         self.waiters.remove(&cid);
         self.detach_sessions_of(cid);
         // A monitor whose starter vanished before saying what to do has nothing to supervise.
-        if self.st.status == Status::Created && self.live.is_none() && self.clients.is_empty() {
+        if self.phase == Phase::New && self.clients.is_empty() {
             self.st.set_exited(ExitInfo {
                 status: None,
                 code: CODE_STASIS_ERROR,
@@ -521,163 +513,124 @@ impl Monitor {
                 reason: Some("the CLI went away before the workload started".into()),
             });
             self.save();
-            self.exiting = true;
+            self.go(Ev::GaveUp);
         }
     }
 
     async fn on_request(&mut self, cid: u64, req: Request, fds: Vec<OwnedFd>) {
+        let admitted = |m: &Monitor, op: Op| m.admit(op);
         match req {
-            Request::Start {
-                version,
-                attach,
-                term,
-            } => {
-                if version != protocol::PROTO_VERSION {
-                    self.reply(
-                        cid,
-                        err_reply(
-                            CODE_STASIS_ERROR,
-                            format!(
-                                "protocol version {version} is not {}",
-                                protocol::PROTO_VERSION
-                            ),
-                        ),
-                    )
-                    .await;
-                    self.exiting = true;
-                    return;
-                }
+            Request::Start { attach, term } => {
                 self.term = term;
                 self.req_start(cid, attach, fds).await;
             }
-            Request::StartRestore { opts, .. } => {
-                let r = self.restore(opts, Some(cid)).await;
+            Request::StartRestore { opts } => {
+                // A monitor started for a restore: the workload is checkpointed (or ended
+                // with generations to come back from).
+                self.phase = Phase::Checkpointed;
+                let r = self.restore(opts, true).await;
                 if r.is_err() {
-                    // Nothing runs: this monitor exits; the workload stays checkpointed.
-                    self.exiting = true;
+                    // Nothing runs: this monitor exits; the workload stays as it was.
+                    self.phase = Phase::Ended;
                 }
-                let reply = match r {
-                    Ok(r) => r,
+                let reply = r.unwrap_or_else(|e| e);
+                self.reply(cid, reply);
+            }
+            Request::Adopt => {
+                let r = self.adopt().await;
+                self.reply(cid, r);
+            }
+            Request::Release => {
+                let r = match admitted(self, Op::Release) {
+                    Ok(()) => self.release().await,
                     Err(e) => e,
                 };
-                self.reply(cid, reply).await;
+                self.reply(cid, r);
             }
             Request::Attach { attach } => {
-                let r = self.attach(cid, &attach, fds);
-                self.reply(cid, r).await;
+                let r = match admitted(self, Op::Attach) {
+                    Ok(()) => self.attach(cid, &attach, fds),
+                    Err(e) => e,
+                };
+                self.reply(cid, r);
             }
             Request::Signal { sig, session: None } => {
-                let r = self.signal_workload(sig, true);
-                self.reply(cid, r).await;
+                let r = match admitted(self, Op::Signal) {
+                    Ok(()) => self.signal_workload(sig, true),
+                    Err(e) => e,
+                };
+                self.reply(cid, r);
             }
             Request::Signal {
                 sig,
                 session: Some(id),
             } => {
                 let r = self.signal_session(&id, sig).await;
-                self.reply(cid, r).await;
+                self.reply(cid, r);
             }
             Request::Resize {
                 rows,
                 cols,
                 session,
-            } => {
-                self.resize(session.as_ref(), rows, cols);
-            }
-            Request::Stop { timeout_ms } => self.req_stop(cid, timeout_ms).await,
+            } => self.resize(session.as_ref(), rows, cols),
+            Request::Stop { timeout_ms } => match admitted(self, Op::Stop) {
+                Ok(()) => self.req_stop(cid, timeout_ms).await,
+                Err(_) if self.phase == Phase::Ended || self.phase == Phase::Draining => {
+                    self.waiters.insert(cid);
+                    if self.pending_exit.is_none() {
+                        self.notify_exit();
+                    }
+                }
+                Err(e) => self.reply(cid, e),
+            },
             Request::Wait => {
-                if self.st.status.is_final() && self.pending_exit.is_none() {
+                if self.phase == Phase::Ended && self.pending_exit.is_none() {
                     let r = self.exit_reply();
-                    self.reply(cid, r).await;
+                    self.reply(cid, r);
                 } else {
                     self.waiters.insert(cid);
                 }
             }
             Request::Checkpoint { opts } => {
-                let r = self.checkpoint(opts).await;
-                self.reply(cid, r).await;
-            }
-            Request::Restore { opts } => {
-                let r = match self.restore(opts, None).await {
-                    Ok(r) => r,
+                let r = match admitted(self, Op::Checkpoint) {
+                    Ok(()) => self.checkpoint(opts).await,
                     Err(e) => e,
                 };
-                self.reply(cid, r).await;
+                self.reply(cid, r);
             }
-            Request::Exec { req } => self.exec_start(cid, req, fds).await,
-            Request::ExecAttach { id, attach } => self.exec_attach(cid, &id, &attach, fds).await,
+            Request::Restore { opts } => {
+                let r = match admitted(self, Op::Restore) {
+                    Ok(()) => self.restore(opts, true).await.unwrap_or_else(|e| e),
+                    Err(e) => e,
+                };
+                self.reply(cid, r);
+            }
+            Request::Exec { req } => match admitted(self, Op::Exec) {
+                Ok(()) => self.exec_start(cid, req, fds).await,
+                Err(e) => self.reply(cid, e),
+            },
+            Request::ExecAttach { id, attach } => self.exec_attach(cid, &id, &attach, fds),
             Request::ExecStop { id, timeout_ms } => self.exec_stop(cid, &id, timeout_ms).await,
             Request::ExecRemove { id } => {
                 let r = self.exec_remove(&id);
-                self.reply(cid, r).await;
+                self.reply(cid, r);
             }
             Request::Detach => {
                 self.attached.remove(&cid);
                 self.detach_sessions_of(cid);
-                self.reply(cid, Reply::Ok).await;
+                self.reply(cid, Reply::Ok);
             }
             Request::Shutdown => {
-                if self.live.is_none() {
-                    self.exiting = true;
-                    self.reply(cid, Reply::Ok).await;
-                } else {
-                    self.reply(
-                        cid,
-                        err_reply(CODE_STASIS_ERROR, format!("{} is running", self.wd.name)),
-                    )
-                    .await;
-                }
-            }
-        }
-    }
-
-    async fn req_start(
-        &mut self,
-        cid: u64,
-        attach: Option<protocol::AttachSpec>,
-        fds: Vec<OwnedFd>,
-    ) {
-        if self.st.status != Status::Created {
-            self.reply(
-                cid,
-                err_reply(
-                    CODE_STASIS_ERROR,
-                    format!("{} was already started", self.wd.name),
-                ),
-            )
-            .await;
-            return;
-        }
-        if let Some(a) = &attach {
-            if let Reply::Error { code, message } = self.attach(cid, a, fds) {
-                self.reply(cid, Reply::Error { code, message }).await;
-                self.exiting = true;
-                return;
-            }
-            self.winsize = a.winsize;
-        }
-        match self.launch().await {
-            Ok(pid) => {
-                self.event(HistEvent::new("start", ""));
-                self.reply(cid, Reply::Started { pid }).await;
-            }
-            Err((code, message)) => {
-                diag(&format!("start failed: {message}"));
-                self.persist_spec();
-                self.st.error = Some(message.clone());
-                // Clients attached to a workload that never ran get its code now.
-                self.record_exit(ExitInfo {
-                    status: None,
-                    code,
-                    oom_killed: false,
-                    at: now_ms(),
-                    reason: Some(message.clone()),
-                });
-                self.attached.remove(&cid);
-                self.reply(cid, Reply::Error { code, message }).await;
-                self.notify_exit().await;
-                self.cleanup_container();
-                self.exiting = true;
+                let r = match admitted(self, Op::Shutdown) {
+                    Ok(()) => {
+                        if self.phase != Phase::Released {
+                            self.phase = Phase::Ended;
+                        }
+                        Reply::Ok
+                    }
+                    Err(e) => e,
+                };
+                self.reply(cid, r);
             }
         }
     }
@@ -685,53 +638,43 @@ impl Monitor {
     /// Attaches a client's pipes (stdin read end, stdout and stderr write ends, in that order,
     /// as the spec says which are present) to the workload's stdio.
     fn attach(&mut self, cid: u64, a: &protocol::AttachSpec, fds: Vec<OwnedFd>) -> Reply {
-        if self.st.status.is_final() {
-            return err_reply(
-                CODE_STASIS_ERROR,
-                format!("{} is not running", self.wd.name),
-            );
-        }
-        let mut it = fds.into_iter();
-        let want = a.stdin as usize + a.stdout as usize + a.stderr as usize;
-        if it.len() != want {
-            return err_reply(CODE_STASIS_ERROR, "attach: wrong number of fds");
-        }
-        let stdin = if a.stdin { it.next() } else { None };
-        let out = if a.stdout { it.next() } else { None };
-        let err = if a.stderr { it.next() } else { None };
+        let got = match clients::split_fds(a, fds, 0) {
+            Ok(g) => g,
+            Err(e) => return err_reply(CODE_STASIS_ERROR, format!("attach: {e}")),
+        };
         let mk = |f: OwnedFd| Fd::new(f).map(Rc::new);
-        if let Some(f) = out {
-            match mk(f) {
-                Ok(f) => self.out_sinks.borrow_mut().push(f),
-                Err(e) => return err_reply(CODE_STASIS_ERROR, format!("attach stdout: {e}")),
-            }
+        let out = match got.stdout.map(mk).transpose() {
+            Ok(o) => o,
+            Err(e) => return err_reply(CODE_STASIS_ERROR, format!("attach stdout: {e}")),
+        };
+        // A tty has one output stream, and so does a client whose stdout and stderr are one:
+        // stderr goes with stdout.
+        let err = match got.stderr.filter(|_| !self.spec.tty).map(mk).transpose() {
+            Ok(e) => e,
+            Err(e) => return err_reply(CODE_STASIS_ERROR, format!("attach stderr: {e}")),
+        };
+        if let Some(out) = out {
+            let (w, task) = stdio::Watcher::new(out, err, self.log.clone(), self.wd.log_path());
+            self.watchers.borrow_mut().push(w.clone());
+            self.watcher_tasks.retain(|(t, _)| !t.is_finished());
+            self.watcher_tasks.push((task, w));
         }
-        if let Some(f) = err {
-            match mk(f) {
-                Ok(f) => {
-                    // A tty has one output stream: stderr goes to the stdout sink list.
-                    if self.spec.tty {
-                        drop(f);
-                    } else {
-                        self.err_sinks.borrow_mut().push(f)
-                    }
-                }
-                Err(e) => return err_reply(CODE_STASIS_ERROR, format!("attach stderr: {e}")),
-            }
-        }
-        if let Some(f) = stdin {
+        if let Some(f) = got.stdin {
             if self.spec.stdin || self.spec.tty {
                 match Fd::new(f) {
                     Ok(src) => {
                         let target = self.stdin_tx.subscribe();
                         let tty = self.spec.tty;
                         let stdin_owner = self.stdin_tx.clone();
+                        let gate = self.gate.clone();
+                        let tx = self.tx.clone();
                         tokio::task::spawn_local(async move {
-                            let eof = io::pump_stdin(src, target).await;
+                            let eof = stdio::pump_stdin(src, target, gate).await;
                             // The client's stdin ended: the workload sees end-of-file too (not
                             // for a tty, which has no end-of-file to pass on).
                             if eof && !tty {
                                 stdin_owner.send_replace(None);
+                                let _ = tx.send(Event::StdinEnded { session: None });
                             }
                         });
                     }
@@ -763,7 +706,10 @@ impl Monitor {
         match sys::pidfd_send_signal(live.pidfd.as_fd(), sig) {
             Ok(()) => {
                 if by_user {
-                    self.user_kill = Some((sig, Instant::now()));
+                    self.user_kill = Some(policy::UserKill {
+                        sig,
+                        at: Instant::now(),
+                    });
                 }
                 Reply::Ok
             }
@@ -771,12 +717,7 @@ impl Monitor {
         }
     }
 
-    fn resize(
-        &mut self,
-        session: Option<&crate::store::sessions::SessionId>,
-        rows: u16,
-        cols: u16,
-    ) {
+    fn resize(&mut self, session: Option<&SessionId>, rows: u16, cols: u16) {
         let tty = match session {
             None => {
                 self.winsize = Some((rows, cols));
@@ -794,38 +735,34 @@ impl Monitor {
     }
 
     async fn req_stop(&mut self, cid: u64, timeout_ms: Option<u64>) {
+        self.waiters.insert(cid);
         if self.live.is_none() {
-            self.waiters.insert(cid);
-            if self.st.status == Status::Checkpointed || self.policy.pending() {
-                // Nothing runs and the user wants it ended: it stays restorable from its
-                // generations, but is neither "checkpointed" nor brought back by a policy.
-                self.policy.cancel();
-                self.st.stop_requested = true;
-                let exit = self.st.exit.clone().unwrap_or(ExitInfo {
-                    status: None,
-                    code: 0,
-                    oom_killed: false,
-                    at: now_ms(),
-                    reason: Some("stopped while checkpointed".into()),
-                });
-                self.record_exit(exit);
-                self.notify_exit().await;
-                self.cleanup_container();
-                self.exiting = true;
-            } else if self.st.status.is_final() && self.pending_exit.is_none() {
-                self.notify_exit().await;
-            }
+            // Nothing runs and the user wants it ended: it stays restorable from its
+            // generations, but is neither "checkpointed" nor brought back by a policy.
+            self.policy.cancel();
+            self.st.stop_requested = true;
+            let exit = self.st.exit.clone().unwrap_or(ExitInfo {
+                status: None,
+                code: 0,
+                oom_killed: false,
+                at: now_ms(),
+                reason: Some("stopped while checkpointed".into()),
+            });
+            self.record_exit(exit);
+            self.go(Ev::StopAsked);
+            self.notify_exit();
+            self.cleanup_container().await;
             return;
         }
         self.st.stop_requested = true;
         self.save();
         self.policy.cancel();
+        self.go(Ev::StopAsked);
         let _ = self.signal_workload(self.spec.stop_signal(), false);
         let t = timeout_ms
             .map(Duration::from_millis)
             .unwrap_or_else(|| self.spec.stop_timeout());
         self.stop_deadline = Some(Instant::now() + t);
-        self.waiters.insert(cid);
     }
 
     fn on_stop_timeout(&mut self) {
@@ -838,32 +775,33 @@ impl Monitor {
 
     /// init has exited: the container is gone. Work out how the workload ended, then drain
     /// its output before recording the exit.
-    async fn on_init_exit(&mut self, init_status: ExitStatus) {
+    async fn on_init_exit(&mut self, init_status: Option<ExitStatus>) {
         let Some(live) = self.live.take() else { return };
         self.stop_deadline = None;
         // init reports the main process's exit before exiting itself; wait for its socket to
         // reach end-of-file so that report is in.
-        let _ = tokio::time::timeout(Duration::from_secs(2), live.reader).await;
-        let status = live.main_status.get().unwrap_or(match init_status {
-            // init exits with the workload's code; a signal to init (SIGKILL) ended everything.
-            ExitStatus::Exited { code } => ExitStatus::Exited { code },
-            s => s,
-        });
+        let _ = tokio::time::timeout(Duration::from_secs(2), live.link.reader).await;
+        let status = live.link.main_status.get().or(init_status);
         let oom = self.cgroup.oom_kills().unwrap_or(0) > self.oom_base;
-        let reason = if oom {
-            Some("OOM-killed: the memory limit was reached".to_string())
-        } else {
-            None
+        let reason = match (oom, status) {
+            (true, _) => Some("OOM-killed: the memory limit was reached".to_string()),
+            (false, None) => Some(
+                "the container ended while adopted; its exit status was not reported".to_string(),
+            ),
+            _ => None,
         };
-        diag(&format!("workload ended: {status} (init {init_status})"));
+        diag(&format!(
+            "workload ended: {status:?} (init {init_status:?})"
+        ));
         self.sessions_container_gone();
         self.pending_exit = Some(ExitInfo {
-            status: Some(status),
-            code: status.code(),
+            status,
+            code: status.map(|s| s.code()).unwrap_or(CODE_STASIS_ERROR),
             oom_killed: oom,
             at: now_ms(),
             reason,
         });
+        self.go(Ev::ContainerGone);
         self.drain_stdio();
     }
 
@@ -887,7 +825,13 @@ impl Monitor {
             return;
         };
         let code = exit.code;
-        let by_user = self.exit_was_asked(&exit);
+        let by_user = policy::exit_was_asked(
+            self.st.stop_requested,
+            self.user_kill.as_ref(),
+            exit.status,
+            self.spec.stop_signal(),
+            self.spec.stop_timeout(),
+        );
         self.event(
             HistEvent::new(
                 "exit",
@@ -897,23 +841,12 @@ impl Monitor {
         );
         self.record_exit(exit);
         if !by_user && self.policy_wants_retry().await {
+            self.go(Ev::Drained { retry: true });
             return;
         }
-        self.notify_exit().await;
-        self.cleanup_container();
-        self.exiting = true;
-    }
-
-    /// True when the user asked for this end (`stop`, or `kill` shortly before).
-    fn exit_was_asked(&self, exit: &ExitInfo) -> bool {
-        if self.st.stop_requested {
-            return true;
-        }
-        match (self.user_kill, exit.status) {
-            (Some((sig, _)), Some(ExitStatus::Signaled { signal, .. })) if sig == signal => true,
-            (Some((_, at)), _) => at.elapsed() < Duration::from_secs(10),
-            _ => false,
-        }
+        self.go(Ev::Drained { retry: false });
+        self.notify_exit();
+        self.cleanup_container().await;
     }
 
     pub fn record_exit(&mut self, exit: ExitInfo) {
@@ -936,47 +869,37 @@ impl Monitor {
         }
     }
 
-    /// Closes attached clients' output pipes (so they read end-of-file) and sends them and
-    /// every waiter the exit.
-    async fn notify_exit(&mut self) {
-        self.out_sinks.borrow_mut().clear();
-        self.err_sinks.borrow_mut().clear();
+    /// Ends attached clients' output (their queues are delivered, then closed, so they read
+    /// end-of-file) and sends them and every waiter the exit.
+    fn notify_exit(&mut self) {
+        for w in self.watchers.borrow_mut().drain(..) {
+            w.finish();
+        }
         let r = self.exit_reply();
-        let targets: Vec<u64> = self
-            .attached
-            .drain()
-            .chain(self.waiters.drain())
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let targets: HashSet<u64> = self.attached.drain().chain(self.waiters.drain()).collect();
         for cid in targets {
-            self.reply(cid, r.clone()).await;
+            self.reply(cid, r.clone());
         }
     }
 
     /// Tells attached clients something they should know, on their stderr.
-    pub async fn notice(&self, message: &str) {
-        for cid in &self.attached {
+    pub fn notice(&mut self, message: &str) {
+        let targets: Vec<u64> = self.attached.iter().copied().collect();
+        for cid in targets {
             self.reply(
-                *cid,
+                cid,
                 Reply::Notice {
                     message: message.to_string(),
                 },
-            )
-            .await;
+            );
         }
     }
 
     /// Removes the cgroup once nothing runs in it.
-    pub fn cleanup_container(&mut self) {
-        if let Err(e) = self.cgroup.remove() {
+    pub async fn cleanup_container(&mut self) {
+        if let Err(e) = self.cgroup.remove_async().await {
             diag(&format!("{e}"));
         }
-        // A later restore makes it again from the manifest.
-        let _ = std::fs::remove_dir(crate::container::init_cwd(
-            &self.root.key(),
-            self.wd.name.as_str(),
-        ));
     }
 
     /// `--rm`: the workload's directory goes once it has exited and been reported.
@@ -996,7 +919,7 @@ impl Monitor {
                 })
                 .await;
             if matches!(r, Reply::Checkpointed { .. }) {
-                self.exiting = true;
+                self.phase = Phase::Ended;
                 return;
             }
             diag("shutdown checkpoint failed; stopping instead");
@@ -1004,10 +927,11 @@ impl Monitor {
         if self.live.is_some() {
             self.st.stop_requested = true;
             self.policy.cancel();
+            self.go(Ev::StopAsked);
             let _ = self.signal_workload(self.spec.stop_signal(), false);
             self.stop_deadline = Some(Instant::now() + self.spec.stop_timeout());
         } else {
-            self.exiting = true;
+            self.phase = Phase::Ended;
         }
     }
 }

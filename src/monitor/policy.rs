@@ -8,6 +8,7 @@
 //! instantly every time therefore ends `failed`, while one killed now and then is brought
 //! back every time.
 
+use super::lifecycle::{Ev, Phase};
 use super::{diag, Event, Monitor};
 use crate::exit::ExitStatus;
 use crate::protocol::{CheckpointOpts, Reply, RestoreOpts};
@@ -32,16 +33,66 @@ pub(crate) struct PolicyState {
     /// Bumped to invalidate a scheduled attempt.
     token: u64,
     due_token: Option<u64>,
+    /// A dump failed and took the job with it (why): its end is answered with a restore
+    /// whatever the exit policy says.
+    pub dump_killed: Option<String>,
+    /// When the last dump failed: an end soon after is the dump's doing.
+    pub dump_failed_at: Option<Instant>,
+    /// The scheduled attempt is a restore whatever the spec's policy (a dump's casualty).
+    pub forced_restore: bool,
+}
+
+/// How long after a failed dump an unasked end counts as the dump's doing.
+const DUMP_BLAME: Duration = Duration::from_secs(10);
+
+/// A signal the user sent with `stasis kill`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UserKill {
+    pub sig: i32,
+    pub at: Instant,
+}
+
+/// Signals that ask a job to end (a job that handles one and exits did what was asked).
+fn asks_to_end(sig: i32, stop_signal: i32) -> bool {
+    sig == stop_signal
+        || [
+            libc::SIGTERM,
+            libc::SIGINT,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+            libc::SIGKILL,
+        ]
+        .contains(&sig)
+}
+
+/// True when the user asked for this end: a `stop`, or a `kill` that caused it — the job died
+/// of the very signal sent, or exited after being asked to end within the stop timeout. A
+/// `kill -s USR1` followed later by a crash is not a requested end.
+pub(crate) fn exit_was_asked(
+    stop_requested: bool,
+    kill: Option<&UserKill>,
+    status: Option<ExitStatus>,
+    stop_signal: i32,
+    stop_timeout: Duration,
+) -> bool {
+    if stop_requested {
+        return true;
+    }
+    let Some(k) = kill else { return false };
+    match status {
+        Some(ExitStatus::Signaled { signal, .. }) => signal == k.sig,
+        Some(ExitStatus::Exited { .. }) => {
+            asks_to_end(k.sig, stop_signal) && k.at.elapsed() <= stop_timeout
+        }
+        None => false,
+    }
 }
 
 impl PolicyState {
-    /// True while a restart or restore is scheduled.
-    pub fn pending(&self) -> bool {
-        self.due_token.is_some()
-    }
-
     /// Forgets any scheduled attempt and periodic checkpoint (the user stopped the job).
     pub fn cancel(&mut self) {
+        self.dump_killed = None;
+        self.dump_failed_at = None;
         self.token += 1;
         self.due_token = None;
         self.next_periodic = None;
@@ -75,7 +126,7 @@ impl Monitor {
     /// Takes a periodic checkpoint (leaving the job running unless the spec says otherwise).
     pub(crate) async fn periodic_checkpoint(&mut self) {
         self.policy.next_periodic = None;
-        if self.live.is_none() || self.pending_exit.is_some() {
+        if self.phase != Phase::Running {
             return;
         }
         let leave_running = self.spec.checkpoint.leave_running.unwrap_or(true);
@@ -101,10 +152,30 @@ impl Monitor {
     /// Called with a recorded exit the user did not ask for: schedules a restart or restore
     /// when the policy says so (returns true), or records the end (returns false).
     pub(crate) async fn policy_wants_retry(&mut self) -> bool {
-        let on = self.spec.on_exit.clone();
+        let mut on = self.spec.on_exit.clone();
         let Some(exit) = self.st.exit.clone() else {
             return false;
         };
+        let recent_dump_failure = self
+            .policy
+            .dump_failed_at
+            .is_some_and(|t| t.elapsed() <= DUMP_BLAME);
+        if self.policy.dump_killed.is_some() || recent_dump_failure {
+            // A failed dump ended the job: bring it back from its newest good generation even
+            // when its policy would leave it ended, and say why.
+            let why = self
+                .policy
+                .dump_killed
+                .take()
+                .unwrap_or_else(|| "a failed checkpoint".into());
+            self.policy.dump_failed_at = None;
+            self.event(HistEvent::new("dump-killed-job", why));
+            if !generations::list(&self.wd).is_empty() {
+                on.policy = ExitPolicy::Restore;
+                on.when = crate::spec::ExitWhen::Always;
+                self.policy.forced_restore = true;
+            }
+        }
         if on.policy == ExitPolicy::None || !counts(on.when, &exit) {
             return false;
         }
@@ -131,7 +202,11 @@ impl Monitor {
             self.event(HistEvent::new("failed", why).code(exit.code));
             return false;
         }
-        let delay = on.backoff.delay(self.policy.attempts);
+        let delay = if self.policy.forced_restore {
+            Duration::ZERO
+        } else {
+            on.backoff.delay(self.policy.attempts)
+        };
         let what = if on.policy == ExitPolicy::Restore {
             "restore"
         } else {
@@ -167,6 +242,7 @@ impl Monitor {
             self.give_up(None).await;
             return;
         }
+        let forced = std::mem::take(&mut self.policy.forced_restore);
         let reason = self
             .st
             .exit
@@ -174,21 +250,26 @@ impl Monitor {
             .and_then(|e| e.status)
             .map(|s| format!("crash: {s}"))
             .unwrap_or_else(|| "crash".into());
-        if self.spec.on_exit.policy == ExitPolicy::Restore {
+        if forced || self.spec.on_exit.policy == ExitPolicy::Restore {
             let gens: Vec<u32> = generations::list(&self.wd)
                 .iter()
                 .rev()
                 .map(|g| g.number)
                 .collect();
             for g in gens {
+                let reason = if forced {
+                    format!("the failed checkpoint ended it ({reason})")
+                } else {
+                    reason.clone()
+                };
                 match self
                     .restore(
                         RestoreOpts {
                             generation: Some(g),
-                            reason: reason.clone(),
+                            reason,
                             ..Default::default()
                         },
-                        None,
+                        true,
                     )
                     .await
                 {
@@ -198,6 +279,13 @@ impl Monitor {
                     )),
                     Err(_) => {}
                 }
+            }
+            if forced && self.spec.on_exit.policy == ExitPolicy::None {
+                self.give_up(Some(
+                    "a failed checkpoint ended the job and no generation could be restored".into(),
+                ))
+                .await;
+                return;
             }
             if !self.spec.on_exit.cold_start.unwrap_or(true) {
                 self.give_up(Some(
@@ -213,10 +301,12 @@ impl Monitor {
 
     async fn cold_restart(&mut self, reason: &str) {
         self.st.status = Status::Created;
-        match self.launch().await {
+        self.user_kill = None;
+        match self.launch(false).await {
             Ok(_) => {
                 self.st.restarts += 1;
                 self.save();
+                self.go(Ev::Started);
                 self.event(HistEvent::new("restart", reason.to_string()));
             }
             Err((code, message)) => {
@@ -244,9 +334,10 @@ impl Monitor {
         }
         self.st.note = None;
         self.save();
-        self.notify_exit().await;
-        self.cleanup_container();
-        self.exiting = true;
+        self.phase = Phase::Ended;
+        self.go(Ev::GaveUp);
+        self.notify_exit();
+        self.cleanup_container().await;
     }
 }
 
@@ -281,5 +372,79 @@ mod tests {
         assert!(counts(ExitWhen::Always, &ok));
         let oom = exit(ExitStatus::Exited { code: 0 }, true);
         assert!(counts(ExitWhen::Failure, &oom));
+    }
+
+    fn killed(sig: i32) -> Option<ExitStatus> {
+        Some(ExitStatus::Signaled {
+            signal: sig,
+            core_dumped: false,
+        })
+    }
+
+    #[test]
+    fn only_the_end_a_kill_caused_is_asked_for() {
+        let t = Duration::from_secs(10);
+        let now = Instant::now();
+        let usr1 = UserKill {
+            sig: libc::SIGUSR1,
+            at: now,
+        };
+        // item 14: kill -s USR1, then a real crash: not asked, the policy applies
+        assert!(!exit_was_asked(
+            false,
+            Some(&usr1),
+            killed(libc::SIGSEGV),
+            libc::SIGTERM,
+            t
+        ));
+        assert!(!exit_was_asked(
+            false,
+            Some(&usr1),
+            Some(ExitStatus::Exited { code: 3 }),
+            libc::SIGTERM,
+            t
+        ));
+        // USR1 that kills the job (no handler) is what the user asked
+        assert!(exit_was_asked(
+            false,
+            Some(&usr1),
+            killed(libc::SIGUSR1),
+            libc::SIGTERM,
+            t
+        ));
+        let term = UserKill {
+            sig: libc::SIGTERM,
+            at: now,
+        };
+        // a job that handles TERM and exits did what was asked
+        assert!(exit_was_asked(
+            false,
+            Some(&term),
+            Some(ExitStatus::Exited { code: 0 }),
+            libc::SIGTERM,
+            t
+        ));
+        // but a TERM long ago does not cover a later exit
+        assert!(!exit_was_asked(
+            false,
+            Some(&term),
+            Some(ExitStatus::Exited { code: 0 }),
+            libc::SIGTERM,
+            Duration::ZERO
+        ));
+        assert!(!exit_was_asked(
+            false,
+            None,
+            killed(libc::SIGKILL),
+            libc::SIGTERM,
+            t
+        ));
+        assert!(exit_was_asked(
+            true,
+            None,
+            killed(libc::SIGKILL),
+            libc::SIGTERM,
+            t
+        ));
     }
 }

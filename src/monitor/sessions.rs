@@ -1,14 +1,16 @@
 //! Exec sessions in the monitor: started by the container's init (so a checkpoint includes
-//! them), their stdio pipes or pty owned by the monitor like the workload's. An attached
-//! client gets the output; without one (`exec -d`, or after detaching) it goes to the
-//! session's log.
+//! them), their stdio made and kept by init like the workload's. An attached client gets the
+//! output, and the session waits for it as a remote command waits for ssh; without one (`exec
+//! -d`, or after detaching) the output goes to the session's log.
 
-use super::io::{self as mio, Fd, Sinks};
-use super::start::{make_stdio, start_pumps};
-use super::{diag, err_reply, Event, Monitor, Stdio};
+use super::fd::{Fd, Gate};
+use super::link;
+use super::stdio::{self, Sinks, Stdio};
+use super::{clients, diag, err_reply, Event, Monitor};
 use crate::exit::{ExitStatus, CODE_STASIS_ERROR};
 use crate::init::spawn::{self, ProcSpec};
-use crate::protocol::{AttachSpec, ExecRequest, Reply, ToInit};
+use crate::protocol::init::{KeptFds, StdioSpec, ToInit};
+use crate::protocol::{AttachSpec, ExecRequest, Reply};
 use crate::store::log::LogWriter;
 use crate::store::sessions::{self, SessionId, SessionRecord, SessionStatus};
 use crate::store::state::{now_ms, WorkloadDir};
@@ -16,11 +18,18 @@ use std::cell::RefCell;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// The spawn id init knows a session by.
 pub(crate) fn init_id(id: &SessionId) -> String {
     format!("exec:{id}")
+}
+
+/// The session a spawn id names.
+pub(crate) fn session_of(init_id: &str) -> Option<SessionId> {
+    init_id
+        .strip_prefix("exec:")
+        .and_then(|i| SessionId::parse(i).ok())
 }
 
 pub(crate) struct Session {
@@ -29,17 +38,15 @@ pub(crate) struct Session {
     pub out_sinks: Sinks,
     pub err_sinks: Sinks,
     /// The session's log, open while no client is attached.
-    pub log: Rc<RefCell<Option<LogWriter>>>,
+    pub log: stdio::SharedLog,
     pub client: Option<u64>,
     pub stdin_tx: watch::Sender<Option<Rc<Fd>>>,
-    /// Bytes the session had not read from its stdin at a dump.
-    pub stdin_carry: Vec<u8>,
     /// Clients waiting for this session to end (`exec --stop`).
     pub waiters: Vec<u64>,
 }
 
 impl Session {
-    pub fn new(rec: SessionRecord, _wd: &WorkloadDir) -> Session {
+    pub fn new(rec: SessionRecord) -> Session {
         Session {
             rec,
             stdio: None,
@@ -48,13 +55,8 @@ impl Session {
             log: Rc::new(RefCell::new(None)),
             client: None,
             stdin_tx: watch::channel(None).0,
-            stdin_carry: Vec::new(),
             waiters: Vec::new(),
         }
-    }
-
-    pub fn stdin_open(&self) -> bool {
-        self.stdin_tx.borrow().is_some() && !self.rec.tty
     }
 
     /// From now on output goes to the session's log.
@@ -63,7 +65,9 @@ impl Session {
         self.out_sinks.borrow_mut().clear();
         self.err_sinks.borrow_mut().clear();
         if self.log.borrow().is_none() {
-            let _ = crate::store::atomic::mkdir_p(&wd.exec_dir(), 0o700);
+            if let Err(e) = crate::store::atomic::mkdir_p(&wd.exec_dir(), 0o700) {
+                diag(&format!("session {} log: {e}", self.rec.id));
+            }
             match LogWriter::open(&sessions::log_path(wd, &self.rec.id)) {
                 Ok(l) => *self.log.borrow_mut() = Some(l),
                 Err(e) => diag(&format!("session {} log: {e}", self.rec.id)),
@@ -72,31 +76,35 @@ impl Session {
     }
 
     /// Adds a client's pipes as the session's stdio ends.
-    fn attach(&mut self, cid: u64, a: &AttachSpec, fds: Vec<OwnedFd>) -> Result<(), String> {
-        let mut it = fds.into_iter();
-        let stdin = if a.stdin { it.next() } else { None };
-        let out = if a.stdout { it.next() } else { None };
-        let err = if a.stderr { it.next() } else { None };
+    fn attach(
+        &mut self,
+        cid: u64,
+        a: &AttachSpec,
+        got: clients::Attached,
+        gate: Rc<Gate>,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Result<(), String> {
         let mk = |f: OwnedFd| Fd::new(f).map(Rc::new).map_err(|e| format!("attach: {e}"));
-        if let Some(f) = out {
+        // The session's own client: the session waits for it (as with ssh).
+        if let Some(f) = got.stdout {
             self.out_sinks.borrow_mut().push(mk(f)?);
         }
-        if let Some(f) = err {
-            if self.rec.tty {
-                drop(f);
-            } else {
+        if let Some(f) = got.stderr {
+            if !self.rec.tty && !a.merge_output {
                 self.err_sinks.borrow_mut().push(mk(f)?);
             }
         }
-        if let Some(f) = stdin {
+        if let Some(f) = got.stdin {
             if self.rec.stdin || self.rec.tty {
                 let src = Fd::new(f).map_err(|e| format!("attach stdin: {e}"))?;
                 let target = self.stdin_tx.subscribe();
                 let closer = self.stdin_tx.clone();
                 let tty = self.rec.tty;
+                let id = self.rec.id.clone();
                 tokio::task::spawn_local(async move {
-                    if mio::pump_stdin(src, target).await && !tty {
+                    if stdio::pump_stdin(src, target, gate).await && !tty {
                         closer.send_replace(None);
+                        let _ = events.send(Event::StdinEnded { session: Some(id) });
                     }
                 });
             }
@@ -124,107 +132,88 @@ impl Monitor {
     /// `stasis exec`: starts a session; replies `ExecStarted`, then `Exit` to an attached
     /// client when the session ends.
     pub(crate) async fn exec_start(&mut self, cid: u64, req: ExecRequest, fds: Vec<OwnedFd>) {
-        if self.live.is_none() || self.pending_exit.is_some() {
-            let what = if self.st.status == crate::store::state::Status::Checkpointed {
-                "is checkpointed"
-            } else {
-                "is not running"
-            };
-            self.reply(
-                cid,
-                err_reply(CODE_STASIS_ERROR, format!("{} {what}", self.wd.name)),
-            )
-            .await;
-            return;
-        }
         if req.command.is_empty() || req.command[0].is_empty() {
-            self.reply(cid, err_reply(CODE_STASIS_ERROR, "the command is empty"))
-                .await;
+            self.reply(cid, err_reply(CODE_STASIS_ERROR, "the command is empty"));
             return;
         }
         let proc = match self.session_proc(&req) {
             Ok(p) => p,
             Err(e) => {
-                self.reply(cid, err_reply(CODE_STASIS_ERROR, e)).await;
+                self.reply(cid, err_reply(CODE_STASIS_ERROR, e));
                 return;
             }
         };
-        let n_attach = if req.detach {
-            0
+        let declared = if req.detach {
+            AttachSpec::default()
         } else {
-            req.attach.stdin as usize + req.attach.stdout as usize + req.attach.stderr as usize
+            req.attach.clone()
         };
-        if fds.len() != n_attach + req.preserve_fds.len() {
-            self.reply(
-                cid,
-                err_reply(CODE_STASIS_ERROR, "exec: wrong number of fds"),
-            )
-            .await;
-            return;
-        }
-        let mut fds = fds;
-        let preserved: Vec<OwnedFd> = fds.split_off(n_attach);
+        let got = match clients::split_fds(&declared, fds, req.preserve_fds.len()) {
+            Ok(g) => g,
+            Err(e) => {
+                self.reply(cid, err_reply(CODE_STASIS_ERROR, format!("exec: {e}")));
+                return;
+            }
+        };
         let id = SessionId::random();
-        let mut rec = SessionRecord {
+        let stdio = if req.tty {
+            StdioSpec::Tty {
+                winsize: req.attach.winsize,
+            }
+        } else {
+            StdioSpec::Pipes {
+                stdin: req.stdin,
+                merge: req.attach.merge_output && !req.detach,
+            }
+        };
+        let asked = match &self.live {
+            Some(l) => {
+                l.link
+                    .request_spawn(&init_id(&id), &proc, stdio, &got.rest)
+                    .await
+            }
+            None => Err((
+                CODE_STASIS_ERROR,
+                format!("{} is not running", self.wd.name),
+            )),
+        };
+        let answer = match asked {
+            Ok(rx) => link::await_spawn(rx).await,
+            Err(e) => Err(e),
+        };
+        let (pid, kept, attached) = match answer {
+            Ok(x) => x,
+            Err((code, message)) => {
+                // No record of a session that never ran.
+                self.reply(cid, Reply::Error { code, message });
+                return;
+            }
+        };
+        let rec = SessionRecord {
             id: id.clone(),
             command: req.command.clone(),
-            status: SessionStatus::Created,
+            status: SessionStatus::Running,
             tty: req.tty,
             stdin: req.stdin,
             detached: req.detach,
             created_at: now_ms(),
-            pid: None,
+            pid: Some(pid),
             exit_code: None,
             exit_status: None,
             finished_at: None,
             error: None,
         };
-        // No record yet: a session that never runs leaves none. The first is written once it
-        // runs (see below).
-        let (mut stdio, ends) = match make_stdio(req.tty, Some(&id), req.attach.winsize) {
-            Ok(x) => x,
-            Err(e) => {
-                sessions::remove(&self.wd, &id);
-                self.reply(
-                    cid,
-                    err_reply(CODE_STASIS_ERROR, format!("exec stdio: {e}")),
-                )
-                .await;
-                return;
-            }
-        };
-        let mut child_fds = match ends.stdio_fds() {
-            Ok(f) => f,
-            Err(e) => {
-                sessions::remove(&self.wd, &id);
-                self.reply(
-                    cid,
-                    err_reply(CODE_STASIS_ERROR, format!("exec stdio: {e}")),
-                )
-                .await;
-                return;
-            }
-        };
-        child_fds.extend(preserved);
-        let r = self
-            .spawn_in_container(&init_id(&id), &proc, &child_fds)
-            .await;
-        drop(child_fds);
-        drop(ends);
-        let pid = match r {
-            Ok(pid) => pid,
-            Err((code, message)) => {
-                // No record of a session that never ran.
-                sessions::remove(&self.wd, &id);
-                self.reply(cid, Reply::Error { code, message }).await;
-                return;
-            }
-        };
-        rec.pid = Some(pid);
-        rec.status = SessionStatus::Running;
         if req.detach {
             // `exec -d` prints the id next: the record must be there for `exec --list`.
-            let _ = sessions::save(&self.wd, &rec);
+            if let Err(e) = sessions::save(&self.wd, &rec) {
+                self.reply(
+                    cid,
+                    err_reply(
+                        CODE_STASIS_ERROR,
+                        format!("session {id} runs, but its record was not saved: {e}"),
+                    ),
+                );
+            }
         } else {
             // An attached client is told how it ends; a short session then writes only its
             // final record, one fsync instead of two on its path.
@@ -235,33 +224,47 @@ impl Monitor {
                 let _ = tx.send(Event::SessionPersist { id: sid });
             });
         }
-        let mut s = Session::new(rec, &self.wd);
-        let target = if req.tty || req.stdin {
-            stdio.stdin.take()
-        } else {
-            None
-        };
-        stdio.stdin = None;
-        s.stdin_tx.send_replace(target);
+        let mut s = Session::new(rec);
         if req.detach {
             s.detach_to_log(&self.wd);
-        } else if let Err(e) = s.attach(cid, &req.attach, fds) {
+        } else if let Err(e) = s.attach(cid, &req.attach, got, self.gate.clone(), self.tx.clone()) {
             diag(&format!("session {id}: {e}"));
             s.detach_to_log(&self.wd);
         }
-        start_pumps(&mut stdio, Some(s.log.clone()), &s.out_sinks, &s.err_sinks);
-        s.stdio = Some(stdio);
+        if let Err(e) = self.resume_session_stdio(&mut s, &kept, Some(attached)) {
+            diag(&format!("session {id}: {e}"));
+        }
         self.sessions.insert(id.clone(), s);
-        self.reply(cid, Reply::ExecStarted { id }).await;
+        self.reply(cid, Reply::ExecStarted { id });
     }
 
-    pub(crate) async fn exec_attach(
+    /// Takes a session's stdio from init and starts its pumps.
+    pub(crate) fn resume_session_stdio(
+        &self,
+        s: &mut Session,
+        kept: &KeptFds,
+        attached: Option<Vec<OwnedFd>>,
+    ) -> Result<(), String> {
+        let mut stdio = self.stdio_for(kept, attached)?;
+        s.stdin_tx.send_replace(stdio.stdin.take());
+        self.start_pumps(
+            &mut stdio,
+            Some(s.log.clone()),
+            Some((&s.out_sinks, &s.err_sinks)),
+        );
+        s.stdio = Some(stdio);
+        Ok(())
+    }
+
+    pub(crate) fn exec_attach(
         &mut self,
         cid: u64,
         id: &SessionId,
         a: &AttachSpec,
         fds: Vec<OwnedFd>,
     ) {
+        let gate = self.gate.clone();
+        let events = self.tx.clone();
         let r = match self.sessions.get_mut(id) {
             None => err_reply(
                 CODE_STASIS_ERROR,
@@ -271,7 +274,9 @@ impl Monitor {
                 CODE_STASIS_ERROR,
                 format!("exec session {id} already has a client"),
             ),
-            Some(s) => match s.attach(cid, a, fds) {
+            Some(s) => match clients::split_fds(a, fds, 0)
+                .and_then(|got| s.attach(cid, a, got, gate, events))
+            {
                 Ok(()) => {
                     if let (Some((r, c)), Some(t)) =
                         (a.winsize, s.stdio.as_ref().and_then(|x| x.tty.clone()))
@@ -283,7 +288,7 @@ impl Monitor {
                 Err(e) => err_reply(CODE_STASIS_ERROR, e),
             },
         };
-        self.reply(cid, r).await;
+        self.reply(cid, r);
     }
 
     pub(crate) async fn signal_session(&mut self, id: &SessionId, sig: i32) -> Reply {
@@ -294,14 +299,11 @@ impl Monitor {
             );
         };
         match live
-            .ctl
-            .send_msg(
-                &ToInit::Signal {
-                    id: init_id(id),
-                    sig,
-                },
-                &[],
-            )
+            .link
+            .tell(&ToInit::Signal {
+                id: init_id(id),
+                sig,
+            })
             .await
         {
             Ok(()) => Reply::Ok,
@@ -314,27 +316,27 @@ impl Monitor {
         if !self.sessions.contains_key(id) {
             let r = match sessions::load(&self.wd, id) {
                 Some(rec) if rec.status == SessionStatus::Exited => Reply::Exit {
-                    code: rec.exit_code.unwrap_or(0),
+                    code: rec.exit_code.unwrap_or(CODE_STASIS_ERROR),
                     status: rec.exit_status,
                     oom_killed: false,
-                    reason: None,
+                    reason: rec.error,
                 },
                 _ => err_reply(
                     CODE_STASIS_ERROR,
                     format!("no running exec session {id} in {}", self.wd.name),
                 ),
             };
-            self.reply(cid, r).await;
+            self.reply(cid, r);
             return;
         }
         let r = self.signal_session(id, libc::SIGTERM).await;
         if let Reply::Error { .. } = r {
-            self.reply(cid, r).await;
+            self.reply(cid, r);
             return;
         }
         if let (Some(s), Some(live)) = (self.sessions.get_mut(id), &self.live) {
             s.waiters.push(cid);
-            let ctl = live.ctl.clone();
+            let ctl = live.link.ctl.clone();
             let iid = init_id(id);
             let t = Duration::from_millis(timeout_ms.unwrap_or(10_000));
             tokio::task::spawn_local(async move {
@@ -373,16 +375,17 @@ impl Monitor {
 
     /// A process init spawned has ended.
     pub(crate) async fn on_proc_exit(&mut self, init_id_: &str, status: ExitStatus) {
-        let Some(id) = init_id_
-            .strip_prefix("exec:")
-            .and_then(|i| SessionId::parse(i).ok())
-        else {
-            return;
-        };
-        self.session_ended(&id, status, None);
+        if let Some(id) = session_of(init_id_) {
+            self.session_ended(&id, Some(status), None);
+        }
     }
 
-    fn session_ended(&mut self, id: &SessionId, status: ExitStatus, why: Option<&str>) {
+    pub(crate) fn session_ended(
+        &mut self,
+        id: &SessionId,
+        status: Option<ExitStatus>,
+        why: Option<&str>,
+    ) {
         let Some(s) = self.sessions.get_mut(id) else {
             return;
         };
@@ -390,8 +393,9 @@ impl Monitor {
             return;
         }
         s.rec.status = SessionStatus::Exited;
-        s.rec.exit_status = Some(status);
-        s.rec.exit_code = Some(status.code());
+        s.rec.exit_status = status;
+        // An unknown end is not success: no code rather than a made-up 0.
+        s.rec.exit_code = status.map(|st| st.code());
         s.rec.finished_at = Some(now_ms());
         s.rec.error = why.map(str::to_string);
         s.stdin_tx.send_replace(None);
@@ -417,7 +421,8 @@ impl Monitor {
         }
     }
 
-    /// A session's output is all delivered: record its exit and tell its clients.
+    /// A session's output is all delivered: record its exit, tell its clients, and let init
+    /// drop what it kept for it.
     pub(crate) async fn session_drained(&mut self, id: &SessionId) {
         let Some(s) = self.sessions.remove(id) else {
             return;
@@ -428,13 +433,16 @@ impl Monitor {
             diag(&format!("session {id}: {e}"));
         }
         let r = Reply::Exit {
-            code: s.rec.exit_code.unwrap_or(0),
+            code: s.rec.exit_code.unwrap_or(CODE_STASIS_ERROR),
             status: s.rec.exit_status,
             oom_killed: false,
             reason: s.rec.error.clone(),
         };
         for cid in s.client.into_iter().chain(s.waiters.iter().copied()) {
-            self.reply(cid, r.clone()).await;
+            self.reply(cid, r.clone());
+        }
+        if let Some(live) = &self.live {
+            let _ = live.link.tell(&ToInit::Forget { id: init_id(id) }).await;
         }
     }
 
@@ -444,10 +452,10 @@ impl Monitor {
         for id in ids {
             self.session_ended(
                 &id,
-                ExitStatus::Signaled {
+                Some(ExitStatus::Signaled {
                     signal: libc::SIGKILL,
                     core_dumped: false,
-                },
+                }),
                 Some("the workload's container stopped"),
             );
         }
@@ -462,5 +470,85 @@ impl Monitor {
             }
             s.waiters.retain(|w| *w != cid);
         }
+    }
+
+    /// Takes up the sessions init reports after a restore or an adoption: a session this
+    /// monitor knows keeps its clients; one it does not (a new monitor, an import) comes back
+    /// from its record, writing to its log. Returns the ids of sessions that ended meanwhile
+    /// (their output is drained and their end recorded).
+    pub(crate) fn take_sessions(
+        &mut self,
+        procs: &[crate::protocol::init::ProcInfo],
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
+        for p in procs {
+            let Some(id) = session_of(&p.id) else {
+                continue;
+            };
+            if !self.sessions.contains_key(&id) {
+                let rec = match sessions::load(&self.wd, &id) {
+                    Some(r) => r,
+                    None => {
+                        problems.push(format!(
+                            "exec session {id} runs but has no record; its output goes to its log"
+                        ));
+                        SessionRecord {
+                            id: id.clone(),
+                            command: vec![],
+                            status: SessionStatus::Running,
+                            tty: p.fds.tty.is_some(),
+                            stdin: p.fds.stdin.is_some(),
+                            detached: true,
+                            created_at: now_ms(),
+                            pid: Some(p.pid),
+                            exit_code: None,
+                            exit_status: None,
+                            finished_at: None,
+                            error: None,
+                        }
+                    }
+                };
+                let mut s = Session::new(rec);
+                s.detach_to_log(&self.wd);
+                self.sessions.insert(id.clone(), s);
+            }
+            let Some(mut s) = self.sessions.remove(&id) else {
+                continue;
+            };
+            if s.rec.status == SessionStatus::Exited {
+                // It died with its container (a crash) and the restored tree has it again.
+                s.rec.status = SessionStatus::Running;
+                s.rec.exit_code = None;
+                s.rec.exit_status = None;
+                s.rec.finished_at = None;
+                s.rec.error = None;
+                if s.client.is_none() {
+                    s.detach_to_log(&self.wd);
+                }
+            }
+            s.rec.pid = Some(p.pid);
+            if let Err(e) = sessions::save(&self.wd, &s.rec) {
+                diag(&format!("session {id}: {e}"));
+            }
+            if let Err(e) = self.resume_session_stdio(&mut s, &p.fds, None) {
+                problems.push(format!("exec session {id}: {e}"));
+            }
+            self.sessions.insert(id.clone(), s);
+            if p.exited.is_some() {
+                self.session_ended(&id, p.exited, None);
+            }
+        }
+        // Sessions this monitor knew that the container does not have are gone for good.
+        let have: Vec<SessionId> = procs.iter().filter_map(|p| session_of(&p.id)).collect();
+        let gone: Vec<SessionId> = self
+            .sessions
+            .keys()
+            .filter(|k| !have.contains(k))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.session_ended(&id, None, Some("not in the restored container"));
+        }
+        problems
     }
 }

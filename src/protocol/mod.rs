@@ -2,11 +2,11 @@
 //!
 //! Both links are `SOCK_SEQPACKET` unix sockets: one JSON document per packet (message
 //! boundaries for free) with fds attached as SCM_RIGHTS when a message hands over stdio.
-//! The monitor↔init link is itself a socketpair whose init end lives inside the container, so
-//! CRIU dumps it as an external unix socket and restore re-creates it with `--inherit-fd`.
+//! The monitor↔init link ([`init`]) is a socketpair made inside the container whose both ends
+//! init holds: CRIU dumps and restores it with the container (queued messages included), and
+//! a monitor works on a duplicate of one end taken with pidfd_getfd.
 
 use crate::exit::ExitStatus;
-use crate::init::spawn::ProcSpec;
 use crate::store::sessions::SessionId;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 use serde::de::DeserializeOwned;
@@ -15,8 +15,11 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 
-/// Version of the protocol; a CLI refuses a monitor that speaks another one.
-pub const PROTO_VERSION: u32 = 1;
+pub mod init;
+
+/// Version of the protocol on both links (CLI↔monitor and monitor↔init). 2: the container's
+/// init keeps its stdio and control socket, which a monitor takes with pidfd_getfd.
+pub const PROTO_VERSION: u32 = 2;
 /// Largest message.
 pub const MAX_MSG: usize = 256 * 1024;
 
@@ -32,14 +35,19 @@ pub struct AttachSpec {
     /// Initial terminal size (rows, cols) for a tty.
     #[serde(default)]
     pub winsize: Option<(u16, u16)>,
+    /// The client's stdout and stderr are one file description (`> f 2>&1`): a process started
+    /// for this client writes both streams into one pipe, so their order is kept exactly.
+    #[serde(default)]
+    pub merge_output: bool,
 }
 
 /// Options of a checkpoint.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct CheckpointOpts {
     pub leave_running: bool,
-    pub tcp_established: bool,
-    pub file_locks: bool,
+    /// CRIU options given as flags, on top of the spec's `criu:`.
+    #[serde(default)]
+    pub options: crate::criu::CriuOptions,
     /// Generations to keep after this one (overrides the spec's `keep`).
     pub keep: Option<u32>,
     /// Why (recorded in the events): "user", "periodic", "shutdown".
@@ -56,8 +64,6 @@ pub struct CheckpointOpts {
 pub struct RestoreOpts {
     /// The generation to restore; the newest when absent.
     pub generation: Option<u32>,
-    pub tcp_established: bool,
-    pub file_locks: bool,
     /// As in [`CheckpointOpts::criu`].
     #[serde(default)]
     pub criu: Option<crate::criu::Criu>,
@@ -88,17 +94,20 @@ pub struct ExecRequest {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     /// Only on a new monitor's first connection: start the workload, with a client attached or
-    /// not. `version` lets either side refuse a mismatch.
+    /// not.
     Start {
-        version: u32,
         attach: Option<AttachSpec>,
         term: Option<String>,
     },
     /// Restore instead of start (a new monitor for a checkpointed workload).
     StartRestore {
-        version: u32,
         opts: RestoreOpts,
     },
+    /// Adopt the running container whose monitor is gone (a new monitor's first request).
+    Adopt,
+    /// Hand the container over to another monitor and exit, leaving it running (an upgrade:
+    /// `stasis adopt --replace`).
+    Release,
     Attach {
         attach: AttachSpec,
     },
@@ -188,48 +197,77 @@ pub enum Reply {
     },
 }
 
-/// A message from a monitor to its container's init.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum ToInit {
-    /// Fork and exec a process; its stdio (and extra) fds are attached in `proc.fds` order.
-    Spawn { id: String, proc: ProcSpec },
-    /// Send a signal to the process group of a spawned process.
-    Signal { id: String, sig: i32 },
-    /// Replace the control socket with the one attached (made in the container's network
-    /// namespace after a restore); answer `Rekeyed` on the new one.
-    Rekey,
+/// Every message on either link travels in an envelope with the protocol version, so a
+/// request that crosses an upgrade (a new CLI and an old monitor, a new monitor adopting an old
+/// init) is refused with a clear line instead of being half understood.
+#[derive(Serialize)]
+struct EnvelopeOut<'a, T> {
+    v: u32,
+    #[serde(flatten)]
+    msg: &'a T,
 }
 
-/// A message from init to its monitor.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "ev", rename_all = "snake_case")]
-pub enum FromInit {
-    Spawned {
-        id: String,
-        pid: i32,
-    },
-    SpawnFailed {
-        id: String,
-        code: i32,
-        message: String,
-    },
-    Exited {
-        id: String,
-        status: ExitStatus,
-    },
-    Rekeyed,
+#[derive(Deserialize)]
+struct EnvelopeIn<T> {
+    #[serde(default)]
+    v: Option<u32>,
+    #[serde(flatten)]
+    msg: T,
 }
 
-/// Encodes a message.
+/// Why a message could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the other side speaks protocol {theirs}, this stasis speaks {PROTO_VERSION} (it was started by another version of stasis)")]
+    Version { theirs: String },
+    #[error("bad message: {0}")]
+    Bad(String),
+}
+
+impl From<DecodeError> for io::Error {
+    fn from(e: DecodeError) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+}
+
+/// Encodes a message in its envelope.
 pub fn encode<T: Serialize>(msg: &T) -> io::Result<Vec<u8>> {
-    serde_json::to_vec(msg).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    serde_json::to_vec(&EnvelopeOut {
+        v: PROTO_VERSION,
+        msg,
+    })
+    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-/// Decodes a message.
+/// Decodes a message, checking the version first.
+pub fn decode_checked<T: DeserializeOwned>(data: &[u8]) -> Result<T, DecodeError> {
+    #[derive(Deserialize)]
+    struct V {
+        #[serde(default)]
+        v: Option<u32>,
+    }
+    match serde_json::from_slice::<V>(data) {
+        Ok(V {
+            v: Some(PROTO_VERSION),
+        }) => {}
+        Ok(V { v }) => {
+            return Err(DecodeError::Version {
+                theirs: v.map(|n| n.to_string()).unwrap_or_else(|| "1".into()),
+            })
+        }
+        Err(e) => return Err(DecodeError::Bad(e.to_string())),
+    }
+    serde_json::from_slice::<EnvelopeIn<T>>(data)
+        .map(|e| {
+            let _ = e.v;
+            e.msg
+        })
+        .map_err(|e| DecodeError::Bad(e.to_string()))
+}
+
+/// Decodes a message (an io error for any failure).
 pub fn decode<T: DeserializeOwned>(data: &[u8]) -> io::Result<T> {
-    serde_json::from_slice(data)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad message: {e}")))
+    Ok(decode_checked(data)?)
 }
 
 /// Sends a message (blocking) with fds.

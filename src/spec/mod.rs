@@ -308,7 +308,7 @@ pub struct Spec {
     /// A root filesystem: adds a mount namespace, pivot_root, private /proc, /dev and /tmp.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rootfs: Option<PathBuf>,
-    /// Bind mounts `SRC:DST[:ro]` (needs `rootfs`).
+    /// Bind mounts `SRC:DST[:ro]`. Without a rootfs, DST is a host path that must exist.
     #[serde(default, alias = "volume", skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<String>,
     /// Memory limit (`512m`, `1g`); the workload is OOM-killed above it.
@@ -357,6 +357,9 @@ pub struct Spec {
     /// What a host shutdown (SIGTERM to the monitor) does.
     #[serde(default)]
     pub on_shutdown: ShutdownAction,
+    /// CRIU options for this workload's checkpoints (see `crate::criu::CriuOptions`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub criu: crate::criu::CriuOptions,
 }
 
 fn is_default<T: Default + PartialEq>(t: &T) -> bool {
@@ -484,6 +487,18 @@ impl Spec {
         Ok(())
     }
 
+    /// Puts equivalent specs in one form: `rootfs: /` is the host's tree, which every
+    /// container without a rootfs already has (with its own /proc and mounts).
+    pub fn normalize(&mut self) {
+        if self
+            .rootfs
+            .as_deref()
+            .is_some_and(|r| r.components().all(|c| c == std::path::Component::RootDir))
+        {
+            self.rootfs = None;
+        }
+    }
+
     /// Checks everything that can be checked without touching the host.
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.command.is_empty() {
@@ -517,12 +532,6 @@ impl Spec {
         }
         if let Some(h) = &self.hostname {
             validate_hostname(h)?;
-        }
-        if !self.volumes.is_empty() && self.rootfs.is_none() {
-            return Err(invalid(
-                "volumes",
-                "volumes need a rootfs (without one the container sees the host's filesystem)",
-            ));
         }
         for v in &self.volumes {
             Volume::parse(v)?;
@@ -575,6 +584,7 @@ impl Spec {
         if self.on_exit.backoff.initial > self.on_exit.backoff.max {
             return Err(invalid("on_exit.backoff", "initial is longer than max"));
         }
+        self.criu.validate().map_err(|e| invalid("criu", e))?;
         Ok(())
     }
 
@@ -955,9 +965,14 @@ mod tests {
     }
 
     #[test]
-    fn volumes_need_rootfs() {
-        let s = parse("command: [x]\nvolumes: ['/a:/b']\n").unwrap();
-        assert!(s.validate().unwrap_err().to_string().contains("rootfs"));
+    fn rootfs_slash_is_the_host_tree() {
+        let mut s = parse("command: [x]\nrootfs: /\nvolumes: ['/a:/b']\n").unwrap();
+        s.validate().unwrap();
+        s.normalize();
+        assert_eq!(s.rootfs, None);
+        let mut s = parse("command: [x]\nrootfs: /srv/r\n").unwrap();
+        s.normalize();
+        assert_eq!(s.rootfs.as_deref(), Some(std::path::Path::new("/srv/r")));
     }
 
     #[test]

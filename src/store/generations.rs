@@ -2,17 +2,18 @@
 //! dumped into a temp directory and renamed into place only after CRIU succeeded, so a crash
 //! or a failed dump never leaves a half generation that a restore would pick.
 //!
-//! Each generation has a manifest: when and how it was taken, the spec, the externals CRIU
-//! was told about (their roles and old ids, which restore maps onto fresh fds), the log offset
-//! at the dump, the init copy it runs from, and the size (and, for metadata images, a CRC) of
-//! every file. A restore verifies the files against the manifest and refuses a generation that
+//! Each generation has a manifest: when and how it was taken, the spec, the mounts CRIU was
+//! told are external (and the host paths a restore binds back), the CRIU flags, the log
+//! offset at the dump, the init copy it runs from, the exec sessions in it, and the size (and,
+//! for metadata images, a CRC) of every file. A restore verifies the files against the manifest and refuses a generation that
 //! does not match, naming the file.
 //!
 //! Images are not fsynced by CRIU (nor by runc or podman); `checkpoint --all`, the maintenance
 //! path, syncs the filesystem once at the end. A generation lost to a power cut fails
 //! verification and the previous one is used.
 
-use crate::criu::ExtId;
+use crate::container::mounts::ExtMount;
+use crate::criu::options::Flags;
 use crate::protocol::DumpStats;
 use crate::spec::Spec;
 use crate::store::atomic::{self, FsError};
@@ -25,7 +26,9 @@ use std::path::{Path, PathBuf};
 /// Manifest file name inside a generation.
 pub const MANIFEST: &str = "manifest.json";
 /// Current manifest format.
-pub const MANIFEST_VERSION: u32 = 1;
+/// Current manifest format. 2: the container holds its own stdio (nothing but mounts is
+/// external), every container has a mount namespace.
+pub const MANIFEST_VERSION: u32 = 2;
 
 /// Errors about generations.
 #[derive(Debug, thiserror::Error)]
@@ -40,31 +43,6 @@ pub enum CheckpointError {
     Archive { path: String, why: String },
     #[error(transparent)]
     Fs(#[from] FsError),
-}
-
-/// What a fd crossing the container's edge is for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum Role {
-    Stdin,
-    Stdout,
-    Stderr,
-    /// The workload's pty (its slave; the monitor holds the master).
-    Tty,
-    /// init's control socket.
-    Control,
-    /// A stream of exec session `id`: "stdin", "stdout", "stderr" or "tty".
-    Session {
-        id: crate::store::sessions::SessionId,
-        stream: String,
-    },
-}
-
-/// One external fd of a checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct External {
-    pub role: Role,
-    pub id: ExtId,
 }
 
 /// A file of a generation, for verification.
@@ -95,23 +73,21 @@ pub struct Manifest {
     pub created_at: u64,
     pub criu_version: String,
     pub spec: Spec,
-    pub externals: Vec<External>,
+    /// The container's root at restore: `/` for one on the host's tree, else its rootfs.
+    pub root: PathBuf,
+    /// Mounts carried in from the host, declared external at the dump and bound back from
+    /// these host paths at restore.
+    pub mounts: Vec<ExtMount>,
     /// Where the workload's log stood at the dump (a restore of an older generation marks in
     /// the log that time went back to here).
     pub log_offset: u64,
     /// The init copy the dumped init runs from (it must exist at restore).
     pub init_path: PathBuf,
-    /// init's working directory (containers without a rootfs); made again before a restore.
-    #[serde(default)]
-    pub init_cwd: Option<PathBuf>,
     pub leave_running: bool,
-    pub tcp_established: bool,
-    pub file_locks: bool,
+    /// The CRIU flags the dump ran with (its restore uses the matching ones).
+    pub criu: Flags,
     #[serde(default)]
     pub sessions: Vec<SessionEntry>,
-    /// The workload's stdin was still open (a client could write to it).
-    #[serde(default)]
-    pub stdin_open: bool,
     /// The workload's pty size at the dump.
     #[serde(default)]
     pub winsize: Option<(u16, u16)>,
@@ -141,6 +117,19 @@ impl Generation {
             gen: self.number,
             why: format!("{}: {e}", p.display()),
         })?;
+        #[derive(Deserialize)]
+        struct V {
+            version: u32,
+        }
+        if let Ok(V { version }) = serde_json::from_slice::<V>(&data) {
+            if version < MANIFEST_VERSION {
+                return Err(CheckpointError::Corrupt {
+                    name: name.into(),
+                    gen: self.number,
+                    why: format!("it was written by an older stasis (manifest version {version}), whose containers this version cannot restore: restore it with that version"),
+                });
+            }
+        }
         serde_json::from_slice(&data).map_err(|e| CheckpointError::Corrupt {
             name: name.into(),
             gen: self.number,
@@ -349,18 +338,17 @@ pub(crate) mod tests {
             created_at: 1,
             criu_version: "4.1.1".into(),
             spec: Spec::default(),
-            externals: vec![External {
-                role: Role::Stdout,
-                id: ExtId::Pipe { ino: 5 },
+            root: "/".into(),
+            mounts: vec![ExtMount {
+                key: "m0".into(),
+                inside: "/sys".into(),
+                host: "/sys".into(),
             }],
             log_offset: 0,
             init_path: init,
-            init_cwd: None,
             leave_running: false,
-            tcp_established: false,
-            file_locks: false,
+            criu: Flags::default(),
             sessions: vec![],
-            stdin_open: false,
             winsize: None,
             files,
             stats: DumpStats::default(),
@@ -379,19 +367,24 @@ pub(crate) mod tests {
     fn manifests_with_sessions_round_trip() {
         let (d, _wd) = setup();
         let mut m = manifest(1, vec![], d.path().join("init"));
-        m.externals.push(External {
-            role: Role::Session {
-                id: crate::store::sessions::SessionId::parse("abcabcabcabc").unwrap(),
-                stream: "stdout".into(),
-            },
-            id: ExtId::Pipe { ino: 9 },
-        });
-        m.externals.push(External {
-            role: Role::Control,
-            id: ExtId::Unix { ino: 3 },
+        m.sessions.push(SessionEntry {
+            id: crate::store::sessions::SessionId::parse("abcabcabcabc").unwrap(),
+            tty: false,
+            stdin: true,
         });
         let j = serde_json::to_vec(&m).unwrap();
         assert_eq!(serde_json::from_slice::<Manifest>(&j).unwrap(), m);
+    }
+
+    #[test]
+    fn an_old_manifest_is_refused_with_a_reason() {
+        let (d, wd) = setup();
+        let init = d.path().join("stasis-init-x");
+        fs::write(&init, b"bin").unwrap();
+        let g = dump_into(&wd, 1, &init);
+        fs::write(g.manifest_path(), br#"{"version":1,"generation":1}"#).unwrap();
+        let e = g.verify("job").unwrap_err().to_string();
+        assert!(e.contains("older stasis (manifest version 1)"), "{e}");
     }
 
     #[test]

@@ -73,6 +73,39 @@ fn publish(tmp: &Path, path: &Path) -> Result<(), FsError> {
     }
 }
 
+/// File name prefix of the links CRIU runs as its action script (see `crate::criu::hook`).
+pub const HOOK_PREFIX: &str = "criu-hook-";
+
+/// The path CRIU runs as its action script: a link named `criu-hook-<build>` to the init copy
+/// of the running binary (CRIU execs the script without arguments, so the name says what to
+/// do). Made on first use.
+pub fn hook() -> Result<PathBuf, FsError> {
+    let init = ensure()?;
+    let key = build_key().map_err(|e| FsError::new("identify", Path::new("/proc/self/exe"), e))?;
+    let link = dir().join(format!("{HOOK_PREFIX}{key}"));
+    if fs::symlink_metadata(&link).is_ok() {
+        return Ok(link);
+    }
+    let target = init.file_name().map(PathBuf::from).unwrap_or(init.clone());
+    match std::os::unix::fs::symlink(&target, &link) {
+        Ok(()) => Ok(link),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(link),
+        Err(e) => Err(FsError::new("symlink", &link, e)),
+    }
+}
+
+/// True when process `pid` runs one of this store's init copies (a container's init).
+pub fn runs_init(pid: i32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|exe| {
+            exe.parent() == Some(dir().as_path())
+                && exe
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(PREFIX))
+        })
+        .unwrap_or(false)
+}
+
 /// The GNU build-id of an ELF64 little-endian executable given as bytes, as hex.
 ///
 /// An import names the init copy it brings by its content, never by a path an archive

@@ -11,4 +11,5 @@ pub mod init_copies;
 pub mod log;
 pub mod name;
 pub mod sessions;
+pub mod snapshot;
 pub mod state;

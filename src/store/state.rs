@@ -151,6 +151,12 @@ impl WorkloadDir {
     pub fn exec_dir(&self) -> PathBuf {
         self.dir.join("exec")
     }
+    /// Where CRIU writes the restored init's pid (in the runtime directory, beside the
+    /// socket).
+    pub fn restore_pidfile(&self) -> PathBuf {
+        self.socket
+            .with_file_name(format!("{}.restore.pid", self.name))
+    }
     pub fn events_path(&self) -> PathBuf {
         self.dir.join("events.jsonl")
     }
@@ -342,6 +348,10 @@ pub struct WorkloadState {
     /// The user asked it to stop; an exit policy must not bring it back.
     #[serde(default)]
     pub stop_requested: bool,
+    /// A restore started then (ms since the epoch) and has not finished: CRIU's pidfile names
+    /// the restored init if the monitor died meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restoring_since: Option<u64>,
 }
 
 /// Current state.json format.
@@ -367,6 +377,7 @@ impl WorkloadState {
             restarts: 0,
             generation: None,
             stop_requested: false,
+            restoring_since: None,
         }
     }
 

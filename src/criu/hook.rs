@@ -1,0 +1,72 @@
+//! stasis as CRIU's action script (`--action-script`): CRIU execs it without arguments (so
+//! it is invoked through a link whose name says what it is) at each stage of a dump, with
+//! `CRTOOLS_SCRIPT_ACTION` set. At `post-dump` every image is written and the tree is
+//! still frozen: the hook marks the images complete (so a CRIU killed after that point leaves
+//! a generation stasis can keep) and copies the files declared for snapshot, consistent with
+//! the memory just dumped.
+
+use std::path::{Path, PathBuf};
+
+/// The marker the post-dump hook leaves in a finished image directory.
+pub const COMPLETE: &str = ".images-complete";
+/// Environment: the image directory of the dump.
+pub const ENV_DIR: &str = "STASIS_DUMP_DIR";
+/// Environment: files to snapshot, `SRC\tDST` per line.
+pub const ENV_SNAPSHOT: &str = "STASIS_SNAPSHOT";
+
+/// True when the post-dump hook ran for `dir`: CRIU wrote every image there.
+pub fn images_complete(dir: &Path) -> bool {
+    dir.join(COMPLETE).is_file()
+}
+
+/// True when a binary invoked as `argv0` is CRIU's action script (see
+/// `crate::store::init_copies::hook`).
+pub fn invoked_as_hook(argv0: &std::ffi::OsStr) -> bool {
+    Path::new(argv0).file_name().is_some_and(|n| {
+        n.to_string_lossy()
+            .starts_with(crate::store::init_copies::HOOK_PREFIX)
+    })
+}
+
+/// Runs the hook; returns the exit code CRIU sees (non-zero fails the dump).
+pub fn run() -> i32 {
+    let action = std::env::var("CRTOOLS_SCRIPT_ACTION").unwrap_or_default();
+    if action != "post-dump" {
+        return 0;
+    }
+    let Some(dir) = std::env::var_os(ENV_DIR).map(PathBuf::from) else {
+        return 0;
+    };
+    if let Ok(list) = std::env::var(ENV_SNAPSHOT) {
+        for line in list.lines().filter(|l| !l.is_empty()) {
+            let Some((src, dst)) = line.split_once('\t') else {
+                continue;
+            };
+            if let Err(e) = crate::store::snapshot::copy_one(Path::new(src), Path::new(dst)) {
+                eprintln!("stasis criu-hook: snapshot {src}: {e}");
+                return 1;
+            }
+        }
+    }
+    match std::fs::write(dir.join(COMPLETE), b"") {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("stasis criu-hook: {}: {e}", dir.display());
+            1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hook_is_known_by_its_name() {
+        assert!(invoked_as_hook(std::ffi::OsStr::new(
+            "/var/lib/stasis/init/criu-hook-ab"
+        )));
+        assert!(!invoked_as_hook(std::ffi::OsStr::new("/usr/bin/stasis")));
+        assert!(!invoked_as_hook(std::ffi::OsStr::new("stasis-init")));
+    }
+}

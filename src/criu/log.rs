@@ -1,0 +1,105 @@
+//! Reading a failed CRIU run's log: the lines that say why, in plain words where we know
+//! better ones.
+
+use std::fs;
+use std::path::Path;
+
+/// Lines of every CRIU run that are not problems (root without CAP_SYS_RESOURCE here).
+pub(crate) fn is_noise(line: &str) -> bool {
+    line.contains("RLIMIT_NOFILE")
+}
+
+/// The lines of a CRIU log that say why it failed, translated where we know better words:
+/// at most four, most specific first, without CRIU's timestamps and source locations.
+pub fn failure_reasons(log: &Path) -> Vec<String> {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let mut out: Vec<String> = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| l.contains("Error (") && !is_noise(l))
+    {
+        let msg = line
+            .find("): ")
+            .map(|i| line[i + 3..].trim())
+            .unwrap_or(line)
+            .to_string();
+        let msg = explain(&msg).unwrap_or(msg);
+        if !out.contains(&msg) {
+            out.push(msg);
+        }
+    }
+    if out.is_empty() {
+        if let Some(last) = text
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty() && !is_noise(l))
+        {
+            out.push(last.trim().to_string());
+        }
+    }
+    // CRIU logs the root cause first and the consequences after it.
+    out.truncate(4);
+    out
+}
+
+/// Plain words for the CRIU failures users meet most.
+fn explain(msg: &str) -> Option<String> {
+    if let Some(rest) = msg
+        .strip_prefix("File ")
+        .filter(|_| msg.contains("has bad size"))
+    {
+        let file = rest.split(" has bad size").next().unwrap_or(rest);
+        return Some(format!(
+            "file {file} changed size since the checkpoint (it must be the same at restore)"
+        ));
+    }
+    if msg.contains("Can't lookup mount") {
+        return Some(format!(
+            "{msg} (the workload holds a file outside the container's mounts)"
+        ));
+    }
+    if msg.contains("Can't fork for") && msg.contains("File exists") {
+        return Some(format!("{msg} (a pid the workload needs is taken)"));
+    }
+    if msg.contains("External socket is used")
+        || msg.contains("Can't dump half of stream unix connection")
+    {
+        return Some(format!(
+            "{msg} (the workload holds a unix socket connected outside the container)"
+        ));
+    }
+    None
+}
+
+/// True when the log says a write failed for lack of space.
+pub fn log_says_no_space(log: &Path) -> bool {
+    fs::read_to_string(log)
+        .map(|t| t.contains("No space left on device") || t.contains("ENOSPC"))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_drop_noise_and_explain() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("restore.log");
+        fs::write(
+            &log,
+            "(00.01) Error (criu/util.c:1533): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n\
+             (00.02) Info  something\n\
+             (00.03) Error (criu/files-reg.c:2192): File /tmp/data.bin has bad size 10 (expect 20)\n\
+             (00.04) Error (criu/cr-restore.c:2320): Restoring FAILED.\n",
+        )
+        .unwrap();
+        let r = failure_reasons(&log);
+        assert_eq!(r.len(), 2, "{r:?}");
+        assert!(
+            r[0].contains("/tmp/data.bin changed size since the checkpoint"),
+            "{r:?}"
+        );
+        assert_eq!(r[1], "Restoring FAILED.");
+    }
+}

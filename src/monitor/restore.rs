@@ -1,0 +1,206 @@
+//! Restores, driven by the monitor: `criu restore --root` with the carried-in mounts bound back
+//! from the host, `--restore-detached --restore-sibling` so the restored init is the monitor's
+//! child, then the same link to init as for a new container: the control socket, the stdio of
+//! the workload and of every session come back with the container, and the monitor takes
+//! duplicates of them. Attached clients keep their pipes: their output simply continues.
+//!
+//! Before CRIU runs, the state says `restoring` and names CRIU's pidfile, and CRIU holds the
+//! workload lock: a monitor killed mid-restore leaves a trail the next command follows to the
+//! restored container (adopting it), never a second copy.
+
+use super::lifecycle::Ev;
+use super::{diag, err_reply, Monitor};
+use crate::criu;
+use crate::exit::CODE_STASIS_ERROR;
+use crate::protocol::{Reply, RestoreOpts};
+use crate::store::events::Event as HistEvent;
+use crate::store::generations::{self, Manifest};
+use crate::store::state::Status;
+use crate::sys;
+use std::path::PathBuf;
+use std::time::Instant;
+
+impl Monitor {
+    /// `stasis restore`: brings the workload back from a generation. Errors leave the
+    /// generation and the workload's state as they were, so it can be tried again.
+    pub(crate) async fn restore(
+        &mut self,
+        opts: RestoreOpts,
+        count_it: bool,
+    ) -> Result<Reply, Reply> {
+        let gen = generations::pick(&self.wd, opts.generation)
+            .map_err(|e| err_reply(CODE_STASIS_ERROR, e.to_string()))?;
+        let number = gen.number;
+        let manifest = gen.verify(self.wd.name.as_str()).map_err(|e| {
+            self.event(HistEvent::new("restore-failed", e.to_string()).generation(number));
+            err_reply(
+                CODE_STASIS_ERROR,
+                format!("restore of {} refused: {e}", self.wd.name),
+            )
+        })?;
+        self.restore_images(gen.dir.clone(), manifest, opts, number, count_it)
+            .await
+    }
+
+    /// Restores from a directory of images described by `manifest`.
+    pub(crate) async fn restore_images(
+        &mut self,
+        dir: PathBuf,
+        manifest: Manifest,
+        opts: RestoreOpts,
+        number: u32,
+        count_it: bool,
+    ) -> Result<Reply, Reply> {
+        let criu = self.criu(opts.criu.as_ref()).await?;
+        self.prepare_cgroup().map_err(|(c, m)| err_reply(c, m))?;
+        let pidfile = self.wd.restore_pidfile();
+        let _ = std::fs::remove_file(&pidfile);
+        let log = self.criu_log("restore", number);
+        let ropts = criu::RestoreOpts {
+            images: dir.clone(),
+            log: log.clone(),
+            pidfile: pidfile.clone(),
+            root: manifest.root.clone(),
+            ext_mounts: manifest
+                .mounts
+                .iter()
+                .map(|m| (m.key.clone(), m.host.clone()))
+                .collect(),
+            cgroup_args: self.cgroup.criu_restore_args(),
+            flags: manifest.criu.clone(),
+        };
+        let was = self.st.status;
+        self.st.status = Status::Restoring;
+        self.st.restoring_since = Some(crate::store::state::now_ms());
+        self.save();
+        let t0 = Instant::now();
+        let run = self.run_criu(&criu, &ropts.argv(), &[], None, true).await;
+        if let Err(status) = run {
+            let reasons = criu::failure_reasons(&log);
+            let mut why = format!(
+                "criu restore {status}: {} (log: {})",
+                reasons.join("; "),
+                log.display()
+            );
+            if manifest.leave_running && reasons.iter().any(|r| r.contains("changed size")) {
+                why.push_str(&format!(
+                    "; generation {number} was taken with --leave-running and the job's files moved on after it"
+                ));
+            }
+            diag(&format!("restore of generation {number} failed: {why}"));
+            self.event(HistEvent::new("restore-failed", why.clone()).generation(number));
+            self.st.status = was;
+            self.st.restoring_since = None;
+            self.save();
+            self.go(Ev::RestoreFailed);
+            return Err(err_reply(
+                CODE_STASIS_ERROR,
+                format!(
+                    "restore of {} from generation {number} failed: {why}",
+                    self.wd.name
+                ),
+            ));
+        }
+        let restore_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let pid = self.restored_pid(&pidfile).map_err(|e| {
+            err_reply(
+                CODE_STASIS_ERROR,
+                format!("restore of {}: {e}", self.wd.name),
+            )
+        })?;
+        let _ = std::fs::remove_file(&pidfile);
+        let pidfd = sys::pidfd_open(pid)
+            .map_err(|e| err_reply(CODE_STASIS_ERROR, format!("restored init (pid {pid}): {e}")))?;
+        let procs = self
+            .take_container(pid, pidfd, true)
+            .await
+            .map_err(|(c, m)| err_reply(c, m))?;
+        let problems = self.take_sessions(&procs);
+        for p in &problems {
+            diag(p);
+            self.event(HistEvent::new("session-lost", p.clone()).generation(number));
+        }
+        let newest = generations::list(&self.wd)
+            .last()
+            .map(|g| g.number)
+            .unwrap_or(number);
+        if let Some(l) = self.log.borrow_mut().as_mut() {
+            let text = if number < newest || manifest.log_offset < l.offset() {
+                format!("restored from generation {number}: output after log offset {} came from a run that was rolled back", manifest.log_offset)
+            } else {
+                format!("restored from generation {number}")
+            };
+            if l.marker(&text).is_err() {
+                self.log_dropped
+                    .set(self.log_dropped.get() + text.len() as u64);
+            }
+        }
+        self.st.status = Status::Running;
+        self.st.restoring_since = None;
+        self.st.init = self.live.as_ref().map(|l| l.init);
+        self.st.exit = None;
+        self.st.finished_at = None;
+        self.st.stop_requested = false;
+        self.st.generation = Some(number);
+        if count_it {
+            self.st.restores += 1;
+        }
+        self.st.note = None;
+        self.user_kill = None;
+        self.winsize = self.winsize.or(manifest.winsize);
+        self.save();
+        self.go(Ev::Restored);
+        let reason = if opts.reason.is_empty() {
+            "user".to_string()
+        } else {
+            opts.reason.clone()
+        };
+        self.event(HistEvent::new("restore", reason).generation(number));
+        self.policy_started();
+        diag(&format!(
+            "restored generation {number} in {restore_ms:.1} ms: init pid {pid}"
+        ));
+        self.notice(&format!(
+            "{} restored from generation {number}",
+            self.wd.name
+        ));
+        Ok(Reply::Restored {
+            generation: number,
+            pid,
+        })
+    }
+
+    /// The restored init's pid: from CRIU's pidfile, else (unreadable) the one child of ours
+    /// that runs an init copy. Never a made-up pid: a tree we cannot find is an error.
+    fn restored_pid(&self, pidfile: &std::path::Path) -> Result<i32, String> {
+        let read = std::fs::read_to_string(pidfile)
+            .map_err(|e| format!("read CRIU's pidfile {}: {e}", pidfile.display()))
+            .and_then(|s| {
+                s.trim()
+                    .parse::<i32>()
+                    .map_err(|_| format!("CRIU's pidfile {} holds {s:?}", pidfile.display()))
+            });
+        match read {
+            Ok(p) if p > 0 => Ok(p),
+            Ok(p) => Err(format!("CRIU's pidfile names pid {p}")),
+            Err(why) => {
+                let me = std::process::id() as i32;
+                let kids = crate::container::tree::pids(me);
+                let found: Vec<i32> = kids
+                    .into_iter()
+                    .skip(1)
+                    .filter(|p| crate::store::init_copies::runs_init(*p))
+                    .collect();
+                match found.as_slice() {
+                    [one] => {
+                        diag(&format!("{why}; found the restored init as pid {one}"));
+                        Ok(*one)
+                    }
+                    _ => Err(format!(
+                        "{why}, and no single restored init among our children"
+                    )),
+                }
+            }
+        }
+    }
+}
