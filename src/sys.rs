@@ -132,6 +132,22 @@ pub fn sigpipe(ignore: bool) {
     unsafe { libc::signal(libc::SIGPIPE, h) };
 }
 
+/// Ends the process by `sig` with its default action (the way `yes` ends when its reader
+/// closes the pipe: the shell sees 128+sig and no message).
+pub fn die_of(sig: i32) -> ! {
+    // SAFETY: restores the default action and unblocks the signal, then raises it; nothing of
+    // ours runs in between.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(sig);
+    }
+    exit_now(128 + sig)
+}
+
 /// `pidfd_send_signal(pidfd, sig)`: signals exactly the process the pidfd refers to, even if
 /// its pid has since been reused.
 pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> io::Result<()> {

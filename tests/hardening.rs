@@ -158,3 +158,208 @@ fn item_02_import_writes_nothing_outside_the_store() {
         env.status("copy") == "running"
     });
 }
+
+/// Item 3: with stdout and stderr one file description (`> f 2>&1`), every line of `run` and
+/// `exec` reaches the file, in the order it was written, every time.
+#[test]
+fn item_03_one_file_for_stdout_and_stderr_keeps_every_line_in_order() {
+    let env = Env::new();
+    env.ok(&["run", "-d", "--name", "box", "--", "sleep", "100000"]);
+    let out = env.root().join("f");
+    let bin = bin();
+    let root = env.root().to_str().expect("utf-8").to_string();
+    let script = format!(
+        "for i in $(seq 1000); do {{ echo first; '{b}' --root '{root}' run --rm -- sh -c 'echo a; echo b >&2; echo c; echo d >&2'; echo after; }} >> '{f}' 2>&1; done; \
+         for i in $(seq 200); do {{ echo first; '{b}' --root '{root}' exec box -- sh -c 'echo a; echo b >&2; echo c; echo d >&2'; echo after; }} >> '{f}' 2>&1; done",
+        b = bin.display(),
+        f = out.display()
+    );
+    let o = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .expect("sh");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&out).expect("read f");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1200 * 6, "lines lost");
+    for (i, chunk) in lines.chunks(6).enumerate() {
+        assert_eq!(
+            chunk,
+            ["first", "a", "b", "c", "d", "after"],
+            "round {i} out of order or lost"
+        );
+    }
+}
+
+/// Item 4: `run -- yes | head -1` ends like `yes | head -1` does: 141, at once, and the job
+/// with it (its log does not grow on).
+#[test]
+fn item_04_a_closed_reader_ends_the_client_with_141() {
+    let env = Env::new();
+    let bin = bin();
+    let root = env.root().to_str().expect("utf-8").to_string();
+    for (what, cmd) in [
+        (
+            "run",
+            format!("'{}' --root '{root}' run --name y -- yes", bin.display()),
+        ),
+        (
+            "exec",
+            format!("'{}' --root '{root}' exec box -- yes", bin.display()),
+        ),
+    ] {
+        if what == "exec" {
+            env.ok(&["run", "-d", "--name", "box", "--", "sleep", "100000"]);
+        }
+        let t0 = std::time::Instant::now();
+        let o = std::process::Command::new("bash")
+            .args([
+                "-c",
+                &format!("{cmd} | head -1; echo ${{PIPESTATUS[0]}} >&2"),
+            ])
+            .output()
+            .expect("bash");
+        assert_eq!(stdout(&o), "y\n", "{what}");
+        assert_eq!(stderr(&o).trim(), "141", "{what}: {}", stderr(&o));
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "{what} took {:?}",
+            t0.elapsed()
+        );
+    }
+    // the job got SIGPIPE too
+    env.wait_status("y", "exited");
+    assert_eq!(env.inspect("y")["state"]["exit"]["code"], 141);
+}
+
+/// Item 6: CLI output into a closed pipe ends the CLI quietly (SIGPIPE), never a panic.
+#[test]
+fn item_06_output_into_a_closed_pipe_is_quiet() {
+    let env = Env::new();
+    for i in 0..3 {
+        env.ok(&[
+            "run",
+            "-d",
+            "--name",
+            &format!("p{i}"),
+            "--",
+            "sleep",
+            "1000",
+        ]);
+    }
+    let (r, w) = nix::unistd::pipe().expect("pipe");
+    drop(r);
+    let o = env
+        .cmd(&["ps", "-a"])
+        .stdout(std::process::Stdio::from(w))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("ps");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(o.status.signal(), Some(libc::SIGPIPE), "{:?}", o.status);
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+}
+
+/// Item 5: a stopped client (Ctrl-Z, SIGSTOP) never holds back the job or its log; once it
+/// runs again it gets every byte, from the log where it fell behind.
+#[test]
+fn item_05_a_stopped_client_never_holds_back_the_job() {
+    let env = Env::new();
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "fast",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 400000 ]; do echo $i; i=$((i+1)); done; sleep 1000",
+    ]);
+    let mut client = env
+        .cmd(&["attach", "--no-stdin", "fast"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("attach");
+    let pid = nix::unistd::Pid::from_raw(client.id() as i32);
+    // read the client's output as it comes (the client, not this reader, will be stopped)
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut out = client.stdout.take().expect("stdout");
+    let sink = got.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = std::io::Read::read(&mut out, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().expect("lock").extend_from_slice(&buf[..n]);
+        }
+    });
+    env.wait_until("the client to be attached", Duration::from_secs(20), || {
+        !got.lock().expect("lock").is_empty()
+    });
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("stop the client");
+    // the job writes 400000 lines (2.6 MB, far more than any pipe holds) and its log has them
+    env.wait_until(
+        "the job to finish writing with its client stopped",
+        Duration::from_secs(60),
+        || counter_values(&env.logs("fast")).last() == Some(&399_999),
+    );
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("resume the client");
+    env.ok(&["stop", "-t", "0", "fast"]);
+    let status = wait_output(client, Duration::from_secs(60), "attach").status;
+    assert_eq!(status.code(), Some(143), "{status:?}");
+    reader.join().expect("reader");
+    let vals = counter_values(&got.lock().expect("lock"));
+    // it attached somewhere in the stream: from there on, nothing is missing
+    let first = *vals.first().expect("the client got output");
+    let want: Vec<u64> = (first..400_000).collect();
+    assert_eq!(vals, want, "the client lost or reordered output");
+}
+
+/// Item 10: a job that writes survives its monitor's SIGKILL: it waits on its pipe instead of
+/// dying of SIGPIPE, the next command adopts it, and its log goes on without a gap.
+#[test]
+fn item_10_a_writing_job_survives_its_monitors_death() {
+    let env = Env::new();
+    env.ok(&["run", "-d", "--name", "w", "--", "sh", "-c", COUNTER]);
+    env.wait_until("output", Duration::from_secs(20), || {
+        counter_values(&env.logs("w")).len() > 5
+    });
+    let monitor = env.inspect("w")["state"]["monitor"]["pid"]
+        .as_i64()
+        .expect("monitor pid") as i32;
+    let init = env.init_pid("w");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the monitor");
+    env.wait_until("the monitor to be gone", Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/proc/{monitor}")).exists()
+            || stasis::sys::proc_state(monitor) == Some('Z')
+    });
+    // the job goes on writing into the pipes init keeps
+    let before = std::fs::metadata(format!("/proc/{init}")).is_ok();
+    assert!(before, "the job died with its monitor");
+    // any command that touches it adopts it
+    let st = env.inspect("w");
+    assert_eq!(st["state"]["status"], "running");
+    assert_eq!(st["state"]["init"]["pid"], init);
+    assert!(st["monitor_alive"].as_bool().unwrap_or(false), "{st}");
+    let n = counter_values(&env.logs("w")).len();
+    env.wait_until(
+        "the log to grow under the new monitor",
+        Duration::from_secs(20),
+        || counter_values(&env.logs("w")).len() > n + 10,
+    );
+    assert_counter_continuous(&counter_values(&env.logs("w")));
+    // the new monitor checkpoints and restores it like the old one
+    env.ok(&["checkpoint", "w"]);
+    env.ok(&["restore", "w"]);
+    let n = counter_values(&env.logs("w")).len();
+    env.wait_until("output after the restore", Duration::from_secs(20), || {
+        counter_values(&env.logs("w")).len() > n + 5
+    });
+    assert_counter_continuous(&counter_values(&env.logs("w")));
+}

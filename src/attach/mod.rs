@@ -89,6 +89,10 @@ pub struct AttachOpts {
     pub session: Option<crate::store::sessions::SessionId>,
     /// Name of the workload, for messages.
     pub name: String,
+    /// This client started the workload or session (`run` in the foreground, `exec`): when
+    /// its reader goes away (`| head -1`), the process it started gets SIGPIPE, as a remote
+    /// command does when an ssh client's output is closed.
+    pub owner: bool,
 }
 
 /// How an attached session ended.
@@ -98,6 +102,9 @@ pub enum Outcome {
     Ended(Reply),
     /// The user detached.
     Detached,
+    /// Whoever read our output went away (a closed pipe): the caller should end the way a
+    /// Unix filter does then, by SIGPIPE.
+    ReaderGone,
 }
 
 /// The AttachSpec and the far ends of fresh relay pipes for it, plus our near ends.
@@ -219,12 +226,14 @@ pub fn copy_fd(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> io::Result<u64> {
     }
 }
 
-fn spawn_copy(from: OwnedFd, to: RawFd) -> JoinHandle<()> {
+/// Relays `from` to our fd `to`; a closed reader on `to` (EPIPE) is reported on `wake`.
+fn spawn_copy(from: OwnedFd, to: RawFd, wake: Arc<OwnedFd>) -> JoinHandle<()> {
     std::thread::spawn(move || {
-        // SAFETY-free: fd `to` is one of our stdio fds, open for the process's life.
-        let to = dup_stdio(to);
-        if let Ok(to) = to {
-            let _ = copy_fd(from.as_fd(), to.as_fd());
+        let Ok(to) = dup_stdio(to) else { return };
+        if let Err(e) = copy_fd(from.as_fd(), to.as_fd()) {
+            if e.raw_os_error() == Some(libc::EPIPE) {
+                let _ = nix::unistd::write(&*wake, b"p");
+            }
         }
     })
 }
@@ -294,11 +303,11 @@ pub fn attach(
     protocol::send(conn.as_fd(), first, &far)?;
     drop(relays.far);
     let raw = RawMode::enter(o.tty);
-    let out_t = spawn_copy(relays.out_r, 1);
-    let err_t = relays.err_r.map(|e| spawn_copy(e, 2));
     let (wake_r, wake_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
     let wake_w = Arc::new(wake_w);
+    let out_t = spawn_copy(relays.out_r, 1, wake_w.clone());
+    let err_t = relays.err_r.map(|e| spawn_copy(e, 2, wake_w.clone()));
     if let Some(w) = relays.stdin_w {
         let keys = o.detach_keys.clone();
         let tty = o.tty;
@@ -337,6 +346,24 @@ pub fn attach(
             (r(0), r(1), r(2))
         };
         if wake_ready {
+            let mut why = [0u8; 1];
+            let _ = nix::unistd::read(&wake_r, &mut why);
+            if why[0] == b'p' {
+                if o.owner {
+                    let _ = protocol::send(
+                        conn.as_fd(),
+                        &Request::Signal {
+                            sig: libc::SIGPIPE,
+                            session: session.clone(),
+                        },
+                        &[],
+                    );
+                } else {
+                    let _ = protocol::send(conn.as_fd(), &Request::Detach, &[]);
+                }
+                drop(raw);
+                return Ok(Outcome::ReaderGone);
+            }
             let _ = protocol::send(conn.as_fd(), &Request::Detach, &[]);
             drop(raw);
             return Ok(Outcome::Detached);

@@ -70,6 +70,7 @@ pub fn attach(root: &StateRoot, a: AttachArgs) -> Result<i32, Failure> {
         detach_keys: if spec.tty { keys } else { vec![] },
         session: None,
         name: a.name.to_string(),
+        owner: false,
     };
     let relays = attach::relays(&opts)?;
     let first = Request::Attach {
@@ -82,6 +83,7 @@ pub fn attach(root: &StateRoot, a: AttachArgs) -> Result<i32, Failure> {
             eprintln!("stasis: detached from {}", a.name);
             Ok(0)
         }
+        Outcome::ReaderGone => stasis::sys::die_of(libc::SIGPIPE),
     }
 }
 
@@ -124,6 +126,59 @@ pub fn rm(root: &StateRoot, a: RmArgs) -> Result<i32, Failure> {
             }
             Err(e) => {
                 eprintln!("stasis: {n}: {e}");
+                failed = Some(e.code());
+            }
+        }
+    }
+    match failed {
+        Some(code) => Err(Failure {
+            code,
+            message: String::new(),
+        }),
+        None => Ok(0),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct AdoptArgs {
+    /// Take over from a live monitor too (an older stasis after an upgrade): it hands the
+    /// workload over and exits; the workload runs on.
+    #[arg(long)]
+    pub replace: bool,
+    /// Every running workload whose monitor is gone (with --replace: every running one).
+    #[arg(long)]
+    pub all: bool,
+    /// The workloads.
+    pub names: Vec<WorkloadName>,
+}
+
+pub fn adopt(root: &StateRoot, a: AdoptArgs) -> Result<i32, Failure> {
+    let names: Vec<WorkloadName> = if a.all {
+        api::list(root)
+            .into_iter()
+            .filter_map(|(n, o)| {
+                o.ok()
+                    .filter(|o| {
+                        o.orphaned()
+                            || (a.replace
+                                && o.monitor_alive
+                                && o.state.status == state::Status::Running)
+                    })
+                    .map(|_| n)
+            })
+            .collect()
+    } else {
+        a.names.clone()
+    };
+    if names.is_empty() && !a.all {
+        return Err(usage("adopt needs a workload name (or --all)"));
+    }
+    let mut failed = None;
+    for n in names {
+        match api::adopt(root, &n, a.replace) {
+            Ok(_) => println!("{n}"),
+            Err(e) => {
+                eprintln!("stasis: {e}");
                 failed = Some(e.code());
             }
         }

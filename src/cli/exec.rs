@@ -75,6 +75,7 @@ fn end(o: Outcome, name: &str) -> Result<i32, Failure> {
             eprintln!("stasis: detached from a session of {name}");
             Ok(0)
         }
+        Outcome::ReaderGone => stasis::sys::die_of(libc::SIGPIPE),
     }
 }
 
@@ -127,6 +128,7 @@ pub fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32, Failure> {
             detach_keys: if tty { keys } else { vec![] },
             session: Some(id.clone()),
             name: a.name.to_string(),
+            owner: false,
         };
         let relays = attach::relays(&opts)?;
         let first = Request::ExecAttach {
@@ -192,6 +194,7 @@ pub fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32, Failure> {
         detach_keys: if tty { keys } else { vec![] },
         session: None,
         name: a.name.to_string(),
+        owner: true,
     };
     let mut relays = attach::relays(&opts)?;
     for fd in &extra {

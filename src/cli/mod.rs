@@ -60,6 +60,9 @@ pub enum Cmd {
     Events(query::InspectArgs),
     /// Check what stasis needs from this host.
     Check,
+    /// Take over running workloads whose monitor is gone (or, with --replace, hand them from
+    /// their monitor to this version of stasis).
+    Adopt(control::AdoptArgs),
 }
 
 /// `--format`.
@@ -121,6 +124,9 @@ pub fn usage(msg: impl Into<String>) -> Failure {
 
 /// Runs the CLI; returns the process exit code.
 pub fn main() -> i32 {
+    // Output into a closed pipe (`stasis ps | head -1`) ends the CLI quietly, as it ends any
+    // Unix filter; the attach relays handle EPIPE themselves.
+    stasis::sys::sigpipe(false);
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -166,6 +172,7 @@ pub fn main() -> i32 {
         Cmd::Checkpoints(a) => query::checkpoints(&root, a),
         Cmd::Events(a) => query::events(&root, a),
         Cmd::Check => query::check(&root),
+        Cmd::Adopt(a) => control::adopt(&root, a),
     };
     match r {
         Ok(code) => code,

@@ -196,6 +196,7 @@ pub fn run(root: &StateRoot, a: RunArgs) -> Result<i32, Failure> {
         detach_keys: if tty { keys } else { vec![] },
         session: None,
         name: wd.name.to_string(),
+        owner: true,
     };
     let relays = attach::relays(&opts)?;
     let first = Request::Start {
@@ -216,5 +217,6 @@ pub fn run(root: &StateRoot, a: RunArgs) -> Result<i32, Failure> {
             eprintln!("stasis: detached from {}", wd.name);
             Ok(0)
         }
+        Outcome::ReaderGone => stasis::sys::die_of(libc::SIGPIPE),
     }
 }

@@ -62,6 +62,8 @@ impl Monitor {
         if main.is_none() {
             return Err("its init reports no workload".into());
         }
+        // An interrupted restore's pidfile led here: it has served.
+        let _ = std::fs::remove_file(self.wd.restore_pidfile());
         if let Some(l) = self.log.borrow_mut().as_mut() {
             let _ = l.marker("adopted by a new monitor: the output continues");
         }

@@ -397,6 +397,15 @@ pub struct Observed {
     pub monitor_alive: bool,
 }
 
+impl Observed {
+    /// Its container runs but no monitor supervises it: a new monitor can adopt it.
+    pub fn orphaned(&self) -> bool {
+        !self.monitor_alive
+            && self.state.status == Status::Running
+            && self.state.init.is_some_and(|i| i.alive())
+    }
+}
+
 /// Reads a workload's state and reconciles it with reality: when no monitor holds the lock,
 /// a `running` workload is checked by pid and start time; what died is recorded (so the next
 /// reader sees it too), and nothing is dropped.
@@ -426,9 +435,14 @@ pub fn observe(wd: &WorkloadDir) -> Result<Observed, StateError> {
         });
     };
     let mut st = load()?;
-    let changed = reconcile_dead_monitor(&mut st);
+    let restored = (st.status == Status::Restoring)
+        .then(|| restored_init(wd))
+        .flatten();
+    let changed = reconcile_dead_monitor(&mut st, restored);
+    // A reader reports what it found even when it cannot record it (a full disk): the next
+    // reader reconciles again.
     if changed {
-        wd.save(&st)?;
+        let _ = wd.save(&st);
     }
     Ok(Observed {
         state: st,
@@ -436,15 +450,50 @@ pub fn observe(wd: &WorkloadDir) -> Result<Observed, StateError> {
     })
 }
 
-/// Adjusts `st` for a monitor that is gone; returns true if anything changed.
-pub fn reconcile_dead_monitor(st: &mut WorkloadState) -> bool {
+/// The init a restore interrupted by its monitor's death left running: CRIU's pidfile names
+/// it (the lock, which CRIU held, is free again, so CRIU is done).
+fn restored_init(wd: &WorkloadDir) -> Option<ProcRef> {
+    let pid: i32 = fs::read_to_string(wd.restore_pidfile())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    crate::store::init_copies::runs_init(pid)
+        .then(|| ProcRef::of(pid))
+        .flatten()
+}
+
+/// Adjusts `st` for a monitor that is gone; returns true if anything changed. `restored` is
+/// the container an interrupted restore left running, if any.
+pub fn reconcile_dead_monitor(st: &mut WorkloadState, restored: Option<ProcRef>) -> bool {
     const LOST: &str = "monitor lost";
+    if st.status == Status::Restoring {
+        st.restoring_since = None;
+        st.monitor = None;
+        match restored {
+            Some(init) => {
+                st.status = Status::Running;
+                st.init = Some(init);
+                st.exit = None;
+                st.note = Some(format!(
+                    "{LOST} during a restore: the restored workload runs as pid {} without supervision",
+                    init.pid
+                ));
+            }
+            None => {
+                // CRIU finished without a restored tree: the generations are as they were.
+                st.status = Status::Checkpointed;
+                st.note = Some(format!("{LOST} during a restore, which did not complete"));
+            }
+        }
+        return true;
+    }
     match st.status {
         Status::Running | Status::Restoring => {
             match st.init {
                 Some(init) if init.alive() => {
                     let note = format!(
-                        "{LOST}: the workload still runs as pid {} but nothing supervises it",
+                        "{LOST}: the workload still runs as pid {} without supervision",
                         init.pid
                     );
                     if st.note.as_deref() != Some(note.as_str()) {
@@ -579,7 +628,7 @@ mod tests {
             pid: i32::MAX,
             start_time: 1,
         });
-        assert!(reconcile_dead_monitor(&mut st));
+        assert!(reconcile_dead_monitor(&mut st, None));
         assert_eq!(st.status, Status::Exited);
         let exit = st.exit.unwrap();
         assert_eq!(exit.status, None);
@@ -591,18 +640,36 @@ mod tests {
         let mut st = WorkloadState::new(&crate::store::name::n("a"));
         st.status = Status::Running;
         st.init = ProcRef::of(std::process::id() as i32);
-        assert!(reconcile_dead_monitor(&mut st));
+        assert!(reconcile_dead_monitor(&mut st, None));
         assert_eq!(st.status, Status::Running);
         assert!(st.note.as_deref().unwrap().contains("monitor lost"));
         // a second look changes nothing
-        assert!(!reconcile_dead_monitor(&mut st));
+        assert!(!reconcile_dead_monitor(&mut st, None));
+    }
+
+    #[test]
+    fn an_interrupted_restore_is_found_or_rolled_back() {
+        // item 7: the monitor died while CRIU restored; CRIU's pidfile names the new init
+        let mut st = WorkloadState::new(&crate::store::name::n("a"));
+        st.status = Status::Restoring;
+        st.restoring_since = Some(1);
+        let me = ProcRef::of(std::process::id() as i32);
+        assert!(reconcile_dead_monitor(&mut st, me));
+        assert_eq!(st.status, Status::Running);
+        assert_eq!(st.init, me);
+        assert!(st.note.as_deref().unwrap().contains("during a restore"));
+        // no restored tree: back to checkpointed, nothing lost
+        let mut st = WorkloadState::new(&crate::store::name::n("a"));
+        st.status = Status::Restoring;
+        assert!(reconcile_dead_monitor(&mut st, None));
+        assert_eq!(st.status, Status::Checkpointed);
     }
 
     #[test]
     fn checkpointed_survives_a_dead_monitor() {
         let mut st = WorkloadState::new(&crate::store::name::n("a"));
         st.status = Status::Checkpointed;
-        reconcile_dead_monitor(&mut st);
+        reconcile_dead_monitor(&mut st, None);
         assert_eq!(st.status, Status::Checkpointed);
     }
 
