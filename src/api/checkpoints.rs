@@ -114,10 +114,15 @@ pub fn import(
             let dst = wd.checkpoints().join(gen.to_string());
             std::fs::rename(&imp.images, &dst)
                 .map_err(io_err(format!("move images to {}", dst.display())))?;
-            if let Some(log) = &imp.log {
-                std::fs::rename(log, wd.log_path())
-                    .map_err(io_err(format!("move log to {}", wd.log_path().display())))?;
+            // The segments keep their global offsets; the monitor starts a fresh current one
+            // where the last ends.
+            for (start, part) in &imp.log {
+                let dst = wd.dir.join(format!("log.{start}"));
+                std::fs::rename(part, &dst)
+                    .map_err(io_err(format!("move log to {}", dst.display())))?;
             }
+            std::fs::File::create(wd.log_path())
+                .map_err(io_err(format!("create {}", wd.log_path().display())))?;
             let mut st = WorkloadState::new(&name);
             st.status = Status::Checkpointed;
             st.generation = Some(gen);

@@ -65,7 +65,13 @@ pub fn generations(wd: &WorkloadDir) -> Vec<GenerationInfo> {
 /// Everything about one workload.
 pub fn inspect(root: &StateRoot, name: &WorkloadName) -> Result<Inspect, ApiError> {
     let wd = root.workload(name);
-    let o = supervised(root, name)?;
+    let mut o = supervised(root, name)?;
+    // A live monitor knows more than state.json can say (on a full disk it cannot say it).
+    if o.monitor_alive {
+        if let Ok(Reply::Status { state }) = call(root, name, &Request::Status) {
+            o.state = *state;
+        }
+    }
     let spec = load_spec(&wd)?;
     Ok(Inspect {
         name: name.clone(),

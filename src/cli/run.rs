@@ -95,6 +95,12 @@ pub struct RunArgs {
     /// What a host shutdown does to it.
     #[arg(long = "on-shutdown", value_enum)]
     pub on_shutdown: Option<ShutdownAction>,
+    /// Rotate the log when it reaches SIZE (64m by default).
+    #[arg(long = "log-max-size", value_name = "SIZE", value_parser = |s: &str| ByteSize::parse(s))]
+    pub log_max_size: Option<ByteSize>,
+    /// Rotated log files to keep besides the current one (4 by default).
+    #[arg(long = "log-max-files", value_name = "N")]
+    pub log_max_files: Option<u32>,
     /// Keys that detach the client (with -t): ctrl-p,ctrl-q by default.
     #[arg(long = "detach-keys", value_name = "KEYS")]
     pub detach_keys: Option<String>,
@@ -153,6 +159,8 @@ pub fn build_spec(a: &RunArgs) -> Result<Spec, Failure> {
         on_exit_policy: a.on_exit,
         max_attempts: a.max_attempts,
         on_shutdown: a.on_shutdown,
+        log_max_size: a.log_max_size,
+        log_max_files: a.log_max_files,
     })
     .map_err(|e| usage(e.to_string()))?;
     if let Some(r) = &spec.rootfs {

@@ -157,6 +157,12 @@ pub(crate) enum Event {
     StdinEnded {
         session: Option<SessionId>,
     },
+    /// Writing the log started failing (a full disk): output is counted as dropped.
+    LogFailing {
+        why: String,
+    },
+    /// Writing the log works again after failures.
+    LogRecovered,
 }
 
 /// The running container.
@@ -240,7 +246,7 @@ async fn main(l: Launch) -> i32 {
             }
         }
     };
-    let log = match LogWriter::open(&wd.log_path()) {
+    let log = match LogWriter::open_rotating(&wd.log_path(), spec.log) {
         Ok(l) => l,
         Err(e) => {
             diag(&format!("open log: {e}"));
@@ -260,6 +266,7 @@ async fn main(l: Launch) -> i32 {
     }
     let cgroup = Cgroup::for_workload(&l.root.key(), l.name.as_str());
     let (stdin_tx, _) = watch::channel(None);
+    let dropped_before = st.log_dropped;
     let mut m = Monitor {
         root: l.root.clone(),
         wd: wd.clone(),
@@ -268,7 +275,7 @@ async fn main(l: Launch) -> i32 {
         lock: l.lock,
         phase: Phase::New,
         log: Rc::new(RefCell::new(Some(log))),
-        log_dropped: Rc::new(Cell::new(0)),
+        log_dropped: Rc::new(Cell::new(dropped_before)),
         cgroup,
         reaper,
         tx,
@@ -422,6 +429,7 @@ impl Monitor {
     /// Writes state.json. A failure (a full disk) is logged; the in-memory state stays the
     /// truth the monitor acts on, and the next save retries.
     pub fn save(&mut self) {
+        self.st.log_dropped = self.log_dropped.get();
         if let Err(e) = self.wd.save(&self.st) {
             diag(&format!("save state: {e}"));
         }
@@ -477,6 +485,25 @@ impl Monitor {
             Event::SessionPersist { id } => self.session_persist(&id),
             Event::PolicyDue => self.policy_due().await,
             Event::StdinEnded { session } => self.close_stdin(session).await,
+            Event::LogFailing { why } => {
+                diag(&format!("log writes fail: {why}"));
+                self.event(HistEvent::new(
+                    "log-failing",
+                    format!(
+                        "output cannot be written to the log ({why}); it is counted in `inspect`"
+                    ),
+                ));
+                self.save();
+            }
+            Event::LogRecovered => {
+                let n = self.log_dropped.get();
+                diag(&format!("log writes work again; {n} bytes dropped so far"));
+                self.event(HistEvent::new(
+                    "log-dropped",
+                    format!("{n} bytes of output could not be written to the log"),
+                ));
+                self.save();
+            }
         }
     }
 
@@ -619,6 +646,13 @@ impl Monitor {
                 self.attached.remove(&cid);
                 self.detach_sessions_of(cid);
                 self.reply(cid, Reply::Ok);
+            }
+            Request::Status => {
+                self.st.log_dropped = self.log_dropped.get();
+                let r = Reply::Status {
+                    state: Box::new(self.st.clone()),
+                };
+                self.reply(cid, r);
             }
             Request::Shutdown => {
                 let r = match admitted(self, Op::Shutdown) {

@@ -59,8 +59,8 @@ impl Session {
         }
     }
 
-    /// From now on output goes to the session's log.
-    pub fn detach_to_log(&mut self, wd: &WorkloadDir) {
+    /// From now on output goes to the session's log (rotated like the workload's).
+    pub fn detach_to_log(&mut self, wd: &WorkloadDir, rotation: &crate::store::log::Rotation) {
         self.client = None;
         self.out_sinks.borrow_mut().clear();
         self.err_sinks.borrow_mut().clear();
@@ -68,7 +68,7 @@ impl Session {
             if let Err(e) = crate::store::atomic::mkdir_p(&wd.exec_dir(), 0o700) {
                 diag(&format!("session {} log: {e}", self.rec.id));
             }
-            match LogWriter::open(&sessions::log_path(wd, &self.rec.id)) {
+            match LogWriter::open_rotating(&sessions::log_path(wd, &self.rec.id), *rotation) {
                 Ok(l) => *self.log.borrow_mut() = Some(l),
                 Err(e) => diag(&format!("session {} log: {e}", self.rec.id)),
             }
@@ -226,10 +226,10 @@ impl Monitor {
         }
         let mut s = Session::new(rec);
         if req.detach {
-            s.detach_to_log(&self.wd);
+            s.detach_to_log(&self.wd, &self.spec.log);
         } else if let Err(e) = s.attach(cid, &req.attach, got, self.gate.clone(), self.tx.clone()) {
             diag(&format!("session {id}: {e}"));
-            s.detach_to_log(&self.wd);
+            s.detach_to_log(&self.wd, &self.spec.log);
         }
         if let Err(e) = self.resume_session_stdio(&mut s, &kept, Some(attached)) {
             diag(&format!("session {id}: {e}"));
@@ -464,9 +464,10 @@ impl Monitor {
     /// A client went away or detached: its sessions go on, writing to their logs.
     pub(crate) fn detach_sessions_of(&mut self, cid: u64) {
         let wd = self.wd.clone();
+        let rotation = self.spec.log;
         for s in self.sessions.values_mut() {
             if s.client == Some(cid) {
-                s.detach_to_log(&wd);
+                s.detach_to_log(&wd, &rotation);
             }
             s.waiters.retain(|w| *w != cid);
         }
@@ -509,7 +510,7 @@ impl Monitor {
                     }
                 };
                 let mut s = Session::new(rec);
-                s.detach_to_log(&self.wd);
+                s.detach_to_log(&self.wd, &self.spec.log);
                 self.sessions.insert(id.clone(), s);
             }
             let Some(mut s) = self.sessions.remove(&id) else {
@@ -523,7 +524,7 @@ impl Monitor {
                 s.rec.finished_at = None;
                 s.rec.error = None;
                 if s.client.is_none() {
-                    s.detach_to_log(&self.wd);
+                    s.detach_to_log(&self.wd, &self.spec.log);
                 }
             }
             s.rec.pid = Some(p.pid);

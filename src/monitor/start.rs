@@ -149,6 +149,7 @@ impl Monitor {
             gate: self.gate.clone(),
             finish: s.finish.clone(),
             log_dropped: self.log_dropped.clone(),
+            events: self.tx.clone(),
         };
         if let Some(out) = s.out.take() {
             let t = to(Stream::Stdout);

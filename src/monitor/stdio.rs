@@ -54,6 +54,8 @@ pub struct Watcher {
     gone: Cell<bool>,
     /// No more output will come: deliver what is due, then close.
     done: Cell<bool>,
+    /// The writer is in the middle of a chunk: new output must queue behind it.
+    busy: Cell<bool>,
     /// Bytes delivered so far (a client that makes progress is waited for at the end).
     pub delivered: Cell<u64>,
 }
@@ -79,6 +81,7 @@ impl Watcher {
             wake: Notify::new(),
             gone: Cell::new(false),
             done: Cell::new(false),
+            busy: Cell::new(false),
             delivered: Cell::new(0),
         });
         let task = tokio::task::spawn_local(watch_writer(w.clone()));
@@ -115,7 +118,7 @@ impl Watcher {
             return; // the log has it; the writer will get there
         };
         let mut written = 0;
-        if queue.is_empty() {
+        if queue.is_empty() && !self.busy.get() {
             match self.fd(stream).try_write(data) {
                 Ok(n) => written = n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -188,7 +191,10 @@ async fn watch_writer(w: Rc<Watcher>) {
             Step::Close => return,
             Step::Wait => w.wake.notified().await,
             Step::Write(c) => {
-                if w.fd(c.stream).write_all(&c.data).await.is_err() {
+                w.busy.set(true);
+                let r = w.fd(c.stream).write_all(&c.data).await;
+                w.busy.set(false);
+                if r.is_err() {
                     w.gone.set(true);
                 } else {
                     w.delivered.set(w.delivered.get() + c.data.len() as u64);
@@ -323,6 +329,8 @@ pub struct PumpTo {
     pub finish: Rc<Finish>,
     /// Bytes that could not be written to the log (a full disk), counted for `inspect`.
     pub log_dropped: Rc<Cell<u64>>,
+    /// Told when log writes start failing (once per run of failures).
+    pub events: tokio::sync::mpsc::UnboundedSender<super::Event>,
 }
 
 /// Copies one output stream to the log (if any) and to every sink until end of file (or the
@@ -333,6 +341,7 @@ pub async fn pump_output(src: Rc<Fd>, to: PumpTo) -> u64 {
     let mut total: u64 = 0;
     let mut pending_at_exit: Option<u64> = None; // total + bytes in the pipe at exit
     let mut deadline_passed = false;
+    let mut failing = false;
     loop {
         if pending_at_exit.is_none() && to.finish.at.get().is_some() {
             pending_at_exit = Some(total + sys::bytes_readable(src.borrow()).unwrap_or(0) as u64);
@@ -385,8 +394,22 @@ pub async fn pump_output(src: Rc<Fd>, to: PumpTo) -> u64 {
                     if let Some(w) = l.borrow_mut().as_mut() {
                         offset = w.offset();
                         // A full disk must not stop the workload's output reaching clients.
-                        if w.append(to.stream, data).is_err() {
-                            to.log_dropped.set(to.log_dropped.get() + n as u64);
+                        match w.append(to.stream, data) {
+                            Ok(()) => {
+                                if failing {
+                                    failing = false;
+                                    let _ = to.events.send(super::Event::LogRecovered);
+                                }
+                            }
+                            Err(e) => {
+                                to.log_dropped.set(to.log_dropped.get() + n as u64);
+                                if !failing {
+                                    failing = true;
+                                    let _ = to
+                                        .events
+                                        .send(super::Event::LogFailing { why: e.to_string() });
+                                }
+                            }
                         }
                     }
                 }

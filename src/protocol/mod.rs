@@ -148,6 +148,8 @@ pub enum Request {
     Detach,
     /// Exit the monitor once the workload is in a final or checkpointed state.
     Shutdown,
+    /// The monitor's live view of the workload (counters a full disk keeps from state.json).
+    Status,
 }
 
 /// Statistics of one checkpoint.
@@ -194,6 +196,10 @@ pub enum Reply {
     /// Something the attached user should know ("checkpointed; waiting for restore").
     Notice {
         message: String,
+    },
+    /// Answer to `Status`.
+    Status {
+        state: Box<crate::store::state::WorkloadState>,
     },
 }
 

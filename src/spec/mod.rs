@@ -357,6 +357,9 @@ pub struct Spec {
     /// What a host shutdown (SIGTERM to the monitor) does.
     #[serde(default)]
     pub on_shutdown: ShutdownAction,
+    /// Log rotation: `{max_size: 64m, max_files: 4}` by default.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub log: crate::store::log::Rotation,
     /// CRIU options for this workload's checkpoints (see `crate::criu::CriuOptions`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub criu: crate::criu::CriuOptions,
@@ -398,6 +401,8 @@ pub struct SpecOverrides {
     pub on_exit_policy: Option<ExitPolicy>,
     pub max_attempts: Option<u32>,
     pub on_shutdown: Option<ShutdownAction>,
+    pub log_max_size: Option<ByteSize>,
+    pub log_max_files: Option<u32>,
 }
 
 impl Spec {
@@ -483,6 +488,12 @@ impl Spec {
         }
         if let Some(s) = o.on_shutdown {
             self.on_shutdown = s;
+        }
+        if let Some(s) = o.log_max_size {
+            self.log.max_size = s;
+        }
+        if let Some(n) = o.log_max_files {
+            self.log.max_files = n;
         }
         Ok(())
     }
@@ -585,6 +596,9 @@ impl Spec {
             return Err(invalid("on_exit.backoff", "initial is longer than max"));
         }
         self.criu.validate().map_err(|e| invalid("criu", e))?;
+        if self.log.max_size.0 < 4096 {
+            return Err(invalid("log.max_size", "the limit must be at least 4k"));
+        }
         Ok(())
     }
 

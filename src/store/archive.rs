@@ -53,18 +53,28 @@ pub fn export(wd: &WorkloadDir, g: &Generation, out: impl Write) -> Result<(), C
     }
     tar.append_path_with_name(&m.init_path, "init/stasis-init")
         .map_err(|e| arch(format!("{}: {e}", m.init_path.display())))?;
-    // The log up to the dump, so the log on the new host continues this one.
-    if let Ok(f) = fs::File::open(wd.log_path()) {
+    // The log up to the dump, segment by segment under its global offsets, so the log on
+    // the new host continues this one and the generation's log offset means the same there.
+    let mut parts = crate::store::log::segments(&wd.log_path());
+    parts.push((
+        crate::store::log::current_base(&wd.log_path()),
+        wd.log_path(),
+    ));
+    for (start, p) in parts {
+        if start >= m.log_offset {
+            break;
+        }
+        let Ok(f) = fs::File::open(&p) else { continue };
         let len = f
             .metadata()
             .map(|md| md.len())
             .unwrap_or(0)
-            .min(m.log_offset);
+            .min(m.log_offset - start);
         let mut h = tar::Header::new_gnu();
         h.set_size(len);
         h.set_mode(0o600);
         h.set_cksum();
-        tar.append_data(&mut h, "log", f.take(len))
+        tar.append_data(&mut h, format!("log/{start}"), f.take(len))
             .map_err(|e| arch(format!("log: {e}")))?;
     }
     let enc = tar.into_inner().map_err(|e| arch(e.to_string()))?;
@@ -75,12 +85,13 @@ pub fn export(wd: &WorkloadDir, g: &Generation, out: impl Write) -> Result<(), C
     Ok(())
 }
 
-/// An unpacked import: where its images (and log) went, what it says, and its init copy
-/// (checked, not yet installed: see [`Imported::install_init`]).
+/// An unpacked import: where its images and log segments went, what it says, and its init
+/// copy (checked, not yet installed: see [`Imported::install_init`]).
 pub struct Imported {
     pub header: ExportHeader,
     pub images: PathBuf,
-    pub log: Option<PathBuf>,
+    /// Log segments: (global start offset, unpacked file).
+    pub log: Vec<(u64, PathBuf)>,
     init: Vec<u8>,
     init_path: PathBuf,
 }
@@ -133,7 +144,7 @@ pub fn import(
     atomic::mkdir_p(&images, 0o700)?;
     let mut header: Option<ExportHeader> = None;
     let mut init: Option<Vec<u8>> = None;
-    let mut log: Option<PathBuf> = None;
+    let mut log: Vec<(u64, PathBuf)> = Vec::new();
     for entry in tar.entries().map_err(|e| arch(e.to_string()))? {
         let mut entry = entry.map_err(|e| arch(format!("damaged archive: {e}")))?;
         let path = entry
@@ -147,11 +158,14 @@ pub fn import(
             header = Some(
                 serde_json::from_slice(&s).map_err(|e| arch(format!("bad {HEADER_NAME}: {e}")))?,
             );
-        } else if path == "log" {
-            let dst = dest_tmp.join("log");
+        } else if let Some(start) = (path == "log").then_some(0).or_else(|| {
+            path.strip_prefix("log/")
+                .and_then(|s| s.parse::<u64>().ok())
+        }) {
+            let dst = dest_tmp.join(format!("log.{start}"));
             let mut f = fs::File::create(&dst).map_err(|e| FsError::new("create", &dst, e))?;
             io::copy(&mut entry, &mut f).map_err(|e| FsError::new("write", &dst, e))?;
-            log = Some(dst);
+            log.push((start, dst));
         } else if path == "init/stasis-init" {
             let mut s = Vec::new();
             entry.read_to_end(&mut s).map_err(|e| arch(e.to_string()))?;

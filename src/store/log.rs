@@ -6,11 +6,87 @@
 //! time in ns since the epoch (u64 LE) — followed by the payload. Streams: 1 stdout, 2 stderr,
 //! 3 a marker written by stasis itself ("restored from generation 3"). A torn last record (a
 //! crash mid-append) is ignored by readers and overwritten by nothing: appends only ever add.
+//!
+//! The log is rotated by size. Offsets are global, counted from the first byte the log ever
+//! had: `log` is the current segment, `log.<START>` the rotated ones, named by the global
+//! offset they start at (so the current segment starts where the newest rotated one ends).
+//! Checkpoints record global offsets, and readers cross segments as they go; the oldest
+//! segments are deleted beyond the limit, and a reader that asks for what was deleted starts
+//! at the oldest byte that is left.
 
+use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Size limits of a log (spec key `log:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rotation {
+    /// A segment is rotated once it reaches this size.
+    #[serde(default = "Rotation::default_max_size")]
+    pub max_size: crate::spec::ByteSize,
+    /// Rotated segments kept besides the current one.
+    #[serde(default = "Rotation::default_max_files")]
+    pub max_files: u32,
+}
+
+impl Rotation {
+    fn default_max_size() -> crate::spec::ByteSize {
+        crate::spec::ByteSize(64 << 20)
+    }
+    fn default_max_files() -> u32 {
+        4
+    }
+    /// The most bytes a log can hold on disk.
+    pub fn bound(&self) -> u64 {
+        self.max_size.0.saturating_mul(self.max_files as u64 + 1) + MAX_PAYLOAD as u64 + 16
+    }
+}
+
+impl Default for Rotation {
+    /// 64 MiB per segment and 4 rotated ones: at most 320 MiB per job, enough to see what a
+    /// long job did lately, never enough to fill a disk.
+    fn default() -> Self {
+        Rotation {
+            max_size: Self::default_max_size(),
+            max_files: Self::default_max_files(),
+        }
+    }
+}
+
+/// The rotated segments of the log at `path`: (start offset, path), oldest first.
+pub fn segments(path: &Path) -> Vec<(u64, PathBuf)> {
+    let Some(dir) = path.parent() else {
+        return vec![];
+    };
+    let Some(base) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return vec![];
+    };
+    let prefix = format!("{base}.");
+    let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    let start = n.strip_prefix(&prefix)?.parse::<u64>().ok()?;
+                    Some((start, e.path()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The global offset the current segment starts at.
+pub fn current_base(path: &Path) -> u64 {
+    segments(path)
+        .last()
+        .map(|(start, p)| start + std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .unwrap_or(0)
+}
 
 /// Which stream a record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,32 +113,77 @@ pub const HEADER: usize = 16;
 /// Largest payload a record may carry; longer writes are split.
 pub const MAX_PAYLOAD: usize = 1 << 20;
 
-/// Appends records to a log file.
+/// Appends records to a log, rotating it by size.
 pub struct LogWriter {
+    path: PathBuf,
     file: File,
-    offset: u64,
+    /// Global offset of the current segment's first byte.
+    base: u64,
+    /// Bytes in the current segment.
+    len: u64,
+    rotation: Rotation,
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
 }
 
 impl LogWriter {
-    /// Opens (creating) the log for appending.
+    /// Opens (creating) the log at `path` for appending, with the default rotation.
     pub fn open(path: &Path) -> io::Result<LogWriter> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)?;
-        let offset = file.metadata()?.len();
-        Ok(LogWriter { file, offset })
+        Self::open_rotating(path, Rotation::default())
     }
 
-    /// The log's length: the offset the next record starts at.
+    /// Opens (creating) the log at `path` for appending.
+    pub fn open_rotating(path: &Path, rotation: Rotation) -> io::Result<LogWriter> {
+        let file = open_append(path)?;
+        let len = file.metadata()?.len();
+        Ok(LogWriter {
+            path: path.to_path_buf(),
+            file,
+            base: current_base(path),
+            len,
+            rotation,
+        })
+    }
+
+    /// The log's global length: the offset the next record starts at.
     pub fn offset(&self) -> u64 {
-        self.offset
+        self.base + self.len
+    }
+
+    /// Starts a new segment and drops the oldest beyond the limit.
+    fn rotate(&mut self) -> io::Result<()> {
+        let rotated = self.path.with_file_name(format!(
+            "{}.{}",
+            self.path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            self.base
+        ));
+        std::fs::rename(&self.path, &rotated)?;
+        self.file = open_append(&self.path)?;
+        self.base += self.len;
+        self.len = 0;
+        let segs = segments(&self.path);
+        let extra = segs.len().saturating_sub(self.rotation.max_files as usize);
+        for (_, p) in segs.into_iter().take(extra) {
+            std::fs::remove_file(&p)?;
+        }
+        Ok(())
     }
 
     /// Appends one record per `MAX_PAYLOAD` bytes of `data`.
     pub fn append(&mut self, stream: Stream, data: &[u8]) -> io::Result<()> {
+        if self.len >= self.rotation.max_size.0 {
+            self.rotate()?;
+        }
         for chunk in data.chunks(MAX_PAYLOAD) {
             let hdr = header(stream, chunk.len(), now_ns());
             let mut bufs = [IoSlice::new(&hdr), IoSlice::new(chunk)];
@@ -76,7 +197,7 @@ impl LogWriter {
                 left -= n;
                 IoSlice::advance_slices(&mut bufs, n);
             }
-            self.offset += (HEADER + chunk.len()) as u64;
+            self.len += (HEADER + chunk.len()) as u64;
         }
         Ok(())
     }
@@ -110,21 +231,66 @@ pub struct Record {
     pub data: Vec<u8>,
 }
 
-/// Reads records from a log, from an offset on; remembers where it stopped, so a follower can
-/// call `next` again once the file has grown.
+/// Reads records from a log, from a global offset on, across its segments; remembers where
+/// it stopped, so a follower can call `next_record` again once the log has grown.
 pub struct LogReader {
+    path: PathBuf,
     file: File,
+    /// Global offset of the open file's first byte.
+    base: u64,
+    /// Global offset of the next unread record.
     offset: u64,
+    /// The open file is the current segment (it grows; others do not).
+    current: bool,
 }
 
 impl LogReader {
+    /// Opens the log at `path` at global `offset`. An offset whose segment was deleted by
+    /// rotation starts at the oldest record that is left; use [`LogReader::offset`] to see
+    /// where it starts.
     pub fn open(path: &Path, offset: u64) -> io::Result<LogReader> {
-        let mut file = File::open(path)?;
-        file.seek(SeekFrom::Start(offset))?;
-        Ok(LogReader { file, offset })
+        let first = match File::open(path) {
+            Ok(f) => f,
+            // Only rotated segments (an import before its monitor ran): start in those.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !segments(path).is_empty() => {
+                File::open(&segments(path)[0].1)?
+            }
+            Err(e) => return Err(e),
+        };
+        let mut r = LogReader {
+            path: path.to_path_buf(),
+            file: first,
+            base: 0,
+            offset,
+            current: true,
+        };
+        r.seek_to(offset)?;
+        Ok(r)
     }
 
-    /// Offset of the next unread record.
+    /// Points the reader at global offset `want` (or the oldest that is left).
+    fn seek_to(&mut self, want: u64) -> io::Result<()> {
+        let segs = segments(&self.path);
+        let cur_base = segs
+            .last()
+            .map(|(s, p)| s + std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .unwrap_or(0);
+        let (base, file, current) = if want >= cur_base || segs.is_empty() {
+            (cur_base, File::open(&self.path)?, true)
+        } else {
+            let i = segs.iter().rposition(|(s, _)| *s <= want).unwrap_or(0);
+            let (s, p) = &segs[i];
+            (*s, File::open(p)?, false)
+        };
+        self.file = file;
+        self.base = base;
+        self.current = current;
+        self.offset = want.max(base);
+        self.file.seek(SeekFrom::Start(self.offset - base))?;
+        Ok(())
+    }
+
+    /// Global offset of the next unread record.
     pub fn offset(&self) -> u64 {
         self.offset
     }
@@ -132,6 +298,28 @@ impl LogReader {
     /// The next complete record, or `None` at the (current) end of the log. A record that is
     /// not complete yet is left for a later call.
     pub fn next_record(&mut self) -> io::Result<Option<Record>> {
+        loop {
+            if let Some(r) = self.record_here()? {
+                return Ok(Some(r));
+            }
+            // The end of a rotated segment: go on in the next one.
+            if self.current {
+                return Ok(None);
+            }
+            let at = self.offset;
+            self.seek_to(at)?;
+            if self.offset == at && self.current && self.record_peek_empty()? {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn record_peek_empty(&mut self) -> io::Result<bool> {
+        let len = self.file.metadata()?.len();
+        Ok(self.offset - self.base >= len)
+    }
+
+    fn record_here(&mut self) -> io::Result<Option<Record>> {
         let mut hdr = [0u8; HEADER];
         if !self.read_full(&mut hdr)? {
             return Ok(None);
@@ -169,7 +357,7 @@ impl LogReader {
         while got < buf.len() {
             match self.file.read(&mut buf[got..]) {
                 Ok(0) => {
-                    self.file.seek(SeekFrom::Start(self.offset))?;
+                    self.file.seek(SeekFrom::Start(self.offset - self.base))?;
                     return Ok(false);
                 }
                 Ok(n) => got += n,
@@ -256,5 +444,48 @@ mod tests {
         w.append(Stream::Stdout, b"b").unwrap();
         let mut r = LogReader::open(&p, (HEADER + 1) as u64).unwrap();
         assert_eq!(r.next_record().unwrap().unwrap().data, b"b");
+    }
+
+    #[test]
+    fn rotation_keeps_offsets_global_and_the_log_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("log");
+        let rot = Rotation {
+            max_size: crate::spec::ByteSize(1000),
+            max_files: 2,
+        };
+        let mut w = LogWriter::open_rotating(&p, rot).unwrap();
+        let mut offsets = vec![];
+        for i in 0..100u32 {
+            offsets.push(w.offset());
+            w.append(Stream::Stdout, format!("{i:0>84}").as_bytes())
+                .unwrap();
+        }
+        // 100 records of 100 bytes: segments of 1000 bytes, two rotated ones kept
+        let segs = segments(&p);
+        assert_eq!(segs.len(), 2, "{segs:?}");
+        let on_disk: u64 = segs
+            .iter()
+            .map(|(_, s)| std::fs::metadata(s).unwrap().len())
+            .sum::<u64>()
+            + std::fs::metadata(&p).unwrap().len();
+        assert!(on_disk <= rot.bound());
+        assert_eq!(w.offset(), 100 * 100);
+        // a reopened writer continues the global offsets
+        drop(w);
+        let w = LogWriter::open_rotating(&p, rot).unwrap();
+        assert_eq!(w.offset(), 100 * 100);
+        // a reader from a kept offset reads on across segments, in order
+        let from = offsets[75];
+        let mut r = LogReader::open(&p, from).unwrap();
+        let mut got = vec![];
+        while let Some(rec) = r.next_record().unwrap() {
+            got.push(String::from_utf8(rec.data).unwrap());
+        }
+        let want: Vec<String> = (75..100u32).map(|i| format!("{i:0>84}")).collect();
+        assert_eq!(got, want);
+        // one from a deleted offset starts at the oldest record left
+        let r = LogReader::open(&p, 0).unwrap();
+        assert_eq!(r.offset(), segs[0].0);
     }
 }

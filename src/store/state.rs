@@ -352,6 +352,9 @@ pub struct WorkloadState {
     /// the restored init if the monitor died meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restoring_since: Option<u64>,
+    /// Bytes of output that could not be written to the log (a full disk).
+    #[serde(default)]
+    pub log_dropped: u64,
 }
 
 /// Current state.json format.
@@ -378,6 +381,7 @@ impl WorkloadState {
             generation: None,
             stop_requested: false,
             restoring_since: None,
+            log_dropped: 0,
         }
     }
 
