@@ -225,6 +225,19 @@ pub fn set_name(name: &str) {
 }
 
 /// `splice(fd_in, fd_out, len, flags)` without offsets; `Ok(0)` is end of input.
+/// `tee(fd_in, fd_out, len, flags)`: copies up to `len` bytes from one pipe to another
+/// without consuming them.
+pub fn tee(
+    fd_in: BorrowedFd<'_>,
+    fd_out: BorrowedFd<'_>,
+    len: usize,
+    flags: u32,
+) -> io::Result<usize> {
+    // SAFETY: plain syscall on borrowed fds.
+    let r = unsafe { libc::tee(fd_in.as_raw_fd(), fd_out.as_raw_fd(), len, flags) };
+    Ok(cvt(r as libc::c_long)? as usize)
+}
+
 pub fn splice(
     fd_in: BorrowedFd<'_>,
     fd_out: BorrowedFd<'_>,

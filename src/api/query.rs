@@ -72,7 +72,11 @@ pub fn inspect(root: &StateRoot, name: &WorkloadName) -> Result<Inspect, ApiErro
             o.state = *state;
         }
     }
-    let spec = load_spec(&wd)?;
+    // A workload whose monitor died before it wrote the spec still has a state to show.
+    let spec = match load_spec(&wd) {
+        Err(ApiError::State(StateError::NotFound(_))) if wd.exists() => Spec::default(),
+        other => other?,
+    };
     Ok(Inspect {
         name: name.clone(),
         state: o.state,

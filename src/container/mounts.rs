@@ -117,6 +117,65 @@ pub struct ExtMount {
     pub host: PathBuf,
 }
 
+/// Mounts a host-tree container carried in that the host no longer has (the host unmounted
+/// them since the container started; with private propagation the container kept its copy).
+/// `binds` are the container's own bind mounts (the init store, volumes), which the host
+/// never had. Deepest first, ready to unmount.
+pub fn gone_from_host(
+    container: &[MountEntry],
+    host: &[MountEntry],
+    layout: Layout,
+    binds: &[PathBuf],
+) -> Vec<PathBuf> {
+    if layout != Layout::HostTree {
+        return vec![];
+    }
+    let mut gone: Vec<PathBuf> = container
+        .iter()
+        .filter(|m| m.point != Path::new("/") && !layout.own(m))
+        .filter(|m| !binds.contains(&m.point))
+        .filter(|m| {
+            !host
+                .iter()
+                .any(|h| h.point == m.point && h.fstype == m.fstype)
+        })
+        .map(|m| m.point.clone())
+        .collect();
+    gone.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    gone.dedup();
+    gone
+}
+
+/// Unmounts `points` inside the mount namespace of process `pid`, from a forked child (the
+/// caller's own namespace, root and working directory stay as they are).
+#[allow(unsafe_code)]
+pub fn unmount_in(pid: i32, points: &[PathBuf]) -> std::io::Result<()> {
+    if points.is_empty() {
+        return Ok(());
+    }
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/mnt"))?;
+    // SAFETY: called from the single-threaded monitor; the child only makes syscalls and
+    // exits.
+    match unsafe { crate::sys::fork() }? {
+        None => {
+            let ok = nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNS).is_ok()
+                && points.iter().all(|p| {
+                    matches!(
+                        nix::mount::umount2(p.as_path(), nix::mount::MntFlags::MNT_DETACH),
+                        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT)
+                    )
+                });
+            crate::sys::exit_now(if ok { 0 } else { 1 })
+        }
+        Some(child) => match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child), None)? {
+            nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+            other => Err(std::io::Error::other(format!(
+                "unmount in the container's namespace: {other:?}"
+            ))),
+        },
+    }
+}
+
 /// Errors classifying a container's mounts.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -218,6 +277,25 @@ mod tests {
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].inside, Path::new("/data"));
         assert_eq!(e[0].host, Path::new("/host/data"));
+    }
+
+    #[test]
+    fn mounts_the_host_dropped_are_found_deepest_first() {
+        let c = parse_mountinfo(
+            "1 0 8:1 / / rw - ext4 x rw\n2 1 0:5 / /proc rw - proc proc rw\n\
+             3 1 0:9 / /tmp/x rw - tmpfs t rw\n4 3 0:10 / /tmp/x/y rw - tmpfs t rw\n\
+             5 1 0:11 / /sys rw - sysfs s rw\n",
+        );
+        let host = parse_mountinfo("1 0 8:1 / / rw - ext4 x rw\n5 1 0:11 / /sys rw - sysfs s rw\n");
+        let gone = gone_from_host(&c, &host, Layout::HostTree, &[]);
+        assert_eq!(
+            gone,
+            vec![PathBuf::from("/tmp/x/y"), PathBuf::from("/tmp/x")]
+        );
+        assert!(gone_from_host(&c, &host, Layout::Rootfs, &[]).is_empty());
+        // the container's own binds are not the host's to drop
+        let gone = gone_from_host(&c, &host, Layout::HostTree, &[PathBuf::from("/tmp/x")]);
+        assert_eq!(gone, vec![PathBuf::from("/tmp/x/y")]);
     }
 
     #[test]

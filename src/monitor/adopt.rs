@@ -60,7 +60,23 @@ impl Monitor {
             .iter()
             .find(|p| p.id == crate::protocol::init::MAIN_ID);
         if main.is_none() {
-            return Err("its init reports no workload".into());
+            // The old monitor died between starting the container and its workload: there is
+            // nothing to supervise, and the container must not linger.
+            if let Some(live) = self.live.take() {
+                let _ =
+                    sys::pidfd_send_signal(std::os::fd::AsFd::as_fd(&*live.pidfd), libc::SIGKILL);
+            }
+            self.record_exit(crate::store::state::ExitInfo {
+                status: None,
+                code: crate::exit::CODE_STASIS_ERROR,
+                oom_killed: false,
+                at: crate::store::state::now_ms(),
+                reason: Some("its monitor died before the workload started".into()),
+            });
+            self.cleanup_container().await;
+            return Err(
+                "its monitor died before the workload started; the container was removed".into(),
+            );
         }
         // An interrupted restore's pidfile led here: it has served.
         let _ = std::fs::remove_file(self.wd.restore_pidfile());

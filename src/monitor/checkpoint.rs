@@ -100,19 +100,42 @@ impl Monitor {
     /// The mounts of the running container CRIU must treat as external, read from its mount
     /// table (so whatever the host had mounted when it started is covered).
     pub(crate) fn external_mounts(&self, pid: i32) -> Result<Vec<ExtMount>, String> {
-        let table = mounts::mount_table(pid)
-            .map_err(|e| mounts::MountError::Read { pid, source: e }.to_string())?;
+        let read = |p: i32| {
+            mounts::mount_table(p)
+                .map_err(|e| mounts::MountError::Read { pid: p, source: e }.to_string())
+        };
+        let mut table = read(pid)?;
+        let layout = match &self.spec.rootfs {
+            Some(_) => Layout::Rootfs,
+            None => Layout::HostTree,
+        };
+        // What the host unmounted since the container started goes from the container too
+        // (as slave propagation would have done): a restore could not bring it back.
+        let host = read(std::process::id() as i32)?;
+        let mut binds: Vec<PathBuf> = self
+            .spec
+            .volumes
+            .iter()
+            .filter_map(|v| Volume::parse(v).ok())
+            .map(|v| v.dst)
+            .collect();
+        binds.push(crate::store::init_copies::dir());
+        let gone = mounts::gone_from_host(&table, &host, layout, &binds);
+        if !gone.is_empty() {
+            diag(&format!(
+                "unmounting in the container what the host dropped: {gone:?}"
+            ));
+            mounts::unmount_in(pid, &gone).map_err(|e| e.to_string())?;
+            table = read(pid)?;
+        }
         let store = crate::store::init_copies::dir();
         let volumes: Vec<Volume> = self
             .spec
             .volumes
             .iter()
-            .filter_map(|v| Volume::parse(v).ok())
-            .collect();
-        let layout = match &self.spec.rootfs {
-            Some(_) => Layout::Rootfs,
-            None => Layout::HostTree,
-        };
+            .map(|v| Volume::parse(v))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
         let rootfs = self.spec.rootfs.clone();
         mounts::externals(&table, layout, |inside: &Path| {
             if let Some(v) = volumes.iter().find(|v| v.dst == inside) {
@@ -200,6 +223,33 @@ impl Monitor {
         // From here until the dump is over, nothing reads or writes the container's pipes.
         self.gate.close();
         let log_offset = self.log.borrow().as_ref().map(|l| l.offset()).unwrap_or(0);
+        let mut manifest = Manifest {
+            version: MANIFEST_VERSION,
+            generation: gen,
+            name: self.wd.name.to_string(),
+            created_at: now_ms(),
+            criu_version: criu.version.clone(),
+            spec: self.spec.clone(),
+            root: self.spec.rootfs.clone().unwrap_or_else(|| "/".into()),
+            mounts: ext,
+            log_offset,
+            init_path,
+            leave_running: opts.leave_running,
+            criu: flags.clone(),
+            sessions,
+            winsize: self.winsize,
+            files: vec![],
+            stats: DumpStats::default(),
+        };
+        // Should this monitor die while CRIU works, the next one finishes the generation.
+        // (Without waiting for the disk: it serves a monitor's death, not a power cut.)
+        let pending = tmp.join(generations::PENDING);
+        let written = crate::store::atomic::to_json(&pending, &manifest)
+            .and_then(|d| crate::store::atomic::write_atomic_quick(&pending, &d));
+        if let Err(e) = written {
+            self.gate.open();
+            return self.checkpoint_failed(gen, Some(&tmp), e.to_string(), e.is_no_space());
+        }
         let t0 = Instant::now();
         let ran = self
             .run_criu(&criu, &dump.argv(), &[], Some(&env), true)
@@ -215,6 +265,7 @@ impl Monitor {
             ));
         }
         let _ = std::fs::remove_file(tmp.join(criu::hook::COMPLETE));
+        let _ = std::fs::remove_file(tmp.join(generations::PENDING));
         // A dump without --leave-running ends the tree: its pipes' unread bytes are in the
         // images, so the pumps stop where they are. A CRIU killed after the images but before
         // it stopped the tree leaves the job running: then it is as if left running.
@@ -239,24 +290,10 @@ impl Monitor {
             frozen_ms: times.map(|t| t.frozen_us as f64 / 1000.0),
             size,
         };
-        let manifest = Manifest {
-            version: MANIFEST_VERSION,
-            generation: gen,
-            name: self.wd.name.to_string(),
-            created_at: now_ms(),
-            criu_version: criu.version.clone(),
-            spec: self.spec.clone(),
-            root: self.spec.rootfs.clone().unwrap_or_else(|| "/".into()),
-            mounts: ext,
-            log_offset,
-            init_path,
-            leave_running: !stopped,
-            criu: flags,
-            sessions,
-            winsize: self.winsize,
-            files,
-            stats: stats.clone(),
-        };
+        manifest.created_at = now_ms();
+        manifest.leave_running = !stopped;
+        manifest.files = files;
+        manifest.stats = stats.clone();
         let committed = listed.and_then(|()| {
             generations::commit(&self.wd, &tmp, &manifest)
                 .map(|_| ())

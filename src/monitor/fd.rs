@@ -165,6 +165,42 @@ impl Fd {
         }
     }
 
+    /// Copies up to `len` bytes of this pipe into `out` (a pipe) without consuming them, once
+    /// `gate` is open; 0 at end of file.
+    pub async fn tee_to(&self, out: BorrowedFd<'_>, len: usize, gate: &Gate) -> io::Result<usize> {
+        loop {
+            gate.passable().await;
+            let mut g = self.inner.readable().await?;
+            if gate.is_closed() {
+                continue;
+            }
+            match sys::tee(self.borrow(), out, len, libc::SPLICE_F_NONBLOCK) {
+                // tee reports 0 both at end of file and for an empty pipe: the pipe was
+                // readable, so an empty one means every writer is gone.
+                Ok(0) if sys::bytes_readable(self.borrow()).unwrap_or(0) > 0 => {
+                    g.clear_ready();
+                }
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => g.clear_ready(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Takes `n` bytes that are in this pipe (known from a `tee`) and throws them away.
+    pub fn discard(&self, mut n: usize, devnull: BorrowedFd<'_>) -> io::Result<()> {
+        while n > 0 {
+            match sys::splice(self.borrow(), devnull, n, libc::SPLICE_F_NONBLOCK) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(k) => n -= k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Sends a message (with fds) on a seqpacket socket.
     pub async fn send_msg<T: Serialize>(&self, msg: &T, fds: &[RawFd]) -> io::Result<()> {
         let data = protocol::encode(msg)?;

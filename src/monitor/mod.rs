@@ -224,34 +224,31 @@ pub(crate) struct Monitor {
 async fn main(l: Launch) -> i32 {
     let wd = l.root.workload(&l.name);
     let spec_on_disk = l.preloaded.is_none();
+    // A monitor that cannot start says why to the CLI that is waiting for it.
+    let refuse = |why: String| {
+        diag(&why);
+        let _ = protocol::send(l.first.as_fd(), &err_reply(CODE_STASIS_ERROR, why), &[]);
+        CODE_STASIS_ERROR
+    };
     let (spec, st) = match l.preloaded {
         Some(p) => p,
         None => {
             let spec: Spec = match std::fs::read(wd.spec_path())
-                .ok()
-                .and_then(|d| serde_json::from_slice(&d).ok())
+                .map_err(|e| e.to_string())
+                .and_then(|d| serde_json::from_slice(&d).map_err(|e| e.to_string()))
             {
-                Some(s) => s,
-                None => {
-                    diag("cannot read spec.json");
-                    return CODE_STASIS_ERROR;
-                }
+                Ok(s) => s,
+                Err(e) => return refuse(format!("{}: {e}", wd.spec_path().display())),
             };
             match wd.load() {
                 Ok(st) => (spec, st),
-                Err(e) => {
-                    diag(&format!("{e}"));
-                    return CODE_STASIS_ERROR;
-                }
+                Err(e) => return refuse(e.to_string()),
             }
         }
     };
     let log = match LogWriter::open_rotating(&wd.log_path(), spec.log) {
         Ok(l) => l,
-        Err(e) => {
-            diag(&format!("open log: {e}"));
-            return CODE_STASIS_ERROR;
-        }
+        Err(e) => return refuse(format!("open the log {}: {e}", wd.log_path().display())),
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let reaper = Rc::new(reaper::Reaper::default());
@@ -304,7 +301,14 @@ async fn main(l: Launch) -> i32 {
     // Recorded with the next state change (the start, restore or adoption that follows).
     m.st.monitor = ProcRef::of(std::process::id() as i32);
     m.st.note = None;
-    crate::store::generations::clean_temps(&m.wd);
+    for n in crate::store::generations::recover_temps(&m.wd) {
+        diag(&format!(
+            "generation {n}: CRIU finished it after its monitor died: kept"
+        ));
+        m.event(
+            HistEvent::new("checkpoint", "finished by CRIU after its monitor died").generation(n),
+        );
+    }
     match Fd::new(l.first) {
         Ok(f) => {
             m.clients.add(f, m.tx.clone());

@@ -52,6 +52,20 @@ impl Monitor {
         count_it: bool,
     ) -> Result<Reply, Reply> {
         let criu = self.criu(opts.criu.as_ref()).await?;
+        // Every mount the container had must be there to bind again: say which one is not,
+        // instead of CRIU's "Can't stat mountpoint".
+        if let Some(m) = manifest.mounts.iter().find(|m| !m.host.exists()) {
+            return Err(err_reply(
+                CODE_STASIS_ERROR,
+                format!(
+                    "restore of {} from generation {number}: the container had {} mounted at {} when it was checkpointed, and {} does not exist on this host now (create or mount it, then restore)",
+                    self.wd.name,
+                    m.host.display(),
+                    m.inside.display(),
+                    m.host.display()
+                ),
+            ));
+        }
         self.prepare_cgroup().map_err(|(c, m)| err_reply(c, m))?;
         let pidfile = self.wd.restore_pidfile();
         let _ = std::fs::remove_file(&pidfile);

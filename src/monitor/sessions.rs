@@ -245,7 +245,11 @@ impl Monitor {
         kept: &KeptFds,
         attached: Option<Vec<OwnedFd>>,
     ) -> Result<(), String> {
+        let adopted = attached.is_none();
         let mut stdio = self.stdio_for(kept, attached)?;
+        if adopted && s.log.borrow().is_some() {
+            super::start::settle(&s.log, &sessions::log_path(&self.wd, &s.rec.id), &stdio);
+        }
         s.stdin_tx.send_replace(stdio.stdin.take());
         self.start_pumps(
             &mut stdio,

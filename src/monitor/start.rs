@@ -18,6 +18,23 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 use tokio::sync::oneshot;
 
+/// Settles what a killed monitor left pending in a log fed by `stdio` (see
+/// [`stdio::settle_pending`]).
+pub(crate) fn settle(log: &stdio::SharedLog, path: &std::path::Path, s: &Stdio) {
+    let pipe_of = |stream| match stream {
+        Stream::Stderr => s.err.clone(),
+        _ => s.out.clone(),
+    };
+    match stdio::settle_pending(log, path, pipe_of) {
+        Ok(true) => diag(&format!(
+            "{}: the last chunk was logged but not taken from its pipe: taken now",
+            path.display()
+        )),
+        Ok(false) => {}
+        Err(e) => diag(&format!("{}: settle a pending record: {e}", path.display())),
+    }
+}
+
 impl Monitor {
     /// The container configuration for this workload.
     pub(crate) fn container_config(
@@ -99,6 +116,10 @@ impl Monitor {
                 let stdio = self
                     .stdio_for(&p.fds, None)
                     .map_err(|e| (CODE_STASIS_ERROR, e))?;
+                if !child {
+                    // A monitor killed mid-way through logging a chunk left it pending.
+                    settle(&self.log, &self.wd.log_path(), &stdio);
+                }
                 self.install_main_stdio(stdio);
             }
         }
@@ -173,6 +194,30 @@ impl Monitor {
         }
     }
 
+    /// Writes spec.json (if not on disk yet) and state.json without waiting for the disk:
+    /// enough for a new monitor to find the container should this one die (a durable write
+    /// follows).
+    fn record_quickly(&mut self) {
+        use crate::store::atomic::{to_json, write_atomic_quick};
+        // The spec first: a state that names a container is only adoptable with its spec.
+        let mut files = vec![];
+        if !self.spec_on_disk {
+            files.push((
+                self.wd.spec_path(),
+                to_json(&self.wd.spec_path(), &self.spec),
+            ));
+        }
+        files.push((
+            self.wd.state_path(),
+            to_json(&self.wd.state_path(), &self.st),
+        ));
+        for (path, data) in files {
+            if let Err(e) = data.and_then(|d| write_atomic_quick(&path, &d)) {
+                diag(&format!("record the container: {e}"));
+            }
+        }
+    }
+
     /// Writes spec.json (if not on disk yet) and state.json together.
     fn persist_spec_and_state(&mut self) {
         if self.spec_on_disk {
@@ -205,6 +250,11 @@ impl Monitor {
         let cfg = self.container_config(init_path)?;
         let started = container::start(&cfg).map_err(|e| (CODE_STASIS_ERROR, e.to_string()))?;
         let pid = started.pid;
+        // Name the container's init at once (cheaply: no fsync; the durable write follows):
+        // if this monitor dies from here on, the next command finds and adopts the container.
+        self.st.status = Status::Running;
+        self.st.init = ProcRef::of(pid);
+        self.record_quickly();
         self.take_container(pid, started.pidfd, true).await?;
         let stdio = if self.spec.tty {
             StdioSpec::Tty {

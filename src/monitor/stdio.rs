@@ -13,6 +13,7 @@ use crate::store::log::{LogReader, LogWriter, Stream};
 use crate::sys;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
@@ -338,10 +339,20 @@ pub struct PumpTo {
 pub async fn pump_output(src: Rc<Fd>, to: PumpTo) -> u64 {
     // 32 KiB: output mostly comes in small writes, and every monitor holds two of these.
     let mut buf = vec![0u8; 32 * 1024];
+    // Logged output of a pipe is taken exactly once even if this monitor is killed at any
+    // instant: tee it (the pipe keeps it), log it as pending, then take it from the pipe and
+    // confirm the record. A monitor that dies in between leaves a pending record the next one
+    // settles (see `settle_pending`).
+    let exact = if src.is_pipe {
+        TeeScratch::new().ok()
+    } else {
+        None
+    };
     let mut total: u64 = 0;
     let mut pending_at_exit: Option<u64> = None; // total + bytes in the pipe at exit
     let mut deadline_passed = false;
     let mut failing = false;
+    let teed = Cell::new(false);
     loop {
         if pending_at_exit.is_none() && to.finish.at.get().is_some() {
             pending_at_exit = Some(total + sys::bytes_readable(src.borrow()).unwrap_or(0) as u64);
@@ -371,7 +382,13 @@ pub async fn pump_output(src: Rc<Fd>, to: PumpTo) -> u64 {
                     }
                     Err(e) => Err(e),
                 }
+            } else if let (Some(x), true) = (&exact, logging) {
+                let n = src.tee_to(x.w.as_fd(), buf.len(), &to.gate).await?;
+                x.read_exact(&mut buf[..n])?;
+                teed.set(true);
+                Ok((n, false))
             } else {
+                teed.set(false);
                 src.read_gated(&mut buf, &to.gate).await.map(|n| (n, false))
             }
         };
@@ -393,8 +410,23 @@ pub async fn pump_output(src: Rc<Fd>, to: PumpTo) -> u64 {
                 if let Some(l) = &to.log {
                     if let Some(w) = l.borrow_mut().as_mut() {
                         offset = w.offset();
+                        let logged = if teed.get() {
+                            let r = w.append_pending(to.stream, data);
+                            // Taken from the pipe whether logged or not: a full disk must
+                            // not block the job.
+                            let taken = exact
+                                .as_ref()
+                                .map(|x| src.discard(n, x.null.as_fd()))
+                                .unwrap_or(Ok(()));
+                            if taken.is_err() {
+                                break;
+                            }
+                            r.and_then(|at| w.confirm(at))
+                        } else {
+                            w.append(to.stream, data)
+                        };
                         // A full disk must not stop the workload's output reaching clients.
-                        match w.append(to.stream, data) {
+                        match logged {
                             Ok(()) => {
                                 if failing {
                                     failing = false;
@@ -438,6 +470,80 @@ pub async fn pump_output(src: Rc<Fd>, to: PumpTo) -> u64 {
         total += n as u64;
     }
     total
+}
+
+/// A private pipe to tee output through, and /dev/null to discard it from its pipe.
+struct TeeScratch {
+    r: std::os::fd::OwnedFd,
+    w: std::os::fd::OwnedFd,
+    null: std::os::fd::OwnedFd,
+}
+
+impl TeeScratch {
+    fn new() -> std::io::Result<TeeScratch> {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        sys::set_nonblocking(std::os::fd::AsFd::as_fd(&w))?;
+        let _ = sys::set_pipe_size(std::os::fd::AsFd::as_fd(&w), 32 * 1024);
+        let null = nix::fcntl::open(
+            "/dev/null",
+            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        Ok(TeeScratch { r, w, null })
+    }
+
+    /// Reads back exactly what was teed in (it is all there already).
+    fn read_exact(&self, buf: &mut [u8]) -> std::io::Result<()> {
+        let mut got = 0;
+        while got < buf.len() {
+            match nix::unistd::read(&self.r, &mut buf[got..]) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => got += n,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Settles a record a killed monitor left pending in the log at `log_path`: if the pipe it
+/// came from still starts with its bytes, they were logged but never taken, so they are taken
+/// now (not logged twice); either way the mark is cleared. `pipe_of` gives the kept pipe of a
+/// stream. Run before any pump reads the pipes.
+pub(crate) fn settle_pending(
+    log: &SharedLog,
+    log_path: &std::path::Path,
+    pipe_of: impl Fn(Stream) -> Option<Rc<Fd>>,
+) -> std::io::Result<bool> {
+    let Some((at, rec)) = crate::store::log::last_record(log_path)? else {
+        return Ok(false);
+    };
+    if !rec.pending {
+        return Ok(false);
+    }
+    let mut taken = false;
+    if let Some(p) = pipe_of(rec.stream).filter(|p| p.is_pipe) {
+        let x = TeeScratch::new()?;
+        let _ = sys::set_pipe_size(std::os::fd::AsFd::as_fd(&x.w), rec.data.len().max(4096));
+        let n = sys::tee(
+            p.borrow(),
+            std::os::fd::AsFd::as_fd(&x.w),
+            rec.data.len(),
+            libc::SPLICE_F_NONBLOCK,
+        )
+        .unwrap_or(0);
+        let mut head = vec![0u8; n];
+        x.read_exact(&mut head)?;
+        if n == rec.data.len() && head == rec.data {
+            p.discard(n, std::os::fd::AsFd::as_fd(&x.null))?;
+            taken = true;
+        }
+    }
+    if let Some(w) = log.borrow_mut().as_mut() {
+        w.confirm(at)?;
+    }
+    Ok(taken)
 }
 
 /// The workload's current stdin, which a restore replaces.

@@ -89,6 +89,33 @@ pub fn write_atomic_many(files: &[(&Path, &[u8])]) -> Result<(), FsError> {
     res
 }
 
+/// Writes `data` to `path` atomically but without waiting for the disk: a process that dies
+/// right after leaves the new file whole (the kernel has it), a power cut may bring back the
+/// old one. For records that a durable write follows shortly, written where a crash of the
+/// writer must not lose them.
+pub fn write_atomic_quick(path: &Path, data: &[u8]) -> Result<(), FsError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.q.tmp", std::process::id()));
+    let r = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(data))
+        .map_err(|e| FsError::new("write", &tmp, e))
+        .and_then(|()| fs::rename(&tmp, path).map_err(|e| FsError::new("rename", path, e)));
+    if r.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    r
+}
+
 /// Pretty JSON with a trailing newline.
 pub fn to_json(path: &Path, value: &impl Serialize) -> Result<Vec<u8>, FsError> {
     let mut data = serde_json::to_vec_pretty(value).map_err(|e| {

@@ -201,7 +201,8 @@ pub fn file_entries(dir: &Path) -> io::Result<Vec<FileEntry>> {
     for e in fs::read_dir(dir)? {
         let e = e?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if name == MANIFEST || !e.file_type()?.is_file() {
+        // Our own markers (the pending manifest, the hook's mark) are not images.
+        if name == MANIFEST || name.starts_with('.') || !e.file_type()?.is_file() {
             continue;
         }
         let size = e.metadata()?.len();
@@ -273,6 +274,51 @@ pub fn temp_dir(wd: &WorkloadDir, n: u32) -> Result<PathBuf, FsError> {
     }
     atomic::mkdir_p(&p, 0o700)?;
     Ok(p)
+}
+
+/// The manifest a dump's temp directory holds while CRIU runs: everything but the files,
+/// so a dump that CRIU finished after its monitor died can still become a generation.
+pub const PENDING: &str = ".manifest.pending";
+
+/// Keeps what dumps left behind: a temp directory whose images CRIU finished (its post-dump
+/// hook marked them) and whose pending manifest says what they are becomes the generation it
+/// was meant to be; every other temp directory is removed. Returns the recovered numbers.
+///
+/// Called under the workload lock with no monitor (and so no CRIU) running.
+pub fn recover_temps(wd: &WorkloadDir) -> Vec<u32> {
+    let mut recovered = Vec::new();
+    let Ok(rd) = fs::read_dir(wd.checkpoints()) else {
+        return recovered;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(".tmp-") {
+            continue;
+        }
+        let dir = e.path();
+        if crate::criu::hook::images_complete(&dir) {
+            if let Some(n) = finish_pending(wd, &dir) {
+                recovered.push(n);
+                continue;
+            }
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+    recovered.sort();
+    recovered
+}
+
+/// Turns a finished temp directory with a pending manifest into its generation.
+fn finish_pending(wd: &WorkloadDir, dir: &Path) -> Option<u32> {
+    let mut m: Manifest = serde_json::from_slice(&fs::read(dir.join(PENDING)).ok()?).ok()?;
+    let _ = fs::remove_file(dir.join(crate::criu::hook::COMPLETE));
+    let _ = fs::remove_file(dir.join(PENDING));
+    m.files = file_entries(dir).ok()?;
+    m.stats.size = m.files.iter().map(|f| f.size).sum();
+    if list(wd).iter().any(|g| g.number == m.generation) {
+        return None;
+    }
+    commit(wd, dir, &m).ok().map(|g| g.number)
 }
 
 /// Removes temp directories left by dumps that never finished.

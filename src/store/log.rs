@@ -117,11 +117,20 @@ pub const MAX_PAYLOAD: usize = 1 << 20;
 pub struct LogWriter {
     path: PathBuf,
     file: File,
+    /// The current segment again, without O_APPEND, to clear pending marks in place.
+    patch: File,
     /// Global offset of the current segment's first byte.
     base: u64,
     /// Bytes in the current segment.
     len: u64,
     rotation: Rotation,
+}
+
+fn open_patch(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
@@ -146,6 +155,7 @@ impl LogWriter {
         Ok(LogWriter {
             path: path.to_path_buf(),
             file,
+            patch: open_patch(path)?,
             base: current_base(path),
             len,
             rotation,
@@ -169,6 +179,7 @@ impl LogWriter {
         ));
         std::fs::rename(&self.path, &rotated)?;
         self.file = open_append(&self.path)?;
+        self.patch = open_patch(&self.path)?;
         self.base += self.len;
         self.len = 0;
         let segs = segments(&self.path);
@@ -181,11 +192,36 @@ impl LogWriter {
 
     /// Appends one record per `MAX_PAYLOAD` bytes of `data`.
     pub fn append(&mut self, stream: Stream, data: &[u8]) -> io::Result<()> {
+        self.append_flagged(stream, data, false).map(|_| ())
+    }
+
+    /// Appends `data` (at most `MAX_PAYLOAD` bytes) as one record marked pending: the bytes
+    /// are logged but not yet taken from the pipe they came from. [`LogWriter::confirm`]
+    /// clears the mark once they are; a monitor that dies in between leaves it for the next
+    /// one, which then knows to take them from the pipe without logging them twice. Returns
+    /// the record's global offset.
+    pub fn append_pending(&mut self, stream: Stream, data: &[u8]) -> io::Result<u64> {
+        self.append_flagged(stream, &data[..data.len().min(MAX_PAYLOAD)], true)
+    }
+
+    /// Clears the pending mark of the record at global offset `at` (in the current segment).
+    pub fn confirm(&mut self, at: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let Some(pos) = at.checked_sub(self.base) else {
+            return Ok(());
+        };
+        // O_APPEND ignores pwrite's offset: patch through the second, plain descriptor.
+        self.patch.write_all_at(&[0], pos + 1)
+    }
+
+    fn append_flagged(&mut self, stream: Stream, data: &[u8], pending: bool) -> io::Result<u64> {
         if self.len >= self.rotation.max_size.0 {
             self.rotate()?;
         }
+        let first = self.offset();
         for chunk in data.chunks(MAX_PAYLOAD) {
-            let hdr = header(stream, chunk.len(), now_ns());
+            let mut hdr = header(stream, chunk.len(), now_ns());
+            hdr[1] = pending as u8;
             let mut bufs = [IoSlice::new(&hdr), IoSlice::new(chunk)];
             let mut bufs: &mut [IoSlice<'_>] = &mut bufs;
             let mut left = HEADER + chunk.len();
@@ -199,7 +235,7 @@ impl LogWriter {
             }
             self.len += (HEADER + chunk.len()) as u64;
         }
-        Ok(())
+        Ok(first)
     }
 
     /// Appends a marker written by stasis.
@@ -229,6 +265,32 @@ pub struct Record {
     pub stream: Stream,
     pub time_ns: u64,
     pub data: Vec<u8>,
+    /// Logged but maybe not taken from its pipe (see [`LogWriter::append_pending`]).
+    pub pending: bool,
+}
+
+/// The last complete record of the log at `path` (the current segment), with its global
+/// offset. Reads only record headers.
+pub fn last_record(path: &Path) -> io::Result<Option<(u64, Record)>> {
+    let base = current_base(path);
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut pos = 0u64;
+    let mut last = None;
+    let mut hdr = [0u8; HEADER];
+    while pos + HEADER as u64 <= len {
+        f.seek(SeekFrom::Start(pos))?;
+        f.read_exact(&mut hdr)?;
+        let n = u32::from_le_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]) as u64;
+        if pos + HEADER as u64 + n > len || Stream::from_u8(hdr[0]).is_none() {
+            break;
+        }
+        last = Some(pos);
+        pos += HEADER as u64 + n;
+    }
+    let Some(at) = last else { return Ok(None) };
+    let mut r = LogReader::open(path, base + at)?;
+    Ok(r.next_record()?.map(|rec| (base + at, rec)))
 }
 
 /// Reads records from a log, from a global offset on, across its segments; remembers where
@@ -348,6 +410,7 @@ impl LogReader {
             stream,
             time_ns: u64::from_le_bytes(t),
             data,
+            pending: hdr[1] == 1,
         }))
     }
 
@@ -487,5 +550,26 @@ mod tests {
         // one from a deleted offset starts at the oldest record left
         let r = LogReader::open(&p, 0).unwrap();
         assert_eq!(r.offset(), segs[0].0);
+    }
+
+    #[test]
+    fn a_pending_record_is_found_and_confirmed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("log");
+        let mut w = LogWriter::open(&p).unwrap();
+        w.append(Stream::Stdout, b"one").unwrap();
+        let at = w.append_pending(Stream::Stderr, b"two").unwrap();
+        let (off, rec) = last_record(&p).unwrap().unwrap();
+        assert_eq!(
+            (off, rec.data.as_slice(), rec.pending),
+            (at, &b"two"[..], true)
+        );
+        w.confirm(at).unwrap();
+        let (_, rec) = last_record(&p).unwrap().unwrap();
+        assert!(!rec.pending);
+        // readers see pending records like any other
+        let mut r = LogReader::open(&p, 0).unwrap();
+        assert_eq!(r.next_record().unwrap().unwrap().data, b"one");
+        assert_eq!(r.next_record().unwrap().unwrap().data, b"two");
     }
 }

@@ -442,7 +442,27 @@ pub fn observe(wd: &WorkloadDir) -> Result<Observed, StateError> {
     let restored = (st.status == Status::Restoring)
         .then(|| restored_init(wd))
         .flatten();
-    let changed = reconcile_dead_monitor(&mut st, restored);
+    let mut changed = reconcile_dead_monitor(&mut st, restored);
+    // Dumps CRIU finished after the monitor died are generations like any other; one that
+    // ended the job (no --leave-running) leaves it checkpointed, as was asked.
+    for n in crate::store::generations::recover_temps(wd) {
+        changed = true;
+        st.generation = Some(n);
+        st.checkpoints += 1;
+        let stopped = crate::store::generations::pick(wd, Some(n))
+            .and_then(|g| g.manifest(wd.name.as_str()))
+            .is_ok_and(|m| !m.leave_running);
+        let dead = !st.init.is_some_and(|i| i.alive());
+        if stopped && dead {
+            st.status = Status::Checkpointed;
+            st.init = None;
+            st.exit = None;
+            st.finished_at = None;
+            st.note = Some(format!(
+                "checkpointed (generation {n}) by CRIU after its monitor died"
+            ));
+        }
+    }
     // A reader reports what it found even when it cannot record it (a full disk): the next
     // reader reconciles again.
     if changed {

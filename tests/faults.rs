@@ -1,0 +1,393 @@
+//! Fault suites: CRIU and the monitor killed at random moments of real dumps, restores, runs
+//! and execs. After every trial: no half generation (every generation verifies), never two
+//! copies of the job, `ps` truthful, and the job running (or restorable, and then restored).
+//!
+//! The seed of each suite is printed; `STASIS_FAULT_SEED=N` replays a run.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// A small xorshift generator: enough to spread kills over the phases of a dump.
+struct Rng(u64);
+
+impl Rng {
+    fn new(what: &str) -> Rng {
+        let seed = std::env::var("STASIS_FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+                    | 1
+            });
+        eprintln!("{what}: STASIS_FAULT_SEED={seed}");
+        Rng(seed)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+/// (pid, ppid, comm) of every process.
+fn processes() -> Vec<(i32, i32, String)> {
+    let mut v = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return v;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_string();
+        let rest: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        if rest.first() == Some(&"Z") {
+            continue;
+        }
+        if let Some(ppid) = rest.get(1).and_then(|p| p.parse().ok()) {
+            v.push((pid, ppid, comm));
+        }
+    }
+    v
+}
+
+/// Copies of the job: live shells whose command line contains `token` (its monitor, forked
+/// from the CLI, has the same command line but another name), not counting a shell's own
+/// fork on its way to exec `sleep`.
+fn copies_of(token: &str) -> usize {
+    let shells: Vec<(i32, i32)> = processes()
+        .into_iter()
+        .filter(|(_, _, comm)| comm == "sh")
+        .filter(|(pid, _, _)| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(token))
+                .unwrap_or(false)
+        })
+        .map(|(p, pp, _)| (p, pp))
+        .collect();
+    shells
+        .iter()
+        .filter(|(_, pp)| !shells.iter().any(|(p, _)| p == pp))
+        .count()
+}
+
+fn kill9(pid: i32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+/// Waits until `child` has a child named `comm` (or `child` ends); its pid.
+fn wait_for_child_named(parent: i32, comm: &str, cmd: &mut Child, limit: Duration) -> Option<i32> {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if let Some((pid, _, _)) = processes()
+            .into_iter()
+            .find(|(_, ppid, c)| *ppid == parent && c == comm)
+        {
+            return Some(pid);
+        }
+        if cmd.try_wait().ok().flatten().is_some() {
+            return None;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    None
+}
+
+fn monitor_pid(env: &Env, name: &str) -> Option<i32> {
+    let v = env.inspect(name);
+    v["monitor_alive"]
+        .as_bool()
+        .filter(|a| *a)
+        .and(v["state"]["monitor"]["pid"].as_i64())
+        .map(|p| p as i32)
+}
+
+/// Every generation verifies (none is half written).
+fn generations_verify(env: &Env, name: &str) {
+    let out = env.ok(&["checkpoints", name, "--format", "json"]);
+    let gens: Vec<Value> = serde_json::from_str(&out).expect("checkpoints json");
+    for g in &gens {
+        assert_eq!(g["ok"], true, "generation does not verify: {g}");
+    }
+    let dir = env.root().join("workloads").join(name).join("checkpoints");
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.parse::<u32>().is_ok() {
+                assert!(
+                    e.path().join("manifest.json").is_file(),
+                    "generation {n} has no manifest"
+                );
+            }
+        }
+    }
+}
+
+/// The job runs under a live monitor, exactly once, and `ps` says so; a checkpointed job is
+/// restored first (a dump that finished is what the user asked for).
+fn settle_running(env: &Env, name: &str, token: &str, trial: usize) {
+    let t0 = Instant::now();
+    loop {
+        let st = env.status(name);
+        let v = env.inspect(name);
+        let monitor = v["monitor_alive"].as_bool().unwrap_or(false);
+        if st == "running" && monitor && copies_of(token) == 1 {
+            break;
+        }
+        if st == "checkpointed" {
+            let o = env.run(&["restore", name]);
+            assert_eq!(code(&o), 0, "trial {trial}: restore: {}", stderr(&o));
+            continue;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "trial {trial}: {name} did not come back: status {st}, monitor {monitor}, {} copies; {v}",
+            copies_of(token)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(copies_of(token), 1, "trial {trial}: two copies of the job");
+    let ps = env.ok(&["ps"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with(name) && l.contains("running")),
+        "trial {trial}: ps says {ps}"
+    );
+}
+
+fn token_job(env: &Env, name: &str, token: &str) {
+    let script = format!("T={token}; i=0; while :; do echo $i; i=$((i+1)); sleep 0.02; done");
+    env.ok(&[
+        "run", "-d", "--name", name, "--keep", "3", "--", "sh", "-c", &script,
+    ]);
+    env.wait_until("output", Duration::from_secs(20), || {
+        !counter_values(&env.logs(name)).is_empty()
+    });
+}
+
+/// Hardening: `criu` SIGKILLed at 100 random moments of dumps, half of them --leave-running;
+/// the job is running afterwards every time, directly or brought back from a generation.
+#[test]
+fn criu_killed_at_random_moments_of_dumps() {
+    require_criu();
+    let env = Env::new();
+    let mut rng = Rng::new("criu kills");
+    let token = format!("stasisfault{}", std::process::id());
+    token_job(&env, "job", &token);
+    // one clean generation first, so a dump that takes the job with it has one to come from
+    env.ok(&["checkpoint", "--leave-running", "job"]);
+    let (mut killed, mut finished) = (0, 0);
+    for trial in 0..100 {
+        let leave = trial % 2 == 0;
+        let monitor = monitor_pid(&env, "job").expect("a monitor");
+        let mut args = vec!["checkpoint", "job"];
+        if leave {
+            args.insert(1, "--leave-running");
+        }
+        let mut cmd = env
+            .cmd(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("checkpoint");
+        if let Some(criu) = wait_for_child_named(monitor, "criu", &mut cmd, Duration::from_secs(10))
+        {
+            std::thread::sleep(Duration::from_micros(rng.below(200_000)));
+            if processes()
+                .iter()
+                .any(|(p, pp, c)| *p == criu && *pp == monitor && c == "criu")
+            {
+                kill9(criu);
+                killed += 1;
+            } else {
+                finished += 1;
+            }
+        }
+        let _ = wait_output(cmd, Duration::from_secs(120), "checkpoint");
+        settle_running(&env, "job", &token, trial);
+        generations_verify(&env, "job");
+    }
+    eprintln!("criu killed in {killed} trials, finished first in {finished}");
+    assert!(killed >= 50, "too few kills landed: {killed}");
+}
+
+/// Hardening: the monitor SIGKILLed at 50 random moments across run, exec, checkpoint and
+/// restore; the next command adopts the job (or finds it checkpointed, as asked), its log
+/// continuous.
+#[test]
+fn monitor_killed_at_random_moments() {
+    require_criu();
+    let env = Env::new();
+    let mut rng = Rng::new("monitor kills");
+    let token = format!("stasismon{}", std::process::id());
+    token_job(&env, "job", &token);
+    for trial in 0..50 {
+        match trial % 4 {
+            // run: the monitor of a job being started
+            0 => {
+                let name = format!("r{trial}");
+                let tok = format!("{token}r{trial}");
+                let script =
+                    format!("T={tok}; i=0; while :; do echo $i; i=$((i+1)); sleep 0.02; done");
+                let cmd = env
+                    .cmd(&["run", "-d", "--name", &name, "--", "sh", "-c", &script])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("run");
+                let delay = Duration::from_micros(rng.below(20_000));
+                let t0 = Instant::now();
+                let mon = loop {
+                    let p = processes().into_iter().find(|(pid, _, c)| {
+                        c == "stasis-monitor"
+                            && std::fs::read(format!("/proc/{pid}/cmdline"))
+                                .map(|c| {
+                                    let c = String::from_utf8_lossy(&c);
+                                    c.contains(&name)
+                                        && c.contains(env.root().to_str().unwrap_or("-"))
+                                })
+                                .unwrap_or(false)
+                    });
+                    if let Some((pid, _, _)) = p {
+                        break Some(pid);
+                    }
+                    if t0.elapsed() > Duration::from_secs(10) {
+                        break None;
+                    }
+                    std::thread::sleep(Duration::from_micros(100));
+                };
+                std::thread::sleep(delay);
+                if let Some(m) = mon {
+                    kill9(m);
+                }
+                let _ = wait_output(cmd, Duration::from_secs(60), "run");
+                // the workload started and is adopted, or it never started and says so
+                env.wait_until("a truthful state", Duration::from_secs(30), || {
+                    let o = env.run(&["inspect", "--format", "json", &name]);
+                    if code(&o) != 0 {
+                        let log = env.root().join("workloads").join(&name).join("monitor.log");
+                        panic!(
+                            "trial {trial}: inspect {name}: {}\nmonitor.log:\n{}",
+                            stderr(&o),
+                            std::fs::read_to_string(&log).unwrap_or_default()
+                        );
+                    }
+                    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+                    let st = v["state"]["status"].as_str().unwrap_or("").to_string();
+                    (st == "running" && v["monitor_alive"] == true && copies_of(&tok) == 1)
+                        || (st == "exited" && copies_of(&tok) == 0)
+                });
+                if env.status(&name) == "running" {
+                    let n = counter_values(&env.logs(&name)).len();
+                    env.wait_until("its log to grow", Duration::from_secs(20), || {
+                        counter_values(&env.logs(&name)).len() > n + 3
+                    });
+                    assert_counter_continuous(&counter_values(&env.logs(&name)));
+                }
+                env.ok(&["rm", "-f", &name]);
+                assert_eq!(copies_of(&tok), 0, "trial {trial}: rm left the job running");
+            }
+            // exec, checkpoint --leave-running, restore: the long-running job's monitor
+            op => {
+                if op == 3 {
+                    env.ok(&["checkpoint", "job"]);
+                }
+                let monitor = monitor_pid(&env, "job");
+                let args: Vec<&str> = match op {
+                    1 => vec![
+                        "exec",
+                        "-d",
+                        "job",
+                        "--",
+                        "sh",
+                        "-c",
+                        "echo session; sleep 5",
+                    ],
+                    2 => vec!["checkpoint", "--leave-running", "job"],
+                    _ => vec!["restore", "job"],
+                };
+                let cmd = env
+                    .cmd(&args)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .expect("command");
+                std::thread::sleep(Duration::from_micros(rng.below(60_000)));
+                let target = match (op, monitor) {
+                    (_, Some(m)) => Some(m),
+                    // a restore starts a new monitor: find it
+                    _ => monitor_pid(&env, "job"),
+                };
+                if let Some(m) = target {
+                    kill9(m);
+                }
+                let _ = wait_output(cmd, Duration::from_secs(60), "command");
+                settle_running(&env, "job", &token, trial);
+                generations_verify(&env, "job");
+            }
+        }
+    }
+    // nothing rolled back (every restore was of the dump just taken): the whole log is one
+    // continuous count, across every monitor that wrote it
+    assert_counter_continuous(&counter_values(&env.logs("job")));
+}
+
+/// Hardening item 8: CRIU killed right after it killed the dumped tree (simulated by a
+/// wrapper that runs the real CRIU to the end, removes its stats and dies of SIGKILL): the
+/// finished images are kept as the generation, which restores.
+#[test]
+fn item_08_criu_killed_after_killing_the_tree_keeps_the_images() {
+    require_criu();
+    let env = Env::new();
+    let token = format!("stasisitem8{}", std::process::id());
+    token_job(&env, "job", &token);
+    let real = std::process::Command::new("sh")
+        .args(["-c", "command -v criu"])
+        .output()
+        .expect("which criu");
+    let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
+    let wrapper = env.root().join("criu-dies");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n\"{real}\" \"$@\"; rc=$?\n[ \"$1\" = dump ] || exit $rc\n\
+             while [ $# -gt 0 ]; do [ \"$1\" = --images-dir ] && rm -f \"$2/stats-dump\"; shift; done\n\
+             kill -9 $$\n"
+        ),
+    )
+    .expect("wrapper");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let n = counter_values(&env.logs("job")).len();
+    let o = env
+        .cmd(&["checkpoint", "job"])
+        .env("STASIS_CRIU", &wrapper)
+        .output()
+        .expect("checkpoint");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(env.status("job"), "checkpointed");
+    assert_eq!(copies_of(&token), 0);
+    generations_verify(&env, "job");
+    env.ok(&["restore", "job"]);
+    env.wait_until("output after the restore", Duration::from_secs(20), || {
+        counter_values(&env.logs("job")).len() > n + 5
+    });
+    assert_counter_continuous(&counter_values(&env.logs("job")));
+}
