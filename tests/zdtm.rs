@@ -180,6 +180,19 @@ fn tap_report_lines_become_outcomes() {
     );
     assert_eq!(got["env00"], Outcome::Pass);
     assert_eq!(got.len(), 4);
+    // the escaped form zdtm.py's YAML dump takes for some outputs
+    let tap = r#"not ok 8 - zdtm/static/x # flavor h
+---
+"output": "== Run zdtm/static/x\n\
+  \ b'(00.1) Error (criu/files.c:1): Can't open file'\n\
+  \ 22:1:    66: FAIL: x.c:9: bad\n####### Test zdtm/static/x FAIL at result check\
+  \ ####\n"
+...
+"#;
+    assert_eq!(
+        raw::parse_tap(tap)["x"],
+        Outcome::Fail("FAIL at result check; Can't open file; x.c:9: bad".into())
+    );
 }
 
 #[test]

@@ -148,24 +148,32 @@ fn failure_detail(lines: &[&str]) -> String {
     let step = lines
         .iter()
         .find_map(|l| l.find(" FAIL at ").map(|i| &l[i + 9..]))
-        .map(|s| s.trim_end_matches(['#', ' ', '=']).trim())
+        // a block scalar ends the step at the "####" rule; an escaped string at "\n"
+        .map(|s| s.split(['#', '\\', '"']).next().unwrap_or(s).trim())
         .unwrap_or("an unknown step");
     let mut why = vec![format!("FAIL at {step}")];
     let criu_error = lines
         .iter()
         .filter(|l| l.contains("Error (") && !l.contains("RLIMIT_NOFILE"))
-        .find_map(|l| {
-            l.split_once("): ")
-                .map(|(_, m)| m.trim_end_matches(['"', '\'', ' ']))
-        });
+        .find_map(|l| l.split_once("): ").map(|(_, m)| unquote(m)));
     if let Some(e) = criu_error {
         why.push(e.to_string());
     }
     if let Some(f) = lines
         .iter()
-        .find_map(|l| l.split_once(" FAIL: ").map(|(_, m)| m.trim()))
+        .find_map(|l| l.split_once(" FAIL: ").map(|(_, m)| unquote(m)))
     {
         why.push(f.to_string());
     }
     why.join("; ")
+}
+
+/// One message out of a line of the report: zdtm.py writes a test's output as a YAML block
+/// or, when it holds odd characters, as one escaped string with "\n" between lines.
+fn unquote(m: &str) -> &str {
+    m.split("\\n")
+        .next()
+        .unwrap_or(m)
+        .trim_end_matches(['"', '\'', ' ', '\\'])
+        .trim()
 }
