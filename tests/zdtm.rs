@@ -211,6 +211,11 @@ fn criu_options_map_onto_checkpoint_flags() {
     let p = desc::plan(&d("", "--ghost-limit 8M --no-ghost-fiemap", ""), &have).expect("plan");
     assert_eq!(p.checkpoint, ["--ghost-limit", "8M", "--no-link-remap"]);
     assert_eq!(p.notes.len(), 1, "{p:?}");
+    let p = desc::plan(&d("", "--ghost-fiemap", ""), &have).expect("plan");
+    assert!(
+        p.notes.is_empty(),
+        "--ghost-fiemap is CRIU's default: {p:?}"
+    );
     let p = desc::plan(&d("--link-remap", "", ""), &have).expect("plan");
     assert_eq!(p.checkpoint, ["--link-remap", "--ghost-limit", "1M"]);
     let p = desc::plan(&d("", "", ""), &have).expect("plan");
