@@ -9,13 +9,13 @@
 #   1. a `criu` on PATH that is >= 4.2 and passes `criu check` -> nothing to do;
 #   2. a binary cached under $STASIS_CRIU_CACHE (default /var/cache/stasis/criu) -> install it;
 #   3. otherwise download the source, build `criu` and cache it.
+# The source tarball stays in the cache too: scripts/zdtm-build.sh builds CRIU's own tests from it.
 # Knobs: STASIS_CRIU_CACHE, STASIS_CRIU_PREFIX (default /usr/local; the binary goes to sbin/).
 set -euo pipefail
 
 CACHE=${STASIS_CRIU_CACHE:-/var/cache/stasis/criu}
 PREFIX=${STASIS_CRIU_PREFIX:-/usr/local}
 DEST=$PREFIX/sbin/criu
-SRC_LIST=/etc/apt/sources.list.d/stasis-criu-src.sources
 # what the criu binary needs at run time, and what `make criu` needs to build it (bookworm)
 RUN_DEPS=(libprotobuf-c1 libnl-3-200 libnet1 libcap2 libbsd0 libgnutls30 libnftables1 libuuid1 iptables)
 BUILD_DEPS=(build-essential pkgconf libbsd-dev libcap-dev libgnutls28-dev libnet1-dev libnftables-dev
@@ -39,19 +39,8 @@ criu_ok() {
   "$bin" check >/dev/null 2>&1
 }
 
-apt_install() {
-  local missing=() p
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  say "installing ${missing[*]}"
-  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
-    apt-get update -qq >/dev/null 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
-      die "apt-get install ${missing[*]} failed"
-  fi
-}
+# shellcheck source=scripts/lib/criu-src.sh
+. "$(dirname "$0")/lib/criu-src.sh"
 
 on_path=$(command -v criu || true)
 if [ -n "$on_path" ] && criu_ok "$on_path"; then
@@ -69,35 +58,10 @@ fi
 
 # ---- build from Debian trixie's source package
 apt_install "${BUILD_DEPS[@]}" dpkg-dev
-if [ ! -f "$SRC_LIST" ]; then
-  # Derive the deb-src entry from the machine's own Debian entry (same mirror and keyring), so no
-  # registry host is hard-coded here; deb-src only, so no binary package is ever upgraded.
-  base=/etc/apt/sources.list.d/debian.sources
-  uris=$(sed -n 's/^URIs:[[:space:]]*//p' "$base" 2>/dev/null | grep -v security | head -n1 || true)
-  key=$(sed -n 's/^Signed-By:[[:space:]]*//p' "$base" 2>/dev/null | head -n1 || true)
-  if [ -z "$uris" ] && [ -f /etc/apt/sources.list ]; then
-    uris=$(awk '$1=="deb" && $0 !~ /security/ {for(i=2;i<=NF;i++) if ($i ~ /^[a-z]+:\/\//) {print $i; exit}}' /etc/apt/sources.list)
-  fi
-  [ -n "$uris" ] || die "cannot find the machine's Debian mirror in $base or /etc/apt/sources.list"
-  {
-    echo "Types: deb-src"
-    echo "URIs: $uris"
-    # sid carries the newest CRIU; trixie is there for when sid moves past what builds here.
-    echo "Suites: trixie sid"
-    echo "Components: main"
-    [ -n "$key" ] && echo "Signed-By: $key"
-  } > "$SRC_LIST"
-  say "added deb-src trixie/sid entry ($uris) in $SRC_LIST"
-fi
-apt-get update -qq >/dev/null 2>&1 || true
-
+tarball=$(criu_orig_tarball "$CACHE")
 work=$(mktemp -d /tmp/stasis-criu-build.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 cd "$work"
-# apt exits non-zero when the .debian.tar.xz part is missing (404); only the orig tarball matters.
-apt-get source --download-only criu >/dev/null 2>&1 || true
-tarball=$(ls criu_*.orig.tar.* 2>/dev/null | sort -V | tail -n1 || true)
-[ -n "$tarball" ] || die "could not download criu's orig tarball from the deb-src entry in $SRC_LIST"
 say "building CRIU from $tarball"
 tar xf "$tarball"
 srcdir=$(find . -maxdepth 1 -type d -name 'criu-*' | head -n1)
