@@ -194,7 +194,16 @@ fn criu_killed_at_random_moments_of_dumps() {
     // one clean generation first, so a dump that takes the job with it has one to come from
     env.ok(&["checkpoint", "--leave-running", "job"]);
     let (mut killed, mut finished) = (0, 0);
-    for trial in 0..100 {
+    // The moment is drawn from [0, span): a dump that ends before the kill lands shrinks the span,
+    // so the kills land inside CRIU's run however fast this machine and this build dump.
+    let mut span = 200_000u64;
+    let mut trial = 0;
+    while killed < 100 {
+        assert!(
+            trial < 400,
+            "only {killed} of {trial} kills landed inside a dump"
+        );
+        trial += 1;
         let leave = trial % 2 == 0;
         let monitor = monitor_pid(&env, "job").expect("a monitor");
         let mut args = vec!["checkpoint", "job"];
@@ -209,7 +218,7 @@ fn criu_killed_at_random_moments_of_dumps() {
             .expect("checkpoint");
         if let Some(criu) = wait_for_child_named(monitor, "criu", &mut cmd, Duration::from_secs(10))
         {
-            std::thread::sleep(Duration::from_micros(rng.below(200_000)));
+            std::thread::sleep(Duration::from_micros(rng.below(span)));
             if processes()
                 .iter()
                 .any(|(p, pp, c)| *p == criu && *pp == monitor && c == "criu")
@@ -218,6 +227,7 @@ fn criu_killed_at_random_moments_of_dumps() {
                 killed += 1;
             } else {
                 finished += 1;
+                span = (span * 3 / 4).max(2_000);
             }
         }
         let _ = wait_output(cmd, Duration::from_secs(120), "checkpoint");
@@ -225,7 +235,6 @@ fn criu_killed_at_random_moments_of_dumps() {
         generations_verify(&env, "job");
     }
     eprintln!("criu killed in {killed} trials, finished first in {finished}");
-    assert!(killed >= 50, "too few kills landed: {killed}");
 }
 
 /// Hardening: the monitor SIGKILLed at 50 random moments across run, exec, checkpoint and

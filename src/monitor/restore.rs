@@ -52,19 +52,37 @@ impl Monitor {
         count_it: bool,
     ) -> Result<Reply, Reply> {
         let criu = self.criu(opts.criu.as_ref()).await?;
-        // Every mount the container had must be there to bind again: say which one is not,
-        // instead of CRIU's "Can't stat mountpoint".
-        if let Some(m) = manifest.mounts.iter().find(|m| !m.host.exists()) {
-            return Err(err_reply(
-                CODE_STASIS_ERROR,
-                format!(
-                    "restore of {} from generation {number}: the container had {} mounted at {} when it was checkpointed, and {} does not exist on this host now (create or mount it, then restore)",
-                    self.wd.name,
-                    m.host.display(),
-                    m.inside.display(),
-                    m.host.display()
-                ),
+        // A host mount the container carried that the host has since dropped (and whose
+        // mount point is gone): CRIU needs its mount point to restore it. It gets an empty
+        // stand-in, and the stand-in goes with the placeholder directory right after, so the
+        // restored container lacks the mount just as the host does. Only a job that used it
+        // fails (CRIU cannot reopen its files there) and says so.
+        let mut placeholders = Placeholders::default();
+        let mut ext_mounts = Vec::new();
+        for m in &manifest.mounts {
+            if m.host.exists() || manifest.root != std::path::Path::new("/") {
+                ext_mounts.push((m.key.clone(), m.host.clone()));
+                continue;
+            }
+            let empty = self.root.runtime.join("empty");
+            let made = crate::store::atomic::mkdir_p(&empty, 0o700)
+                .map_err(|e| e.to_string())
+                .and_then(|()| placeholders.make(&m.host));
+            if let Err(e) = made {
+                return Err(err_reply(
+                    CODE_STASIS_ERROR,
+                    format!(
+                        "restore of {} from generation {number}: the container had {} mounted when it was checkpointed; the host no longer has it, and a stand-in could not be made: {e}",
+                        self.wd.name,
+                        m.host.display()
+                    ),
+                ));
+            }
+            diag(&format!(
+                "{} is gone from the host: the restored container will not have it",
+                m.host.display()
             ));
+            ext_mounts.push((m.key.clone(), empty));
         }
         self.prepare_cgroup().map_err(|(c, m)| err_reply(c, m))?;
         let pidfile = self.wd.restore_pidfile();
@@ -75,11 +93,7 @@ impl Monitor {
             log: log.clone(),
             pidfile: pidfile.clone(),
             root: manifest.root.clone(),
-            ext_mounts: manifest
-                .mounts
-                .iter()
-                .map(|m| (m.key.clone(), m.host.clone()))
-                .collect(),
+            ext_mounts,
             cgroup_args: self.cgroup.criu_restore_args(),
             flags: manifest.criu.clone(),
         };
@@ -89,6 +103,7 @@ impl Monitor {
         self.save();
         let t0 = Instant::now();
         let run = self.run_criu(&criu, &ropts.argv(), &[], None, true).await;
+        placeholders.remove();
         if let Err(status) = run {
             let reasons = criu::failure_reasons(&log);
             let mut why = format!(
@@ -216,5 +231,42 @@ impl Monitor {
                 }
             }
         }
+    }
+}
+
+/// Directories made on the host to stand in for mount points it no longer has, removed (and
+/// with them the stand-in mounts in the restored container) once CRIU is done.
+#[derive(Default)]
+struct Placeholders(Vec<std::path::PathBuf>);
+
+impl Placeholders {
+    /// Makes `path` and whatever of its parents is missing.
+    fn make(&mut self, path: &std::path::Path) -> Result<(), String> {
+        let mut missing = vec![];
+        let mut p = Some(path);
+        while let Some(d) = p.filter(|d| !d.exists()) {
+            missing.push(d.to_path_buf());
+            p = d.parent();
+        }
+        for d in missing.iter().rev() {
+            std::fs::create_dir(d).map_err(|e| format!("mkdir {}: {e}", d.display()))?;
+            self.0.push(d.clone());
+        }
+        Ok(())
+    }
+
+    /// Removes them, deepest first: a mount on one of them in another namespace goes too.
+    fn remove(&mut self) {
+        for d in self.0.drain(..).rev() {
+            if let Err(e) = std::fs::remove_dir(&d) {
+                diag(&format!("remove the stand-in {}: {e}", d.display()));
+            }
+        }
+    }
+}
+
+impl Drop for Placeholders {
+    fn drop(&mut self) {
+        self.remove();
     }
 }
