@@ -4,12 +4,14 @@
 mod control;
 mod cr;
 mod exec;
+mod logs;
+mod progress;
 mod query;
 mod run;
+mod stats;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use stasis::exit::CODE_STASIS_ERROR;
-use stasis::store::name::WorkloadName;
 use stasis::store::state::StateRoot;
 use std::path::PathBuf;
 
@@ -22,7 +24,7 @@ use std::path::PathBuf;
 )]
 pub struct Cli {
     /// State root (default /var/lib/stasis; or STASIS_ROOT).
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
     pub root: Option<PathBuf>,
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -37,7 +39,7 @@ pub enum Cmd {
     /// Show everything about a workload.
     Inspect(query::InspectArgs),
     /// Print a workload's output.
-    Logs(query::LogsArgs),
+    Logs(logs::LogsArgs),
     /// Attach to a running workload's stdio.
     Attach(control::AttachArgs),
     /// Send a signal to a workload.
@@ -57,9 +59,11 @@ pub enum Cmd {
     /// List a workload's checkpoint generations.
     Checkpoints(query::InspectArgs),
     /// Show a workload's history: checkpoints, restores, restarts.
-    Events(query::InspectArgs),
+    Events(logs::EventsArgs),
+    /// Show CPU, memory, tasks and block IO of running workloads (live on a terminal).
+    Stats(stats::StatsArgs),
     /// Check what stasis needs from this host.
-    Check,
+    Check(query::CheckArgs),
     /// Take over running workloads whose monitor is gone (or, with --replace, hand them from
     /// their monitor to this version of stasis).
     Adopt(control::AdoptArgs),
@@ -68,14 +72,11 @@ pub enum Cmd {
 /// `--format`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Default)]
 pub enum Format {
+    /// Aligned columns for people.
     #[default]
     Table,
+    /// JSON for scripts; field names are stable.
     Json,
-}
-
-#[derive(Args, Debug)]
-pub struct NameOnly {
-    pub name: WorkloadName,
 }
 
 /// A failure of a verb: the code to exit with and a one-line message (empty: already said).
@@ -160,7 +161,7 @@ pub fn main() -> i32 {
         Cmd::Run(a) => run::run(&root, *a),
         Cmd::Ps(a) => query::ps(&root, a),
         Cmd::Inspect(a) => query::inspect(&root, a),
-        Cmd::Logs(a) => query::logs(&root, a),
+        Cmd::Logs(a) => logs::logs(&root, a),
         Cmd::Attach(a) => control::attach(&root, a),
         Cmd::Kill(a) => control::kill(&root, a),
         Cmd::Stop(a) => control::stop(&root, a),
@@ -170,8 +171,9 @@ pub fn main() -> i32 {
         Cmd::Checkpoint(a) => cr::checkpoint(&root, a),
         Cmd::Restore(a) => cr::restore(&root, a),
         Cmd::Checkpoints(a) => query::checkpoints(&root, a),
-        Cmd::Events(a) => query::events(&root, a),
-        Cmd::Check => query::check(&root),
+        Cmd::Events(a) => logs::events(&root, a),
+        Cmd::Stats(a) => stats::stats(&root, a),
+        Cmd::Check(a) => query::check(&root, a),
         Cmd::Adopt(a) => control::adopt(&root, a),
     };
     match r {
@@ -242,5 +244,29 @@ mod tests {
     fn cli_parses() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// Every command, flag and argument says what it is in --help, the man pages and the
+    /// completions.
+    #[test]
+    fn everything_has_help() {
+        use clap::CommandFactory;
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                if a.get_help().is_none() && !a.is_hide_set() {
+                    missing.push(format!("{path} {}", a.get_id()));
+                }
+            }
+            for s in c.get_subcommands() {
+                let p = format!("{path} {}", s.get_name());
+                if s.get_about().is_none() {
+                    missing.push(p.clone());
+                }
+                walk(s, &p, missing);
+            }
+        }
+        let mut missing = vec![];
+        walk(&Cli::command(), "stasis", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
     }
 }
