@@ -1,10 +1,12 @@
 //! The `stasis` command line: clap argument structs and one small function per verb that maps
 //! arguments onto the library's API and its errors onto exit codes.
 
+mod complete;
 mod control;
 mod cr;
 mod exec;
 mod logs;
+mod man;
 mod progress;
 mod query;
 mod run;
@@ -67,6 +69,10 @@ pub enum Cmd {
     /// Take over running workloads whose monitor is gone (or, with --replace, hand them from
     /// their monitor to this version of stasis).
     Adopt(control::AdoptArgs),
+    /// Print a shell completion script (bash, zsh, fish).
+    Completion(complete::CompletionArgs),
+    /// Write the man pages (stasis.1, stasis-COMMAND.1) into a directory.
+    Man(man::ManArgs),
 }
 
 /// `--format`.
@@ -128,6 +134,10 @@ pub fn main() -> i32 {
     // Output into a closed pipe (`stasis ps | head -1`) ends the CLI quietly, as it ends any
     // Unix filter; the attach relays handle EPIPE themselves.
     stasis::sys::sigpipe(false);
+    let mut args = std::env::args();
+    if args.nth(1).as_deref() == Some(complete::HELPER) {
+        return complete::helper(&args.collect::<Vec<_>>());
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -175,6 +185,8 @@ pub fn main() -> i32 {
         Cmd::Stats(a) => stats::stats(&root, a),
         Cmd::Check(a) => query::check(&root, a),
         Cmd::Adopt(a) => control::adopt(&root, a),
+        Cmd::Completion(a) => complete::completion(a),
+        Cmd::Man(a) => man::man(a),
     };
     match r {
         Ok(code) => code,
