@@ -11,6 +11,7 @@
 //! offering files where none fit, after a name that matches nothing) and tells zsh and fish
 //! with a `:files` line to use theirs.
 
+use super::Cli;
 use clap::{Arg, ArgAction, Command, CommandFactory};
 use stasis::store::name::WorkloadName;
 use stasis::store::state::StateRoot;
@@ -141,7 +142,9 @@ pub fn helper(args: &[String]) -> i32 {
             None => c.value,
         };
         if describe && !c.help.is_empty() {
-            out.push(format!("{value}\t{}", c.help));
+            // one line a candidate: a session's command may hold tabs or newlines
+            let help = c.help.replace(char::is_control, " ");
+            out.push(format!("{value}\t{help}"));
         } else {
             out.push(value);
         }
@@ -152,8 +155,6 @@ pub fn helper(args: &[String]) -> i32 {
     }
     0
 }
-
-use super::Cli;
 
 /// The CLI's definition, built: global options and help flags are in every subcommand.
 fn command() -> Command {

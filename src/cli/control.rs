@@ -56,6 +56,7 @@ pub struct RmArgs {
     #[arg(long)]
     pub all: bool,
     /// The workloads.
+    #[arg(value_name = "NAME")]
     pub names: Vec<WorkloadName>,
 }
 
@@ -154,6 +155,7 @@ pub struct AdoptArgs {
     #[arg(long)]
     pub all: bool,
     /// The workloads.
+    #[arg(value_name = "NAME")]
     pub names: Vec<WorkloadName>,
 }
 

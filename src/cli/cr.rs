@@ -337,7 +337,7 @@ pub fn checkpoint(root: &StateRoot, a: CheckpointArgs) -> Result<i32, Failure> {
     // the request is with the monitor before the spinner's thread starts: asking may adopt
     // the workload, which forks
     let pending = api::start_checkpoint(root, &name, opts)?;
-    let spinner = Activity::start(format!("checkpointing {name}"), a.quiet, true);
+    let spinner = Activity::start(format!("checkpointing {name}"), a.quiet);
     let r = pending.wait();
     spinner.done();
     let r = r?;
@@ -515,7 +515,7 @@ pub fn restore(root: &StateRoot, a: RestoreArgs) -> Result<i32, Failure> {
     };
     // may fork a monitor: the spinner's thread starts only once that is done
     let pending = api::start_restore(root, &name, opts)?;
-    let spinner = Activity::start(format!("restoring {name}"), a.quiet, true);
+    let spinner = Activity::start(format!("restoring {name}"), a.quiet);
     let r = pending.wait();
     spinner.done();
     let r = match r? {

@@ -38,22 +38,21 @@ fn bar(len: Option<u64>, template: &str, msg: String) -> ProgressBar {
 pub struct Activity(Option<ProgressBar>);
 
 impl Activity {
-    /// Shows `msg` (nothing unless [`wanted`]). With `tick`, a thread keeps the spinner and
-    /// the elapsed time moving: only where the caller will not fork before [`Activity::done`].
-    pub fn start(msg: String, quiet: bool, tick: bool) -> Activity {
+    /// Shows `msg` (nothing unless [`wanted`]); a thread keeps the spinner and the elapsed
+    /// time moving, so the caller must not fork before [`Activity::done`].
+    pub fn start(msg: String, quiet: bool) -> Activity {
         if !wanted(quiet) {
             return Activity(None);
         }
         let pb = bar(None, SPINNER, msg);
-        if tick {
-            pb.enable_steady_tick(Duration::from_millis(100));
-        }
+        pb.enable_steady_tick(Duration::from_millis(100));
         Activity(Some(pb))
     }
 
-    /// Clears the spinner (and stops its thread).
+    /// Clears the spinner and joins its thread.
     pub fn done(self) {
         if let Some(pb) = self.0 {
+            pb.disable_steady_tick();
             pb.finish_and_clear();
         }
     }
@@ -88,9 +87,10 @@ impl Counter {
         }
     }
 
-    /// Clears the bar.
+    /// Clears the bar and joins its thread.
     pub fn done(self) {
         if let Some(pb) = self.0 {
+            pb.disable_steady_tick();
             pb.finish_and_clear();
         }
     }

@@ -24,6 +24,7 @@ pub struct StatsArgs {
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
     /// The workloads (every running one by default).
+    #[arg(value_name = "NAME")]
     pub names: Vec<WorkloadName>,
 }
 
