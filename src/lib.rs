@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod client;
 pub mod container;
 pub mod criu;
+pub mod cuda;
 pub mod events;
 pub mod exec;
 pub mod fsutil;
