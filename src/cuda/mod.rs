@@ -16,8 +16,11 @@
 //! [`plugin::CudaPlugin::criu_args`]; record [`facts::GpuFacts`] in the manifest. Per
 //! restore of a generation that recorded GPU facts: [`preflight::before_restore`].
 
+pub mod cli;
 pub mod driver;
 pub mod embedded;
+pub mod shim;
+pub mod state;
 
 // Compiled into the crate only so that fmt, clippy and unit tests cover it: the program that
 // runs it is built from the file alone by build.rs, and nothing here calls it.
