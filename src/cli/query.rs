@@ -434,6 +434,9 @@ pub fn check(root: &StateRoot) -> Result<i32, Failure> {
         Ok(()) => line(true, "state root", root.root.display().to_string()),
         Err(e) => line(false, "state root", e.to_string()),
     }
+    for l in stasis::cuda::readiness::check_lines() {
+        line(l.ok, l.what, l.detail);
+    }
     Ok(if ok {
         0
     } else {

@@ -17,8 +17,13 @@
 //! restore of a generation that recorded GPU facts: [`preflight::before_restore`].
 
 pub mod cli;
+pub mod detect;
 pub mod driver;
 pub mod embedded;
+pub mod facts;
+pub mod plugin;
+pub mod preflight;
+pub mod readiness;
 pub mod shim;
 pub mod state;
 
