@@ -80,7 +80,7 @@ pub enum UsageError {
     NoPid,
 }
 
-/// Parses the arguments after argv[0]. `--flag value` and `--flag=value` are both accepted.
+/// Parses the arguments after `argv[0]`. `--flag value` and `--flag=value` are both accepted.
 pub fn parse<I: IntoIterator<Item = OsString>>(args: I) -> Result<Request, UsageError> {
     enum Op0 {
         State,
@@ -211,7 +211,7 @@ pub fn success_output(req: &Request, value: Option<i32>) -> Result<String, Reque
     })
 }
 
-/// Runs the mode with the arguments after argv[0]; returns the exit status.
+/// Runs the mode with the arguments after `argv[0]`; returns the exit status.
 pub fn main<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
     let req = match parse(args) {
         Ok(r) => r,

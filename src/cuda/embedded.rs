@@ -35,7 +35,7 @@ fn memfd() -> io::Result<OwnedFd> {
 
 /// The helper, ready to run: a command to complete (environment, stdio) and spawn.
 pub struct HelperCommand {
-    /// The command: argv[0] `cuda-checkpoint`, the arguments given, stdin from /dev/null, and
+    /// The command: `argv[0]` `cuda-checkpoint`, the arguments given, stdin from /dev/null, and
     /// this process's environment (LD_LIBRARY_PATH is how a host, or a test, says where
     /// libcuda.so.1 is).
     pub cmd: Command,

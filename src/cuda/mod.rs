@@ -8,13 +8,21 @@
 //! CUDA driver's checkpoint API in libcuda.so.1, loaded at run time and never linked.
 //!
 //! Because stasis is a static binary and libcuda cannot be loaded into one, the driver calls
-//! happen in a small dynamically linked helper ([`helper`], built by build.rs) that stasis
-//! embeds and runs from a memfd ([`embedded`], [`driver`]).
+//! happen in a small dynamically linked helper (`src/cuda/helper.rs`, built by build.rs) that
+//! stasis embeds and runs from a memfd ([`embedded`], [`driver`]).
 //!
-//! For the core, per checkpoint: [`preflight::before_dump`] (costs a job without a GPU one
-//! `stat`), then CRIU with `PATH=`[`shim::criu_path`] and the plugin's
-//! [`plugin::CudaPlugin::criu_args`]; record [`facts::GpuFacts`] in the manifest. Per
-//! restore of a generation that recorded GPU facts: [`preflight::before_restore`].
+//! What the checkpoint and restore paths call:
+//! - once per host (or per monitor): [`shim::install`]`(dir)` with a root-owned directory of
+//!   stasis's own (say RUNTIME/bin), then run every `criu` with
+//!   `PATH=`[`shim::criu_path`]`(dir, PATH)`, so the plugin finds stasis as `cuda-checkpoint`;
+//! - before a dump: [`preflight::before_dump`]`(init_pid)`. `Ok(None)`: no GPU, nothing to do
+//!   (a `stat` on a host without the NVIDIA driver). `Ok(Some(g))`: add
+//!   `g.plugin.`[`criu_args`](plugin::CudaPlugin::criu_args) to CRIU's argv and record
+//!   `g.facts` ([`facts::GpuFacts`], serde) in the generation's manifest. `Err(e)`: refuse the
+//!   checkpoint with `e` (one line);
+//! - before restoring a generation that recorded GPU facts `f`:
+//!   [`preflight::before_restore`]`(&f)`, giving the plugin (whose CRIU arguments to add), or
+//!   the one line that says why the restore cannot work here.
 
 pub mod cli;
 pub mod detect;

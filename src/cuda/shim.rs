@@ -9,7 +9,7 @@ use std::io;
 use std::os::unix::fs::{symlink, DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// The command's name, which is also how stasis recognises the mode in argv[0].
+/// The command's name, which is also how stasis recognises the mode in `argv[0]`.
 pub const COMMAND: &str = "cuda-checkpoint";
 
 /// Making the command's directory failed.
