@@ -29,15 +29,28 @@ fn err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ShimError {
     move |source| ShimError { op, path, source }
 }
 
-/// Makes `dir` (stasis's own directory: created if missing, mode 0755) hold `cuda-checkpoint`, a link to the running
-/// stasis binary, and returns the link's path. Idempotent; a link to another binary (an
-/// older stasis) is replaced atomically, so a CRIU running meanwhile finds one or the other.
+/// Makes `dir` (stasis's own directory: created if missing, mode 0755) hold
+/// `cuda-checkpoint`, a link to the running stasis binary, and returns the link's path.
+/// Idempotent; a link to another binary (an older stasis) is replaced atomically, so a CRIU
+/// running meanwhile finds one or the other.
 ///
 /// CRIU runs the command as root: `dir` must be writable by root only (a directory under the
-/// state root's runtime directory is).
+/// state root's runtime directory is). A caller that wants the link to survive an upgrade of
+/// the installed binary can point it at the init store's copy with [`install_for`].
 pub fn install(dir: &Path) -> Result<PathBuf, ShimError> {
     let exe = std::env::current_exe().map_err(err("find", Path::new("/proc/self/exe")))?;
-    install_for(dir, &exe)
+    install_for(dir, &running_binary(exe))
+}
+
+/// The path of the running binary, also after it was replaced on disk (an upgrade while a
+/// monitor runs): /proc/self/exe then reads "PATH (deleted)", and PATH holds the new stasis,
+/// which has the mode too.
+fn running_binary(exe: PathBuf) -> PathBuf {
+    let s = exe.to_string_lossy();
+    match s.strip_suffix(" (deleted)") {
+        Some(p) if !exe.exists() => PathBuf::from(p),
+        _ => exe,
+    }
 }
 
 /// [`install`] with the link pointing at `exe`.
@@ -99,6 +112,15 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["cuda-checkpoint"], "no temp file left behind");
+    }
+
+    #[test]
+    fn an_upgraded_binary_is_linked_at_its_path() {
+        let t = tempfile::tempdir().unwrap();
+        let old = t.path().join("stasis (deleted)");
+        assert_eq!(running_binary(old), t.path().join("stasis"));
+        let me = std::env::current_exe().unwrap();
+        assert_eq!(running_binary(me.clone()), me);
     }
 
     #[test]
