@@ -350,6 +350,9 @@ pub fn check(root: &StateRoot, a: CheckArgs) -> Result<i32, Failure> {
         Ok(()) => line(true, "state root", root.root.display().to_string()),
         Err(e) => line(false, "state root", e.to_string()),
     }
+    for l in stasis::cuda::readiness::check_lines() {
+        line(l.ok, l.what, l.detail);
+    }
     let ok = checks.iter().all(|c| c.ok);
     if a.format == Format::Json {
         println!(
