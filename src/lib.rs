@@ -14,6 +14,7 @@ pub mod api;
 pub mod attach;
 pub mod container;
 pub mod criu;
+pub mod cuda;
 pub mod exit;
 pub mod init;
 pub mod monitor;

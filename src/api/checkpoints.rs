@@ -10,12 +10,35 @@ pub fn locate_criu(root: &StateRoot) -> Result<crate::criu::Criu, ApiError> {
     Ok(crate::criu::locate_checked(&crate::criu::cache_dir(root))?)
 }
 
+/// A request a monitor is working on: its reply is still to come. Between the request and
+/// [`Pending::wait`] nothing forks, so a caller may show progress from another thread.
+pub struct Pending {
+    conn: OwnedFd,
+}
+
+impl Pending {
+    /// Waits for the monitor's reply.
+    pub fn wait(self) -> Result<Reply, ApiError> {
+        next_reply(&self.conn)
+    }
+}
+
 /// Takes a checkpoint.
 pub fn checkpoint(
     root: &StateRoot,
     name: &WorkloadName,
-    mut opts: CheckpointOpts,
+    opts: CheckpointOpts,
 ) -> Result<Reply, ApiError> {
+    start_checkpoint(root, name, opts)?.wait()
+}
+
+/// Asks the monitor of `name` for a checkpoint (adopting the workload first if its monitor
+/// died) and returns without waiting for the dump.
+pub fn start_checkpoint(
+    root: &StateRoot,
+    name: &WorkloadName,
+    mut opts: CheckpointOpts,
+) -> Result<Pending, ApiError> {
     let o = supervised(root, name)?;
     if !o.monitor_alive {
         return Err(not_running_or_orphan(&o, name));
@@ -24,15 +47,25 @@ pub fn checkpoint(
     let c = connect(root, name)?;
     protocol::send(c.as_fd(), &Request::Checkpoint { opts }, &[])
         .map_err(io_err("send to the monitor"))?;
-    next_reply(&c)
+    Ok(Pending { conn: c })
 }
 
 /// Restores a workload: through its monitor if it has one, else by starting a new monitor.
 pub fn restore(
     root: &StateRoot,
     name: &WorkloadName,
-    mut opts: RestoreOpts,
+    opts: RestoreOpts,
 ) -> Result<Reply, ApiError> {
+    start_restore(root, name, opts)?.wait()
+}
+
+/// Asks for a restore (starting a monitor for it if the workload has none) and returns
+/// without waiting for CRIU. The caller must be single-threaded: this may fork a monitor.
+pub fn start_restore(
+    root: &StateRoot,
+    name: &WorkloadName,
+    mut opts: RestoreOpts,
+) -> Result<Pending, ApiError> {
     let wd = root.workload(name);
     supervised(root, name)?;
     let o = settled(&wd)?;
@@ -41,7 +74,7 @@ pub fn restore(
         let c = connect(root, name)?;
         protocol::send(c.as_fd(), &Request::Restore { opts }, &[])
             .map_err(io_err("send to the monitor"))?;
-        return next_reply(&c);
+        return Ok(Pending { conn: c });
     }
     if o.state.status == Status::Running {
         return Err(not_running_or_orphan(&o, name));
@@ -53,7 +86,7 @@ pub fn restore(
     let conn = spawn_monitor(root, &wd, lock, None)?;
     protocol::send(conn.as_fd(), &Request::StartRestore { opts }, &[])
         .map_err(io_err("send to the monitor"))?;
-    next_reply(&conn)
+    Ok(Pending { conn })
 }
 
 /// Exports generation `gen` (newest when None) of a workload to `out`.

@@ -71,7 +71,9 @@ pub fn check(reply: Reply) -> Result<Reply, ApiError> {
 }
 
 mod checkpoints;
+pub mod logs;
 mod query;
+pub mod stats;
 mod workload;
 
 pub use checkpoints::*;

@@ -14,6 +14,8 @@ pub struct Inspect {
     pub sessions: Vec<crate::store::sessions::SessionRecord>,
     pub cgroup: String,
     pub log: String,
+    /// The monitor's own diagnostics (`STASIS_LOG` sets their level).
+    pub monitor_log: String,
 }
 
 /// A generation in `inspect` and `checkpoints`.
@@ -86,6 +88,7 @@ pub fn inspect(root: &StateRoot, name: &WorkloadName) -> Result<Inspect, ApiErro
         sessions: crate::store::sessions::list(&wd),
         cgroup: crate::container::cgroup::Cgroup::for_workload(&root.key(), name.as_str()).rel,
         log: wd.log_path().display().to_string(),
+        monitor_log: wd.dir.join("monitor.log").display().to_string(),
     })
 }
 

@@ -12,6 +12,7 @@ use stasis::store::state::{self, StateRoot};
 
 #[derive(Args, Debug)]
 pub struct NameArg {
+    /// The workload.
     pub name: WorkloadName,
 }
 
@@ -23,6 +24,7 @@ pub struct AttachArgs {
     /// Do not send our stdin.
     #[arg(long = "no-stdin")]
     pub no_stdin: bool,
+    /// The workload.
     pub name: WorkloadName,
 }
 
@@ -31,6 +33,7 @@ pub struct KillArgs {
     /// Signal, by name (TERM, SIGUSR1) or number (default KILL).
     #[arg(short = 's', long = "signal", default_value = "KILL")]
     pub signal: String,
+    /// The workload.
     pub name: WorkloadName,
 }
 
@@ -38,8 +41,9 @@ pub struct KillArgs {
 pub struct StopArgs {
     /// Seconds (or a duration like 500ms) to wait before SIGKILL; the spec's stop_timeout by
     /// default.
-    #[arg(short = 't', long = "time", value_parser = |s: &str| Dur::parse(s))]
+    #[arg(short = 't', long = "time", value_name = "DURATION", value_parser = |s: &str| Dur::parse(s))]
     pub time: Option<Dur>,
+    /// The workload.
     pub name: WorkloadName,
 }
 
@@ -51,6 +55,8 @@ pub struct RmArgs {
     /// Remove every workload.
     #[arg(long)]
     pub all: bool,
+    /// The workloads.
+    #[arg(value_name = "NAME")]
     pub names: Vec<WorkloadName>,
 }
 
@@ -149,6 +155,7 @@ pub struct AdoptArgs {
     #[arg(long)]
     pub all: bool,
     /// The workloads.
+    #[arg(value_name = "NAME")]
     pub names: Vec<WorkloadName>,
 }
 

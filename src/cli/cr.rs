@@ -1,16 +1,15 @@
 //! `checkpoint` and `restore`, one workload or all of them.
 
-use super::{usage, Failure};
+use super::progress::{self, Activity, Counter};
+use super::{usage, Failure, Format};
 use clap::Args;
+use serde::Serialize;
 use stasis::api::{self, ApiError};
 use stasis::protocol::{CheckpointOpts, Reply, RestoreOpts};
 use stasis::store::name::WorkloadName;
 use stasis::store::state::{StateRoot, Status};
-use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
 
 #[derive(Args, Debug)]
 pub struct CheckpointArgs {
@@ -37,6 +36,10 @@ pub struct CheckpointArgs {
     /// No progress, no summary lines; errors only.
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Output format: a line of text, or JSON (with --all: an array).
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+    /// The workload (not with --all).
     pub name: Option<WorkloadName>,
 }
 
@@ -110,103 +113,138 @@ pub struct RestoreArgs {
     /// Restore every checkpointed workload.
     #[arg(long)]
     pub all: bool,
+    /// With --all: how many at once.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
+    /// No progress, no summary lines; errors only.
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Output format: a line of text, or JSON (with --all: an array).
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+    /// The workload (not with --all; with --import, the name it must have).
     pub name: Option<WorkloadName>,
 }
 
-/// Shows elapsed time on a terminal while a long operation runs.
-struct Progress {
-    done: Arc<AtomicBool>,
-    t: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Progress {
-    fn start(what: String, quiet: bool) -> Progress {
-        let done = Arc::new(AtomicBool::new(false));
-        let t = (!quiet && std::io::stderr().is_terminal()).then(|| {
-            let d = done.clone();
-            std::thread::spawn(move || {
-                let t0 = Instant::now();
-                let mut shown = false;
-                while !d.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(100));
-                    if t0.elapsed() > Duration::from_millis(500) {
-                        eprint!("\r{what}... {:.1}s", t0.elapsed().as_secs_f64());
-                        shown = true;
-                    }
-                }
-                if shown {
-                    eprint!("\r\x1b[K");
-                }
-            })
-        });
-        Progress { done, t }
-    }
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        self.done.store(true, Ordering::Relaxed);
-        if let Some(t) = self.t.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Runs `f` over `names` with at most `parallel` at a time; prints one line per name and a
-/// progress count on a terminal; returns the names that failed.
-fn for_all(
+/// Runs `f` over `names` with at most `parallel` at a time; prints one line per name (as
+/// `describe` says; none in JSON) above a progress bar on a terminal; returns each name's
+/// result, in the order of `names`.
+fn for_all<T: Send>(
     names: Vec<WorkloadName>,
     parallel: usize,
     quiet: bool,
+    json: bool,
     verb: &str,
-    f: impl Fn(&WorkloadName) -> Result<String, ApiError> + Sync,
-) -> Vec<(WorkloadName, String)> {
-    let total = names.len();
-    let queue = Mutex::new(names.into_iter());
-    let failed = Mutex::new(Vec::new());
-    let done = AtomicUsize::new(0);
-    let tty = !quiet && std::io::stderr().is_terminal();
+    f: impl Fn(&WorkloadName) -> Result<T, ApiError> + Sync,
+    describe: impl Fn(&T) -> String + Sync,
+) -> Vec<(WorkloadName, Result<T, String>)> {
+    let bar = Counter::new(names.len(), verb, quiet);
+    let queue = Mutex::new(names.into_iter().enumerate());
+    let results = Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for _ in 0..parallel.max(1) {
             s.spawn(|| loop {
                 let next = queue.lock().ok().and_then(|mut q| q.next());
-                let Some(n) = next else { return };
-                let r = f(&n);
-                let k = done.fetch_add(1, Ordering::Relaxed) + 1;
-                match r {
-                    Ok(line) => {
-                        if !quiet {
-                            println!("{n}: {line}");
-                        }
-                    }
-                    Err(e) => {
-                        println!("{n}: FAILED: {e}");
-                        if let Ok(mut f) = failed.lock() {
-                            f.push((n.clone(), e.to_string()));
-                        }
-                    }
+                let Some((i, n)) = next else { return };
+                let r = f(&n).map_err(|e| e.to_string());
+                match &r {
+                    Ok(t) if !quiet && !json => bar.println(&format!("{n}: {}", describe(t))),
+                    Err(e) if !json => bar.println(&format!("{n}: FAILED: {e}")),
+                    _ => {}
                 }
-                if tty {
-                    eprint!("\r{verb} {k}/{total}\x1b[K");
-                    if k == total {
-                        eprintln!();
-                    }
+                bar.inc();
+                if let Ok(mut v) = results.lock() {
+                    v.push((i, n, r));
                 }
             });
         }
     });
-    failed.into_inner().unwrap_or_default()
+    bar.done();
+    let mut v = results.into_inner().unwrap_or_default();
+    v.sort_by_key(|(i, _, _)| *i);
+    v.into_iter().map(|(_, n, r)| (n, r)).collect()
 }
 
-fn summary(verb: &str, failed: Vec<(WorkloadName, String)>) -> Result<i32, Failure> {
-    if failed.is_empty() {
+/// What `checkpoint --format json` prints for a workload.
+#[derive(Serialize)]
+struct CheckpointResult {
+    name: String,
+    ok: bool,
+    generation: Option<u32>,
+    dump_ms: Option<f64>,
+    frozen_ms: Option<f64>,
+    size: Option<u64>,
+    leave_running: Option<bool>,
+    error: Option<String>,
+}
+
+impl CheckpointResult {
+    fn new(name: &WorkloadName, r: &Result<Reply, String>) -> CheckpointResult {
+        let mut c = CheckpointResult {
+            name: name.to_string(),
+            ok: r.is_ok(),
+            generation: None,
+            dump_ms: None,
+            frozen_ms: None,
+            size: None,
+            leave_running: None,
+            error: r.as_ref().err().cloned(),
+        };
+        if let Ok(Reply::Checkpointed {
+            generation,
+            stats,
+            leave_running,
+        }) = r
+        {
+            c.generation = Some(*generation);
+            c.dump_ms = Some(stats.dump_ms);
+            c.frozen_ms = stats.frozen_ms;
+            c.size = Some(stats.size);
+            c.leave_running = Some(*leave_running);
+        }
+        c
+    }
+}
+
+/// What `restore --format json` prints for a workload.
+#[derive(Serialize)]
+struct RestoreResult {
+    name: String,
+    ok: bool,
+    generation: Option<u32>,
+    pid: Option<i32>,
+    error: Option<String>,
+}
+
+impl RestoreResult {
+    fn new(name: &WorkloadName, r: &Result<(u32, i32), String>) -> RestoreResult {
+        RestoreResult {
+            name: name.to_string(),
+            ok: r.is_ok(),
+            generation: r.as_ref().ok().map(|r| r.0),
+            pid: r.as_ref().ok().map(|r| r.1),
+            error: r.as_ref().err().cloned(),
+        }
+    }
+}
+
+fn print_json(v: &impl Serialize) -> Result<(), Failure> {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).map_err(|e| usage(e.to_string()))?
+    );
+    Ok(())
+}
+
+fn summary<T>(verb: &str, results: &[(WorkloadName, Result<T, String>)]) -> Result<i32, Failure> {
+    let names: Vec<String> = results
+        .iter()
+        .filter(|(_, r)| r.is_err())
+        .map(|(n, _)| n.to_string())
+        .collect();
+    if names.is_empty() {
         return Ok(0);
     }
-    let names: Vec<String> = failed.into_iter().map(|(n, _)| n.to_string()).collect();
     Err(Failure {
         code: stasis::exit::CODE_STASIS_ERROR,
         message: format!(
@@ -271,29 +309,50 @@ pub fn checkpoint(root: &StateRoot, a: CheckpointArgs) -> Result<i32, Failure> {
             },
             ..opts
         };
-        let failed = for_all(names, a.parallel, a.quiet, "checkpointed", |n| {
-            api::checkpoint(root, n, opts.clone()).map(|r| describe_checkpoint(&r))
-        });
+        let json = a.format == Format::Json;
+        let results = for_all(
+            names,
+            a.parallel,
+            a.quiet,
+            json,
+            "checkpointed",
+            |n| api::checkpoint(root, n, opts.clone()),
+            describe_checkpoint,
+        );
         // Maintenance path: make every new generation durable before the host goes down.
         nix::unistd::sync();
-        return summary("checkpoint", failed);
+        if json {
+            let v: Vec<CheckpointResult> = results
+                .iter()
+                .map(|(n, r)| CheckpointResult::new(n, r))
+                .collect();
+            print_json(&v)?;
+        }
+        return summary("checkpoint", &results);
     }
     let name = a
         .name
         .clone()
         .ok_or_else(|| usage("checkpoint needs a workload name (or --all)"))?;
-    let r = {
-        let _p = Progress::start(format!("checkpointing {name}"), a.quiet);
-        api::checkpoint(root, &name, opts)?
-    };
+    // the request is with the monitor before the spinner's thread starts: asking may adopt
+    // the workload, which forks
+    let pending = api::start_checkpoint(root, &name, opts)?;
+    let spinner = Activity::start(format!("checkpointing {name}"), a.quiet);
+    let r = pending.wait();
+    spinner.done();
+    let r = r?;
     let gen = match &r {
         Reply::Checkpointed { generation, .. } => Some(*generation),
         _ => None,
     };
     if let Some(dest) = &a.export {
-        export_to(root, &name, gen, dest)?;
+        export_to(root, &name, gen, dest, a.quiet)?;
     }
-    if !a.quiet && a.export.as_deref() != Some("-") {
+    if a.export.as_deref() == Some("-") {
+        // stdout is the archive
+    } else if a.format == Format::Json {
+        print_json(&CheckpointResult::new(&name, &Ok(r)))?;
+    } else if !a.quiet {
         println!("{}", describe_checkpoint(&r));
     }
     Ok(0)
@@ -304,10 +363,30 @@ fn export_to(
     name: &WorkloadName,
     gen: Option<u32>,
     dest: &str,
+    quiet: bool,
+) -> Result<(), Failure> {
+    // the archive is compressed as it is written: its size is known only at the end
+    let bar = progress::bytes(None, format!("exporting {name}"), quiet);
+    let r = export_with(root, name, gen, dest, bar.as_ref());
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    r
+}
+
+fn export_with(
+    root: &StateRoot,
+    name: &WorkloadName,
+    gen: Option<u32>,
+    dest: &str,
+    bar: Option<&indicatif::ProgressBar>,
 ) -> Result<(), Failure> {
     if dest == "-" {
         let out = std::io::stdout().lock();
-        api::export(root, name, gen, out)?;
+        match bar {
+            Some(b) => api::export(root, name, gen, b.wrap_write(out))?,
+            None => api::export(root, name, gen, out)?,
+        };
         return Ok(());
     }
     let path = PathBuf::from(dest);
@@ -315,7 +394,10 @@ fn export_to(
     let f =
         std::fs::File::create(&tmp).map_err(|e| usage(format!("create {}: {e}", tmp.display())))?;
     let mut w = std::io::BufWriter::new(f);
-    let r = api::export(root, name, gen, &mut w);
+    let r = match bar {
+        Some(b) => api::export(root, name, gen, b.wrap_write(&mut w)),
+        None => api::export(root, name, gen, &mut w),
+    };
     let r = r.and_then(|g| {
         std::io::Write::flush(&mut w).map_err(|e| ApiError::Io {
             what: format!("write {}", tmp.display()),
@@ -333,11 +415,12 @@ fn export_to(
     }
 }
 
+/// Restores `name` through a `stasis restore NAME` child; returns the generation and pid.
 fn restore_in_child(
     root: &StateRoot,
     name: &WorkloadName,
     opts: &RestoreOpts,
-) -> Result<String, ApiError> {
+) -> Result<(u32, i32), ApiError> {
     let exe = std::env::current_exe().map_err(|e| ApiError::Io {
         what: "find own executable".into(),
         source: e,
@@ -359,10 +442,9 @@ fn restore_in_child(
         })?;
     if out.status.success() {
         let st = stasis::store::state::observe(&root.workload(name))?;
-        Ok(format!(
-            "restored from generation {} (pid {})",
+        Ok((
             st.state.generation.unwrap_or(0),
-            st.state.init.map(|i| i.pid).unwrap_or(0)
+            st.state.init.map(|i| i.pid).unwrap_or(0),
         ))
     } else {
         let err = String::from_utf8_lossy(&out.stderr);
@@ -374,13 +456,8 @@ fn restore_in_child(
     }
 }
 
-fn describe_restore(r: &Reply) -> String {
-    match r {
-        Reply::Restored { generation, pid } => {
-            format!("restored from generation {generation} (pid {pid})")
-        }
-        other => format!("{other:?}"),
-    }
+fn describe_restore((generation, pid): &(u32, i32)) -> String {
+    format!("restored from generation {generation} (pid {pid})")
 }
 
 pub fn restore(root: &StateRoot, a: RestoreArgs) -> Result<i32, Failure> {
@@ -400,19 +477,28 @@ pub fn restore(root: &StateRoot, a: RestoreArgs) -> Result<i32, Failure> {
             .collect();
         // Each restore may fork a new monitor, which a multi-threaded process must not do:
         // run every restore as its own `stasis restore NAME` process.
-        let failed = for_all(names, a.parallel, a.quiet, "restored", |n| {
-            restore_in_child(root, n, &opts)
-        });
-        return summary("restore", failed);
+        let json = a.format == Format::Json;
+        let results = for_all(
+            names,
+            a.parallel,
+            a.quiet,
+            json,
+            "restored",
+            |n| restore_in_child(root, n, &opts),
+            describe_restore,
+        );
+        if json {
+            let v: Vec<RestoreResult> = results
+                .iter()
+                .map(|(n, r)| RestoreResult::new(n, r))
+                .collect();
+            print_json(&v)?;
+        }
+        return summary("restore", &results);
     }
     let name = match &a.import {
         Some(src) => {
-            let imported = if src == "-" {
-                api::import(root, std::io::stdin().lock(), "stdin", a.new_name.clone())?
-            } else {
-                let f = std::fs::File::open(src).map_err(|e| usage(format!("{src}: {e}")))?;
-                api::import(root, std::io::BufReader::new(f), src, a.new_name.clone())?
-            };
+            let imported = import_from(root, src, a.new_name.clone(), a.quiet)?;
             if let Some(n) = &a.name {
                 if *n != imported {
                     return Err(usage(format!(
@@ -427,12 +513,57 @@ pub fn restore(root: &StateRoot, a: RestoreArgs) -> Result<i32, Failure> {
             .clone()
             .ok_or_else(|| usage("restore needs a workload name (or --all, or --import)"))?,
     };
-    let r = {
-        let _p = Progress::start(format!("restoring {name}"), a.quiet);
-        api::restore(root, &name, opts)?
+    // may fork a monitor: the spinner's thread starts only once that is done
+    let pending = api::start_restore(root, &name, opts)?;
+    let spinner = Activity::start(format!("restoring {name}"), a.quiet);
+    let r = pending.wait();
+    spinner.done();
+    let r = match r? {
+        Reply::Restored { generation, pid } => (generation, pid),
+        other => return Err(usage(format!("unexpected reply {other:?}"))),
     };
-    if !a.quiet {
+    if a.format == Format::Json {
+        print_json(&RestoreResult::new(&name, &Ok(r)))?;
+    } else if !a.quiet {
         println!("{name}: {}", describe_restore(&r));
     }
     Ok(0)
+}
+
+/// Imports an archive from a file or stdin (`-`), with a byte count on a terminal.
+fn import_from(
+    root: &StateRoot,
+    src: &str,
+    name: Option<WorkloadName>,
+    quiet: bool,
+) -> Result<WorkloadName, Failure> {
+    let shown = std::path::Path::new(src)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| src.to_string());
+    let msg = format!("importing {shown}");
+    if src == "-" {
+        let bar = progress::bytes(None, msg, quiet);
+        let input = std::io::stdin().lock();
+        let r = match &bar {
+            Some(b) => api::import(root, b.wrap_read(input), "stdin", name),
+            None => api::import(root, input, "stdin", name),
+        };
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        return Ok(r?);
+    }
+    let f = std::fs::File::open(src).map_err(|e| usage(format!("{src}: {e}")))?;
+    let len = f.metadata().map(|m| m.len()).ok();
+    let bar = progress::bytes(len, msg, quiet);
+    let input = std::io::BufReader::new(f);
+    let r = match &bar {
+        Some(b) => api::import(root, b.wrap_read(input), src, name),
+        None => api::import(root, input, src, name),
+    };
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(r?)
 }

@@ -26,17 +26,22 @@ pub struct ExecArgs {
     /// Never give the session a pty.
     #[arg(short = 'T', long = "no-tty")]
     pub no_tty: bool,
+    /// Set a variable in the session (repeatable).
     #[arg(short = 'e', long = "env", value_name = "K=V")]
     pub env: Vec<String>,
+    /// Pass a variable of ours through to the session (repeatable).
     #[arg(long = "env-pass", value_name = "K")]
     pub env_pass: Vec<String>,
+    /// Working directory of the session, inside the container (the workload's by default).
     #[arg(short = 'w', long, value_name = "DIR")]
     pub workdir: Option<String>,
+    /// Run the session as UID[:GID] or NAME[:GROUP] (the workload's user by default).
     #[arg(short = 'u', long)]
     pub user: Option<String>,
     /// Pass our fd N to the session as fd N (repeatable).
     #[arg(long = "preserve-fd", value_name = "N")]
     pub preserve_fd: Vec<i32>,
+    /// Keys that detach the client (with a tty): ctrl-p,ctrl-q by default; "" disables.
     #[arg(long = "detach-keys", value_name = "KEYS")]
     pub detach_keys: Option<String>,
     /// List the workload's exec sessions.
@@ -52,8 +57,9 @@ pub struct ExecArgs {
     #[arg(long = "rm", value_name = "ID")]
     pub remove: Option<SessionId>,
     /// With --stop: how long before KILL (10s).
-    #[arg(long, value_parser = |s: &str| Dur::parse(s))]
+    #[arg(long, value_name = "DURATION", value_parser = |s: &str| Dur::parse(s))]
     pub time: Option<Dur>,
+    /// With --list: a table, or a JSON array.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
     /// The workload.

@@ -1,15 +1,19 @@
 //! The `stasis` command line: clap argument structs and one small function per verb that maps
 //! arguments onto the library's API and its errors onto exit codes.
 
+mod complete;
 mod control;
 mod cr;
 mod exec;
+mod logs;
+mod man;
+mod progress;
 mod query;
 mod run;
+mod stats;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use stasis::exit::CODE_STASIS_ERROR;
-use stasis::store::name::WorkloadName;
 use stasis::store::state::StateRoot;
 use std::path::PathBuf;
 
@@ -22,7 +26,7 @@ use std::path::PathBuf;
 )]
 pub struct Cli {
     /// State root (default /var/lib/stasis; or STASIS_ROOT).
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
     pub root: Option<PathBuf>,
     #[command(subcommand)]
     pub cmd: Cmd,
@@ -37,7 +41,7 @@ pub enum Cmd {
     /// Show everything about a workload.
     Inspect(query::InspectArgs),
     /// Print a workload's output.
-    Logs(query::LogsArgs),
+    Logs(logs::LogsArgs),
     /// Attach to a running workload's stdio.
     Attach(control::AttachArgs),
     /// Send a signal to a workload.
@@ -57,25 +61,28 @@ pub enum Cmd {
     /// List a workload's checkpoint generations.
     Checkpoints(query::InspectArgs),
     /// Show a workload's history: checkpoints, restores, restarts.
-    Events(query::InspectArgs),
+    Events(logs::EventsArgs),
+    /// Show CPU, memory, tasks and block IO of running workloads (live on a terminal).
+    Stats(stats::StatsArgs),
     /// Check what stasis needs from this host.
-    Check,
+    Check(query::CheckArgs),
     /// Take over running workloads whose monitor is gone (or, with --replace, hand them from
     /// their monitor to this version of stasis).
     Adopt(control::AdoptArgs),
+    /// Print a shell completion script (bash, zsh, fish).
+    Completion(complete::CompletionArgs),
+    /// Write the man pages (stasis.1, stasis-COMMAND.1) into a directory.
+    Man(man::ManArgs),
 }
 
 /// `--format`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Default)]
 pub enum Format {
+    /// Aligned columns for people.
     #[default]
     Table,
+    /// JSON for scripts; field names are stable.
     Json,
-}
-
-#[derive(Args, Debug)]
-pub struct NameOnly {
-    pub name: WorkloadName,
 }
 
 /// A failure of a verb: the code to exit with and a one-line message (empty: already said).
@@ -127,6 +134,10 @@ pub fn main() -> i32 {
     // Output into a closed pipe (`stasis ps | head -1`) ends the CLI quietly, as it ends any
     // Unix filter; the attach relays handle EPIPE themselves.
     stasis::sys::sigpipe(false);
+    let mut args = std::env::args();
+    if args.nth(1).as_deref() == Some(complete::HELPER) {
+        return complete::helper(&args.collect::<Vec<_>>());
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -160,7 +171,7 @@ pub fn main() -> i32 {
         Cmd::Run(a) => run::run(&root, *a),
         Cmd::Ps(a) => query::ps(&root, a),
         Cmd::Inspect(a) => query::inspect(&root, a),
-        Cmd::Logs(a) => query::logs(&root, a),
+        Cmd::Logs(a) => logs::logs(&root, a),
         Cmd::Attach(a) => control::attach(&root, a),
         Cmd::Kill(a) => control::kill(&root, a),
         Cmd::Stop(a) => control::stop(&root, a),
@@ -170,9 +181,12 @@ pub fn main() -> i32 {
         Cmd::Checkpoint(a) => cr::checkpoint(&root, a),
         Cmd::Restore(a) => cr::restore(&root, a),
         Cmd::Checkpoints(a) => query::checkpoints(&root, a),
-        Cmd::Events(a) => query::events(&root, a),
-        Cmd::Check => query::check(&root),
+        Cmd::Events(a) => logs::events(&root, a),
+        Cmd::Stats(a) => stats::stats(&root, a),
+        Cmd::Check(a) => query::check(&root, a),
         Cmd::Adopt(a) => control::adopt(&root, a),
+        Cmd::Completion(a) => complete::completion(a),
+        Cmd::Man(a) => man::man(a),
     };
     match r {
         Ok(code) => code,
@@ -242,5 +256,29 @@ mod tests {
     fn cli_parses() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// Every command, flag and argument says what it is in --help, the man pages and the
+    /// completions.
+    #[test]
+    fn everything_has_help() {
+        use clap::CommandFactory;
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                if a.get_help().is_none() && !a.is_hide_set() {
+                    missing.push(format!("{path} {}", a.get_id()));
+                }
+            }
+            for s in c.get_subcommands() {
+                let p = format!("{path} {}", s.get_name());
+                if s.get_about().is_none() {
+                    missing.push(p.clone());
+                }
+                walk(s, &p, missing);
+            }
+        }
+        let mut missing = vec![];
+        walk(&Cli::command(), "stasis", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
     }
 }

@@ -1,44 +1,36 @@
-//! `ps`, `inspect`, `logs`, `checkpoints`, `events`, `check`.
+//! `ps`, `inspect`, `checkpoints`, `check`.
 
 use super::{ago, fmt_time, usage, Failure, Format};
 use clap::Args;
 use serde::Serialize;
 use stasis::api;
-use stasis::store::log::{LogReader, Stream};
 use stasis::store::name::WorkloadName;
-use stasis::store::sessions::SessionId;
 use stasis::store::state::{self, StateRoot, Status};
-use std::io::Write;
-use std::time::Duration;
 
 #[derive(Args, Debug)]
 pub struct PsArgs {
     /// Show exited and failed workloads too.
     #[arg(short = 'a', long)]
     pub all: bool,
+    /// Output format: a table, or a JSON array.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
 }
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
+    /// Output format: a table, or JSON.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
+    /// The workload.
     pub name: WorkloadName,
 }
 
 #[derive(Args, Debug)]
-pub struct LogsArgs {
-    /// Keep printing what the workload writes until it ends.
-    #[arg(short = 'f', long)]
-    pub follow: bool,
-    /// Also print stasis's markers (restores, rolled-back time) on stderr.
-    #[arg(long)]
-    pub markers: bool,
-    /// The log of exec session ID (its output while no client was attached).
-    #[arg(long = "exec", value_name = "ID")]
-    pub exec: Option<SessionId>,
-    pub name: WorkloadName,
+pub struct CheckArgs {
+    /// Output format: a table, or JSON.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
 }
 
 #[derive(Serialize)]
@@ -211,79 +203,8 @@ pub fn inspect(root: &StateRoot, a: InspectArgs) -> Result<i32, Failure> {
     }
     println!("cgroup:      {}", i.cgroup);
     println!("log:         {}", i.log);
+    println!("monitor log: {} (STASIS_LOG=debug for more)", i.monitor_log);
     Ok(0)
-}
-
-pub fn logs(root: &StateRoot, a: LogsArgs) -> Result<i32, Failure> {
-    let wd = root.workload(&a.name);
-    if !wd.exists() {
-        return Err(api::ApiError::from(state::StateError::NotFound(a.name.clone())).into());
-    }
-    let path = match &a.exec {
-        Some(id) => stasis::store::sessions::log_path(&wd, id),
-        None => wd.log_path(),
-    };
-    let mut reader = loop {
-        match LogReader::open(&path, 0) {
-            Ok(r) => break r,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && a.follow => {
-                std::thread::sleep(Duration::from_millis(100))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(usage(format!("{}: {e}", path.display()))),
-        }
-    };
-    let stdout = std::io::stdout();
-    let stderr = std::io::stderr();
-    loop {
-        let mut wrote = false;
-        while let Some(rec) = reader
-            .next_record()
-            .map_err(|e| usage(format!("{}: {e}", path.display())))?
-        {
-            wrote = true;
-            let r = match rec.stream {
-                Stream::Stdout => stdout.lock().write_all(&rec.data),
-                Stream::Stderr => stderr.lock().write_all(&rec.data),
-                Stream::Marker if a.markers => writeln!(
-                    stderr.lock(),
-                    "--- stasis: {} ---",
-                    String::from_utf8_lossy(&rec.data)
-                ),
-                Stream::Marker => Ok(()),
-            };
-            if r.is_err() {
-                // the reader went away (`| head`)
-                return Ok(0);
-            }
-        }
-        let _ = stdout.lock().flush();
-        if !a.follow {
-            return Ok(0);
-        }
-        if !wrote {
-            // Follow until the workload (or session) is over and nothing more can come.
-            let done = match &a.exec {
-                Some(id) => stasis::store::sessions::load(&wd, id)
-                    .is_none_or(|r| r.status == stasis::store::sessions::SessionStatus::Exited),
-                None => state::observe(&wd)
-                    .map(|o| o.state.status.is_final() && !o.monitor_alive)
-                    .unwrap_or(true),
-            };
-            if done {
-                while let Some(rec) = reader.next_record().ok().flatten() {
-                    let _ = match rec.stream {
-                        Stream::Stdout => stdout.lock().write_all(&rec.data),
-                        Stream::Stderr => stderr.lock().write_all(&rec.data),
-                        Stream::Marker => Ok(()),
-                    };
-                }
-                let _ = stdout.lock().flush();
-                return Ok(0);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
 }
 
 pub fn checkpoints(root: &StateRoot, a: InspectArgs) -> Result<i32, Failure> {
@@ -328,44 +249,37 @@ pub fn checkpoints(root: &StateRoot, a: InspectArgs) -> Result<i32, Failure> {
     Ok(0)
 }
 
-pub fn events(root: &StateRoot, a: InspectArgs) -> Result<i32, Failure> {
-    let wd = root.workload(&a.name);
-    if !wd.exists() {
-        return Err(api::ApiError::from(state::StateError::NotFound(a.name.clone())).into());
-    }
-    let ev = stasis::store::events::read(&wd);
-    if a.format == Format::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&ev).map_err(|e| usage(e.to_string()))?
-        );
-        return Ok(0);
-    }
-    for e in ev {
-        let ms = e.at % 1000;
-        let g = e
-            .generation
-            .map(|g| format!(" gen={g}"))
-            .unwrap_or_default();
-        let c = e.code.map(|c| format!(" code={c}")).unwrap_or_default();
-        println!(
-            "{}.{ms:03}  {:<20}{g}{c}  {}",
-            fmt_time(e.at),
-            e.kind,
-            e.reason
-        );
-    }
-    Ok(0)
+/// One line of `check`.
+#[derive(Serialize)]
+struct CheckItem {
+    check: String,
+    ok: bool,
+    detail: String,
 }
 
-pub fn check(root: &StateRoot) -> Result<i32, Failure> {
-    let mut ok = true;
+/// What `check --format json` prints.
+#[derive(Serialize)]
+struct CheckReport {
+    ok: bool,
+    checks: Vec<CheckItem>,
+}
+
+pub fn check(root: &StateRoot, a: CheckArgs) -> Result<i32, Failure> {
+    let mut checks = Vec::new();
+    let table = a.format == Format::Table;
     let mut line = |good: bool, what: &str, detail: String| {
-        ok &= good;
-        println!(
-            "{:<4} {what:<12} {detail}",
-            if good { "ok" } else { "FAIL" }
-        );
+        // a table line as soon as it is known: `criu check` takes a while
+        if table {
+            println!(
+                "{:<4} {what:<12} {detail}",
+                if good { "ok" } else { "FAIL" }
+            );
+        }
+        checks.push(CheckItem {
+            check: what.to_string(),
+            ok: good,
+            detail,
+        });
     };
     let uname = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
@@ -435,6 +349,17 @@ pub fn check(root: &StateRoot) -> Result<i32, Failure> {
     match root.ensure() {
         Ok(()) => line(true, "state root", root.root.display().to_string()),
         Err(e) => line(false, "state root", e.to_string()),
+    }
+    for l in stasis::cuda::readiness::check_lines() {
+        line(l.ok, l.what, l.detail);
+    }
+    let ok = checks.iter().all(|c| c.ok);
+    if a.format == Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&CheckReport { ok, checks })
+                .map_err(|e| usage(e.to_string()))?
+        );
     }
     Ok(if ok {
         0

@@ -20,6 +20,7 @@ pub struct RunArgs {
     /// Spec file (YAML); flags given beside it override it.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
+    /// Name the workload (job-XXXXXX by default).
     #[arg(long)]
     pub name: Option<WorkloadName>,
     /// Give the workload a pty.
@@ -37,6 +38,7 @@ pub struct RunArgs {
     /// Pass a variable of ours through (repeatable).
     #[arg(long = "env-pass", value_name = "K")]
     pub env_pass: Vec<String>,
+    /// Working directory of the workload (the caller's by default).
     #[arg(short = 'w', long, value_name = "DIR")]
     pub workdir: Option<String>,
     /// UID[:GID] or NAME[:GROUP].
@@ -45,8 +47,10 @@ pub struct RunArgs {
     /// An extra supplementary group (repeatable).
     #[arg(long = "group-add", value_name = "GID")]
     pub group_add: Vec<u32>,
+    /// Hostname inside the container (its own UTS namespace).
     #[arg(long)]
     pub hostname: Option<String>,
+    /// Network: the host's, or none (an own network namespace with only lo).
     #[arg(long, value_enum)]
     pub network: Option<Network>,
     /// A root filesystem for the container (adds a mount namespace).
@@ -67,19 +71,23 @@ pub struct RunArgs {
     /// rlimit NAME=SOFT[:HARD] (repeatable).
     #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
     pub ulimits: Vec<String>,
+    /// File mode creation mask, in octal (022).
     #[arg(long)]
     pub umask: Option<String>,
+    /// Keep a capability beyond the default set (repeatable; ALL for every one).
     #[arg(long = "cap-add", value_name = "CAP")]
     pub cap_add: Vec<String>,
+    /// Drop a capability from the default set (repeatable; ALL for every one).
     #[arg(long = "cap-drop", value_name = "CAP")]
     pub cap_drop: Vec<String>,
     /// Set no_new_privs (default true).
     #[arg(long = "no-new-privs", value_name = "BOOL")]
     pub no_new_privs: Option<bool>,
+    /// The signal `stop` sends first (TERM by default).
     #[arg(long = "stop-signal", value_name = "SIG")]
     pub stop_signal: Option<String>,
     /// How long `stop` waits before SIGKILL (10s).
-    #[arg(long = "stop-timeout", value_parser = |s: &str| Dur::parse(s))]
+    #[arg(long = "stop-timeout", value_name = "DURATION", value_parser = |s: &str| Dur::parse(s))]
     pub stop_timeout: Option<Dur>,
     /// Take a checkpoint this often (the job keeps running).
     #[arg(long = "checkpoint-every", value_parser = |s: &str| Dur::parse(s), value_name = "DURATION")]
@@ -90,7 +98,8 @@ pub struct RunArgs {
     /// What to do when it ends without being asked to.
     #[arg(long = "on-exit", value_parser = parse_policy, value_name = "none|restart|restore")]
     pub on_exit: Option<ExitPolicy>,
-    #[arg(long = "max-attempts")]
+    /// How many restarts or restores in a row --on-exit may try before the job is failed.
+    #[arg(long = "max-attempts", value_name = "N")]
     pub max_attempts: Option<u32>,
     /// What a host shutdown does to it.
     #[arg(long = "on-shutdown", value_enum)]

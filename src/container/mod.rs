@@ -11,6 +11,7 @@
 pub mod cgroup;
 pub mod mounts;
 pub mod tree;
+pub mod usage;
 
 use crate::protocol::init::{CTL_FD, CTL_PEER_FD};
 use crate::spec::{Network, Volume};

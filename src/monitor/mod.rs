@@ -11,6 +11,7 @@
 mod adopt;
 mod checkpoint;
 mod clients;
+mod diag;
 pub(crate) mod fd;
 mod lifecycle;
 mod link;
@@ -37,7 +38,6 @@ use lifecycle::{Ev, Op, Phase};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Duration;
@@ -57,18 +57,8 @@ pub struct Launch {
     pub preloaded: Option<(Spec, WorkloadState)>,
 }
 
-thread_local! {
-    static DIAG: RefCell<Option<File>> = const { RefCell::new(None) };
-}
-
 /// Writes a line to the monitor's own diagnostic log (`monitor.log` in the workload dir).
-pub(crate) fn diag(msg: &str) {
-    DIAG.with(|d| {
-        if let Some(f) = d.borrow_mut().as_mut() {
-            let _ = writeln!(f, "{} {msg}", now_ms());
-        }
-    });
-}
+pub(crate) use diag::diag;
 
 /// Runs a monitor in the current (already daemonised) process. Never returns.
 pub fn run(l: Launch) -> ! {
@@ -91,13 +81,13 @@ pub fn run(l: Launch) -> ! {
         .append(true)
         .open(wd.dir.join("monitor.log"))
     {
-        DIAG.with(|d| *d.borrow_mut() = Some(f));
+        diag::init(f);
     }
     sys::set_name("stasis-monitor");
     // Orphans of CRIU runs and of restored trees must be ours to reap: without it a restored
     // init's zombie would linger until the host's init gets to it.
     if let Err(e) = sys::set_child_subreaper() {
-        diag(&format!("cannot become a child subreaper: {e}"));
+        diag::error(&format!("cannot become a child subreaper: {e}"));
         sys::exit_now(CODE_STASIS_ERROR)
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -106,7 +96,7 @@ pub fn run(l: Launch) -> ! {
     {
         Ok(rt) => rt,
         Err(e) => {
-            diag(&format!("runtime: {e}"));
+            diag::error(&format!("runtime: {e}"));
             sys::exit_now(CODE_STASIS_ERROR)
         }
     };
@@ -226,7 +216,7 @@ async fn main(l: Launch) -> i32 {
     let spec_on_disk = l.preloaded.is_none();
     // A monitor that cannot start says why to the CLI that is waiting for it.
     let refuse = |why: String| {
-        diag(&why);
+        diag::error(&why);
         let _ = protocol::send(l.first.as_fd(), &err_reply(CODE_STASIS_ERROR, why), &[]);
         CODE_STASIS_ERROR
     };
@@ -257,7 +247,7 @@ async fn main(l: Launch) -> i32 {
             tokio::task::spawn_local(reaper::run(reaper.clone(), s));
         }
         Err(e) => {
-            diag(&format!("SIGCHLD handler: {e}"));
+            diag::error(&format!("SIGCHLD handler: {e}"));
             return CODE_STASIS_ERROR;
         }
     }
@@ -314,7 +304,7 @@ async fn main(l: Launch) -> i32 {
             m.clients.add(f, m.tx.clone());
         }
         Err(e) => {
-            diag(&format!("first connection: {e}"));
+            diag::warn(&format!("first connection: {e}"));
             return CODE_STASIS_ERROR;
         }
     }
@@ -323,7 +313,7 @@ async fn main(l: Launch) -> i32 {
             let tx = m.tx.clone();
             tokio::task::spawn_local(accept_loop(listener, tx));
         }
-        Err(e) => diag(&format!("listen {}: {e}", wd.socket.display())),
+        Err(e) => diag::warn(&format!("listen {}: {e}", wd.socket.display())),
     }
     let mut sigterm =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -414,7 +404,7 @@ async fn accept_loop(listener: Fd, tx: mpsc::UnboundedSender<Event>) {
                 }
             }
             Err(e) => {
-                diag(&format!("accept: {e}"));
+                diag::warn(&format!("accept: {e}"));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -435,7 +425,7 @@ impl Monitor {
     pub fn save(&mut self) {
         self.st.log_dropped = self.log_dropped.get();
         if let Err(e) = self.wd.save(&self.st) {
-            diag(&format!("save state: {e}"));
+            diag::warn(&format!("save state: {e}"));
         }
     }
 
@@ -447,7 +437,7 @@ impl Monitor {
     pub fn go(&mut self, ev: Ev) {
         let next = lifecycle::next(self.phase, ev);
         if next != self.phase {
-            diag(&format!("{:?} --{ev:?}--> {next:?}", self.phase));
+            diag::debug(&format!("{:?} --{ev:?}--> {next:?}", self.phase));
         }
         self.phase = next;
     }
@@ -468,7 +458,7 @@ impl Monitor {
                 Ok(f) => {
                     self.clients.add(f, self.tx.clone());
                 }
-                Err(e) => diag(&format!("client: {e}")),
+                Err(e) => diag::warn(&format!("client: {e}")),
             },
             Event::Request { cid, req, fds } => self.on_request(cid, req, fds).await,
             Event::BadRequest { cid, why } => {
@@ -490,7 +480,7 @@ impl Monitor {
             Event::PolicyDue => self.policy_due().await,
             Event::StdinEnded { session } => self.close_stdin(session).await,
             Event::LogFailing { why } => {
-                diag(&format!("log writes fail: {why}"));
+                diag::warn(&format!("log writes fail: {why}"));
                 self.event(HistEvent::new(
                     "log-failing",
                     format!(
@@ -524,7 +514,7 @@ impl Monitor {
                 .tell(&crate::protocol::init::ToInit::CloseStdin { id })
                 .await
             {
-                diag(&format!("close stdin: {e}"));
+                diag::warn(&format!("close stdin: {e}"));
             }
         }
     }

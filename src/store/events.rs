@@ -73,6 +73,26 @@ pub fn read(wd: &WorkloadDir) -> Vec<Event> {
         .collect()
 }
 
+/// Reads the events appended after byte `offset` of the file, oldest first, and the offset
+/// to read on from: a line still being written (no newline yet) is left for the next call,
+/// so a follower never sees half an event.
+pub fn read_from(wd: &WorkloadDir, offset: u64) -> (Vec<Event>, u64) {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(wd.events_path()) else {
+        return (vec![], offset);
+    };
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(offset)).is_err() || f.read_to_end(&mut buf).is_err() {
+        return (vec![], offset);
+    }
+    let complete = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let events = buf[..complete]
+        .split(|b| *b == b'\n')
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect();
+    (events, offset + complete as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +116,13 @@ mod tests {
         assert_eq!(ev.len(), 2);
         assert_eq!(ev[1].kind, "restore");
         assert_eq!(ev[1].code, Some(137));
+        // a follower gets the complete lines, then the torn one once it is finished
+        let (ev, at) = read_from(&w, 0);
+        assert_eq!(ev.len(), 2);
+        assert_eq!(read_from(&w, at).0, vec![]);
+        f.write_all(b"nd\":\"stop\"}\n").unwrap();
+        let (ev, _) = read_from(&w, at);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].kind, "stop");
     }
 }

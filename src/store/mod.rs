@@ -9,6 +9,7 @@ pub mod events;
 pub mod generations;
 pub mod init_copies;
 pub mod log;
+pub mod log_index;
 pub mod name;
 pub mod sessions;
 pub mod snapshot;
