@@ -15,7 +15,7 @@ fn main() {
         std::process::exit(stasis::criu::hook::run());
     }
     if std::path::Path::new(&argv0).file_name() == Some(stasis::cuda::shim::COMMAND.as_ref()) {
-        std::process::exit(stasis::cuda::cli::main(args));
+        std::process::exit(stasis::cuda::cli::main(std::env::args_os().skip(1)));
     }
     std::process::exit(cli::main());
 }
