@@ -13,11 +13,25 @@
 #   peers   ../shared/bench/peers.sh: runc, crun, podman and raw CRIU on this machine
 # Knobs: RUNS (hyperfine runs, 40), CR_RUNS (10), SIZES ("1 64 512"), POLICY_SECS (60),
 #        HF_RUNS for peers (30). Quick check: RUNS=10 CR_RUNS=3 SIZES="1 64" POLICY_SECS=10.
+#        BASELINE=PATH: another stasis binary (an older build) measured in the same run, beside
+#        this one, in start, exec, mem and cr ("before and after" figures).
+#        RUN_TMPFS=1: the whole run in a private mount namespace with a tmpfs on /run, so CRIU
+#        keeps its kernel-probe cache (/run/criu.kdat) as on most hosts; both stasis and the
+#        raw CRIU peer get it. Without it /run is as the host has it (here: ext4, no cache).
 # Every workload lives under this run's own temp state roots, removed on exit (also on
 # error or Ctrl-C); runc containers are named stbench<PID>-* and deleted by name.
 set -u
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench.sh: run as root" >&2; exit 1; }
+if [ "${RUN_TMPFS:-0}" = 1 ] && [ -z "${STASIS_BENCH_NS:-}" ]; then
+  exec unshare -m --propagation private env STASIS_BENCH_NS=1 bash "$0" "$@"
+fi
+if [ -n "${STASIS_BENCH_NS:-}" ]; then
+  # Mounts under /run (network namespaces, user runtime dirs) go first: covered by the tmpfs they
+  # would still be in every container's mount tree, with nothing for CRIU to restore them onto.
+  for m in $(awk '$5 ~ "^/run/" {print $5}' /proc/self/mountinfo | sort -r); do umount -l "$m"; done
+  mount -t tmpfs -o mode=755 tmpfs /run
+fi
 export LC_ALL=C PATH="/usr/local/sbin:/usr/local/bin:$PATH"
 BENCH=${BENCH:-"start mem exec cr policy peers"}
 RUNS=${RUNS:-40}
@@ -36,16 +50,22 @@ fi
 bash scripts/install-criu.sh
 cargo build --release --quiet || exit 1
 S=$PWD/target/x86_64-unknown-linux-gnu/release/stasis
+BL=${BASELINE:-}
+[ -z "$BL" ] || [ -x "$BL" ] || { echo "bench.sh: BASELINE=$BL is not an executable" >&2; exit 1; }
+# fill CRIU's kernel-probe cache where it can keep one (a tmpfs /run)
+criu check >/dev/null 2>&1 || true
 W=$(mktemp -d /tmp/stbench.XXXXXX)          # ext4 here
 SHM=$(mktemp -d /dev/shm/stbench.XXXXXX)     # tmpfs
 R=$W/root                                    # the main state root (ext4)
 RS=$SHM/root                                 # a state root on tmpfs
+RB=$W/root-bl                                # the baseline's state root (ext4)
 PFX=stbench$$
 RES=$W/results.tsv; : > "$RES"
 
 cleanup() {
   set +e
   for r in "$R" "$RS" "$W"/root-*; do [ -d "$r" ] && "$S" --root "$r" rm -f --all >/dev/null 2>&1; done
+  [ -n "$BL" ] && [ -d "$RB" ] && "$BL" --root "$RB" rm -f --all >/dev/null 2>&1
   for id in "${PFX}-t" "${PFX}-s"; do runc kill "$id" KILL >/dev/null 2>&1; runc delete -f "$id" >/dev/null 2>&1; done
   rm -rf "$W" "$SHM"
 }
@@ -114,6 +134,7 @@ jq '.process.args=["sleep","100000"]' "$W/true.json" > "$W/bs/config.json"
 env_header() {
   echo "kernel $(uname -r); $(nproc) cores; $(criu --version | head -n1); $(runc --version | head -n1)"
   echo "state roots: $R ($(stat -f -c %T "$W")), $RS ($(stat -f -c %T "$SHM")); cgroup2 options: $(awk '$3=="cgroup2"{print $4}' /proc/mounts)"
+  echo "/run: $(stat -f -c %T /run) (CRIU's kdat cache: $([ -e /run/criu.kdat ] && echo kept || echo none, re-probed on every run)); baseline: ${BL:-none}"
 }
 
 # ------------------------------------------------------------------------------ start
@@ -122,6 +143,7 @@ bench_start() {
   hf "start: stasis run --rm true (state on tmpfs)" "$S --root $RS run --rm true"
   hf "start: runc run (true)" "runc run -b $W/bt ${PFX}-t"
   hf "start: unshare --fork --pid true (floor)" "unshare --fork --pid true"
+  [ -z "$BL" ] || hf "start: baseline run --rm true" "$BL --root $RB run --rm true"
 }
 
 # ------------------------------------------------------------------------------ mem
@@ -136,6 +158,17 @@ bench_mem() {
   done
   rec "mem: monitor RSS (10 workloads)" "$(printf '%s\n' "${rss[@]}" | median)" KiB "median"
   rec "mem: monitor PSS (10 workloads)" "$(printf '%s\n' "${pss[@]}" | median)" KiB "median"
+  if [ -n "$BL" ]; then
+    local bp=() q
+    for i in $(seq 1 10); do "$BL" --root "$RB" run -d --name mem$i -- sleep 100000 >/dev/null; done
+    sleep 0.5
+    for i in $(seq 1 10); do
+      q=$("$BL" --root "$RB" inspect mem$i --format json | jq -r .state.monitor.pid)
+      bp+=("$(awk '/^Pss:/{print $2}' /proc/$q/smaps_rollup)")
+    done
+    rec "mem: baseline monitor PSS (10 workloads)" "$(printf '%s\n' "${bp[@]}" | median)" KiB "median"
+    for i in $(seq 1 10); do "$BL" --root "$RB" rm -f mem$i >/dev/null; done
+  fi
   for i in $(seq 1 10); do st rm -f mem$i >/dev/null; done
 }
 
@@ -157,6 +190,11 @@ bench_exec() {
   hf "exec: stasis exec NAME true" "$S --root $R exec ex true"
   hf "exec: nsenter -t PID -a true (floor)" "nsenter -t $ip -a true"
   hf "exec: runc exec (true)" "runc exec ${PFX}-s true"
+  if [ -n "$BL" ]; then
+    "$BL" --root "$RB" run -d --name ex -- sleep 100000 >/dev/null
+    hf "exec: baseline exec NAME true" "$BL --root $RB exec ex true"
+    "$BL" --root "$RB" rm -f ex >/dev/null
+  fi
   tput "stdio: raw pipe dd 1M x1024 | wc -c" "dd if=/dev/zero bs=1M count=1024 2>/dev/null | wc -c"
   tput "stdio: stasis exec dd 1M x1024 | wc -c" "$S --root $R exec ex dd if=/dev/zero bs=1M count=1024 2>/dev/null | wc -c"
   tput "stdio: runc exec dd 1M x1024 | wc -c" "runc exec ${PFX}-s dd if=/dev/zero bs=1M count=1024 2>/dev/null | wc -c"
@@ -168,6 +206,7 @@ bench_exec() {
 # cr_one ROOT LABEL SIZE: checkpoint+restore CR_RUNS times; wall times and frozen time
 cr_one() {
   local root=$1 label=$2 sz=$3 n=cr$3 k t0 t1 out d=() r=() f=() pid
+  local S=${4:-$S} who=${5:-stasis}
   "$S" --root "$root" run -d --name "$n" --keep 1 -- "$W/memhog" "$sz" >/dev/null
   pid=$(init_pid "$root" "$n")
   local want=$((sz * 1024 * 95 / 100)) child
@@ -180,18 +219,18 @@ cr_one() {
   "$S" --root "$root" checkpoint --keep 1 "$n" >/dev/null 2>&1 && "$S" --root "$root" restore "$n" >/dev/null 2>&1
   for k in $(seq 1 "$CR_RUNS"); do
     t0=$(now_us); out=$("$S" --root "$root" checkpoint --keep 1 "$n" 2>&1); t1=$(now_us)
-    case $out in *checkpointed*) ;; *) rec "cr: stasis checkpoint ${sz}M $label" FAIL - "$out"; return ;; esac
+    case $out in *checkpointed*) ;; *) rec "cr: $who checkpoint ${sz}M $label" FAIL - "$out"; return ;; esac
     d+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')")
     f+=("$(echo "$out" | sed -n 's/.*frozen \([0-9.]*\) ms.*/\1/p')")
     t0=$(now_us); out=$("$S" --root "$root" restore "$n" 2>&1); t1=$(now_us)
-    case $out in *restored*) ;; *) rec "cr: stasis restore ${sz}M $label" FAIL - "$out"; return ;; esac
+    case $out in *restored*) ;; *) rec "cr: $who restore ${sz}M $label" FAIL - "$out"; return ;; esac
     r+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')")
   done
-  rec "cr: stasis checkpoint ${sz}M $label" "$(printf '%s\n' "${d[@]}" | median)" ms "median of $CR_RUNS (CLI wall time)"
-  rec "cr: stasis restore ${sz}M $label" "$(printf '%s\n' "${r[@]}" | median)" ms "median of $CR_RUNS (CLI wall time)"
-  rec "cr: stasis frozen time ${sz}M $label" "$(printf '%s\n' "${f[@]}" | median)" ms "CRIU's stats-dump"
+  rec "cr: $who checkpoint ${sz}M $label" "$(printf '%s\n' "${d[@]}" | median)" ms "median of $CR_RUNS (CLI wall time)"
+  rec "cr: $who restore ${sz}M $label" "$(printf '%s\n' "${r[@]}" | median)" ms "median of $CR_RUNS (CLI wall time)"
+  rec "cr: $who frozen time ${sz}M $label" "$(printf '%s\n' "${f[@]}" | median)" ms "CRIU's stats-dump"
   t0=$(now_us); out=$("$S" --root "$root" checkpoint --leave-running --keep 1 "$n" 2>&1); t1=$(now_us)
-  rec "cr: stasis checkpoint --leave-running ${sz}M $label" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", (b-a)/1000}')" ms "one run; $(echo "$out" | sed -n 's/.*(\(.*\))/\1/p')"
+  rec "cr: $who checkpoint --leave-running ${sz}M $label" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", (b-a)/1000}')" ms "one run; $(echo "$out" | sed -n 's/.*(\(.*\))/\1/p')"
   "$S" --root "$root" rm -f "$n" >/dev/null
 }
 bench_cr() {
@@ -199,6 +238,7 @@ bench_cr() {
   for sz in $SIZES; do
     cr_one "$R" ext4 "$sz"
     cr_one "$RS" tmpfs "$sz"
+    [ -z "$BL" ] || cr_one "$RB" ext4 "$sz" "$BL" baseline
   done
 }
 
@@ -271,7 +311,7 @@ bench_peers() {
   fi
 }
 
-mkdir -p "$R" "$RS"
+mkdir -p "$R" "$RS" "$RB"
 env_header > "$W/env.txt"
 for s in $BENCH; do
   # Let the build's (and the previous section's) dirty pages reach the disk first: writeback
