@@ -426,7 +426,16 @@ impl Monitor {
     /// truth the monitor acts on, and the next save retries.
     pub fn save(&mut self) {
         self.st.log_dropped = self.log_dropped.get();
-        if let Err(e) = self.wd.save(&self.st) {
+        // The end of a `--rm` job is about to remove its whole record: its final state is
+        // for readers in the meantime, and waiting for the disk would only delay the client's
+        // exit. A power cut before the removal leaves an older state with a dead monitor,
+        // which readers already report as such and `rm -f` clears.
+        let saved = if self.spec.rm && self.st.status.is_final() {
+            self.wd.save_quick(&self.st)
+        } else {
+            self.wd.save(&self.st)
+        };
+        if let Err(e) = saved {
             diag::warn(&format!("save state: {e}"));
         }
     }

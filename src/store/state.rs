@@ -201,6 +201,14 @@ impl WorkloadDir {
         Ok(atomic::write_json_atomic(&self.state_path(), st)?)
     }
 
+    /// Saves the state whole but without waiting for the disk (see
+    /// [`atomic::write_atomic_quick`]).
+    pub fn save_quick(&self, st: &WorkloadState) -> Result<(), StateError> {
+        let path = self.state_path();
+        let data = atomic::to_json(&path, st)?;
+        Ok(atomic::write_atomic_quick(&path, &data)?)
+    }
+
     /// Opens the lock file (creating it).
     pub fn open_lock(&self) -> Result<File, StateError> {
         let p = self.lock_path();
