@@ -7,6 +7,7 @@ mod cr;
 mod exec;
 mod logs;
 mod man;
+mod precheck;
 mod progress;
 mod query;
 mod run;
@@ -64,7 +65,8 @@ pub enum Cmd {
     Events(logs::EventsArgs),
     /// Show CPU, memory, tasks and block IO of running workloads (live on a terminal).
     Stats(stats::StatsArgs),
-    /// Check what stasis needs from this host.
+    /// Check what stasis needs from this host, or whether a running workload will
+    /// checkpoint (and what to change if not), without stopping it.
     Check(query::CheckArgs),
     /// Take over running workloads whose monitor is gone (or, with --replace, hand them from
     /// their monitor to this version of stasis).
@@ -73,6 +75,9 @@ pub enum Cmd {
     Completion(complete::CompletionArgs),
     /// Write the man pages (stasis.1, stasis-COMMAND.1) into a directory.
     Man(man::ManArgs),
+    /// This host's stasis, CRIU and CPU check, for `check --target` on another host.
+    #[command(name = "host-facts", hide = true)]
+    HostFacts(precheck::HostFactsArgs),
 }
 
 /// `--format`.
@@ -187,6 +192,7 @@ pub fn main() -> i32 {
         Cmd::Adopt(a) => control::adopt(&root, a),
         Cmd::Completion(a) => complete::completion(a),
         Cmd::Man(a) => man::man(a),
+        Cmd::HostFacts(a) => precheck::host_facts(&root, a),
     };
     match r {
         Ok(code) => code,

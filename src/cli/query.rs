@@ -1,4 +1,4 @@
-//! `ps`, `inspect`, `checkpoints`, `check`.
+//! `ps`, `inspect`, `checkpoints`, `check` (of the host; `check NAME` is in `precheck`).
 
 use super::{ago, fmt_time, usage, Failure, Format};
 use clap::Args;
@@ -31,6 +31,16 @@ pub struct CheckArgs {
     /// Output format: a table, or JSON.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
+    /// Also ask HOST (over ssh; `stasis` must be on its PATH) whether it can restore what
+    /// this host dumps: its stasis and CRIU, and `criu cpuinfo check` of this CPU.
+    #[arg(long, value_name = "HOST")]
+    pub target: Option<String>,
+    /// With NAME: the CRIU options to judge the job under, as `checkpoint` takes them.
+    #[command(flatten)]
+    pub criu: super::cr::CriuFlags,
+    /// A running workload: will it checkpoint? (exit 0: yes, 1: no, with one line per
+    /// obstacle and what fixes it). Without NAME: what stasis needs from this host.
+    pub name: Option<WorkloadName>,
 }
 
 #[derive(Serialize)]
@@ -265,6 +275,13 @@ struct CheckReport {
 }
 
 pub fn check(root: &StateRoot, a: CheckArgs) -> Result<i32, Failure> {
+    match (&a.name, &a.target) {
+        (Some(n), t) => {
+            return super::precheck::check_job(root, n, &a.criu, t.as_deref(), a.format)
+        }
+        (None, Some(t)) => return super::precheck::check_target(root, t, a.format),
+        (None, None) => {}
+    }
     let mut checks = Vec::new();
     let table = a.format == Format::Table;
     let mut line = |good: bool, what: &str, detail: String| {
