@@ -829,6 +829,33 @@ fn json_field_names_stay_stable() {
     let o = env.run(&["check", "--format", "json"]);
     let v: Value = serde_json::from_slice(&o.stdout).expect("check json");
     check_shape("check", &v, &mut failures);
+    // check NAME: a job with an established connection has an obstacle, and a note with
+    // --tcp-established; the shape of both together
+    env.ok(&[
+        "run", "-d", "--network", "none", "--name", "k", "--", "python3", "-c",
+        "import socket, time\nl=socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(1)\nc=socket.create_connection(l.getsockname()); a, _=l.accept()\nprint('ready', flush=True); time.sleep(1000)",
+    ]);
+    env.wait_until("k to be ready", Duration::from_secs(20), || {
+        String::from_utf8_lossy(&env.logs("k")).contains("ready")
+    });
+    let o = env.run(&["check", "--format", "json", "k"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let mut job: Value = serde_json::from_slice(&o.stdout).expect("check NAME json");
+    let o = env.run(&["check", "--tcp-established", "--format", "json", "k"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let with: Value = serde_json::from_slice(&o.stdout).expect("check NAME json");
+    job["notes"] = with["notes"].clone();
+    check_shape("check-job", &job, &mut failures);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 

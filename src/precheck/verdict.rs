@@ -246,7 +246,7 @@ pub fn judge(findings: &[Finding], o: &Options, host_facts: &HostFacts) -> Verdi
             Finding::NestedNamespace { kind, .. } => (
                 true,
                 "nested-namespace",
-                format!("in a {kind} namespace of its own inside the job"),
+                format!("in its own {kind} namespace, nested in the job's"),
                 format!("{NOTHING}: CRIU dumps nested mount and network namespaces only"),
             ),
             Finding::SessionOutside { sid, .. } => (
