@@ -694,18 +694,15 @@ fn verdicts_match_real_dumps() {
                 format!("`{}`", r.flags.join(" "))
             },
             word(will),
-            if kinds.is_empty() {
+            if named.is_empty() {
                 "–".to_string()
             } else {
-                kinds.join(", ")
+                named.join(", ")
             },
             if dumped {
                 "dumped".to_string()
             } else {
-                format!(
-                    "failed: {}",
-                    stderr(&dump).trim().chars().take(120).collect::<String>()
-                )
+                format!("fails: {}", criu_reason(&stderr(&dump)))
             }
         ));
         if will && !dumped {
@@ -760,4 +757,62 @@ fn check_of_something_not_running_is_an_error() {
     let o = env.run(&["check", "done"]);
     assert_eq!(code(&o), 125);
     assert!(stderr(&o).contains("not running"), "{}", stderr(&o));
+}
+
+/// `--target`: the host questions asked of host B of the two-host bed over ssh (B runs the
+/// stasis under test through its sshd), from host A, where the job runs.
+#[test]
+fn check_target_asks_the_other_host_over_ssh() {
+    require_criu();
+    let bed = common::hosts::Bed::new();
+    bed.a.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "t",
+        "--",
+        "sh",
+        "-c",
+        "echo ready; exec sleep 1000",
+    ]);
+    let b = bed.b.alias.as_str();
+    let o = bed
+        .a
+        .run(&["check", "--target", b, "--format", "json", "t"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    let t = &v["target"];
+    assert_eq!(t["host"], b);
+    assert_eq!(t["facts"]["cpuinfo"]["ok"], true, "{t}");
+    assert!(t["facts"]["criu"]["version"]
+        .as_str()
+        .is_some_and(|s| s.starts_with('4')));
+    assert!(t["facts"]["criu"]["features"]
+        .as_object()
+        .is_some_and(|f| !f.is_empty()));
+    assert_eq!(t["obstacles"].as_array().map(Vec::len), Some(0), "{t}");
+    // the table says what the target is
+    let o = bed.a.run(&["check", "--target", b, "t"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("target {b}: stasis ")),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).contains("CPU ok"), "{}", stdout(&o));
+    // without a job: the target's readiness
+    let o = bed.a.run(&["check", "--target", b]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    // a host ssh cannot reach is an error of the check, not a "will not"
+    let o = bed.a.run(&["check", "--target", "nosuchhost.invalid", "t"]);
+    assert_eq!(code(&o), 125, "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("--target nosuchhost.invalid"),
+        "{}",
+        stderr(&o)
+    );
+    let o = bed
+        .a
+        .run(&["check", "--target", "-oProxyCommand=true", "t"]);
+    assert_eq!(code(&o), 125);
 }

@@ -4,8 +4,8 @@
 //! its CRIU's check and features, and `criu cpuinfo check` of that image (the check a
 //! restore there makes). [`compare`] turns both hosts' facts into obstacles and notes.
 //!
-//! `STASIS_SSH` replaces the ssh command and its options (split on whitespace, like
-//! `GIT_SSH_COMMAND`), e.g. `STASIS_SSH="ssh -p 2222 -i key"`.
+//! `STASIS_SSH_COMMAND` replaces the ssh command and its options (split on whitespace, like
+//! `GIT_SSH_COMMAND`), e.g. `STASIS_SSH_COMMAND="ssh -F ./ssh_config"`.
 
 use super::host::{self, HostFacts};
 use super::verdict::{self, Line};
@@ -14,7 +14,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 /// The environment variable that replaces the ssh command.
-pub const ENV_SSH: &str = "STASIS_SSH";
+pub const ENV_SSH: &str = "STASIS_SSH_COMMAND";
 /// The hidden subcommand HOST runs.
 pub const SUBCOMMAND: &str = "host-facts";
 
