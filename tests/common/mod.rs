@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod hosts;
+pub mod shape;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
