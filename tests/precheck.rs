@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::shape::check_shape;
 use common::*;
 use serde_json::Value;
 use std::any::Any;
@@ -759,6 +760,33 @@ fn check_of_something_not_running_is_an_error() {
     assert!(stderr(&o).contains("not running"), "{}", stderr(&o));
 }
 
+/// `v` with a blank line in each empty `obstacles` and `notes` array: which lines a host has
+/// depends on the host, their shape does not (and an empty array has none to compare).
+fn with_lines(mut v: Value) -> Value {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Object(o) => {
+                for (k, e) in o.iter_mut() {
+                    if k == "obstacles" || k == "notes" {
+                        if let Value::Array(a) = e {
+                            if a.is_empty() {
+                                a.push(serde_json::json!(
+                                    {"kind": "", "at": "", "problem": "", "fix": ""}
+                                ));
+                            }
+                        }
+                    }
+                    walk(e);
+                }
+            }
+            Value::Array(a) => a.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut v);
+    v
+}
+
 /// `--target`: the host questions asked of host B of the two-host bed over ssh (B runs the
 /// stasis under test through its sshd), from host A, where the job runs.
 #[test]
@@ -791,6 +819,15 @@ fn check_target_asks_the_other_host_over_ssh() {
         .as_object()
         .is_some_and(|f| !f.is_empty()));
     assert_eq!(t["obstacles"].as_array().map(Vec::len), Some(0), "{t}");
+    // B's /run is this machine's: the note that it is not a tmpfs comes from B too
+    let run_tmpfs = on_tmpfs(Path::new("/run"));
+    assert_eq!(t["facts"]["run_tmpfs"], run_tmpfs, "{t}");
+    let noted = t["notes"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|l| l["kind"] == "target-run-not-tmpfs"));
+    assert_eq!(noted, !run_tmpfs, "{t}");
+    let mut failures = vec![];
+    check_shape("check-job-target", &with_lines(v.clone()), &mut failures);
     // the table says what the target is
     let o = bed.a.run(&["check", "--target", b, "t"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
@@ -803,6 +840,26 @@ fn check_target_asks_the_other_host_over_ssh() {
     // without a job: the target's readiness
     let o = bed.a.run(&["check", "--target", b]);
     assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).contains(&format!("target {b}: ready")),
+        "{}",
+        stdout(&o)
+    );
+    let o = bed.a.run(&["check", "--target", b, "--format", "json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["host"], b);
+    check_shape("check-target", &with_lines(v), &mut failures);
+    // what B answers (the hidden host-facts), asked the way --target asks it
+    let o = bed
+        .b
+        .ssh_from(&bed.a, "stasis host-facts --format json")
+        .output()
+        .expect("ssh");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("host-facts json");
+    check_shape("host-facts", &v, &mut failures);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
     // a host ssh cannot reach is an error of the check, not a "will not"
     let o = bed.a.run(&["check", "--target", "nosuchhost.invalid", "t"]);
     assert_eq!(code(&o), 125, "{}", stdout(&o));
@@ -815,4 +872,122 @@ fn check_target_asks_the_other_host_over_ssh() {
         .a
         .run(&["check", "--target", "-oProxyCommand=true", "t"]);
     assert_eq!(code(&o), 125);
+}
+
+/// Whether `dir` is on a tmpfs, as the test sees it.
+fn on_tmpfs(dir: &Path) -> bool {
+    nix::sys::statfs::statfs(dir)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+        .unwrap_or_else(|e| panic!("statfs {}: {e}", dir.display()))
+}
+
+/// `stasis --root ROOT ARGS…` in a private mount namespace whose /run is what `mount`
+/// (mount(8)'s arguments before the mount point, shell words) puts there: the host's /run
+/// is never touched, and the namespace ends with the command.
+fn with_run(env: &Env, mount: &str, args: &[&str]) -> std::process::Output {
+    let child = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(format!("mount {mount} /run && exec \"$@\""))
+        .arg("sh")
+        .arg(bin())
+        .arg("--root")
+        .arg(env.root())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare");
+    wait_output(child, Duration::from_secs(60), "stasis under another /run")
+}
+
+/// The host check's `run` line: (ok, detail).
+fn run_line(o: &std::process::Output) -> (bool, String) {
+    let v: Value = serde_json::from_slice(&o.stdout).expect("check json");
+    let l = v["checks"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["check"] == "run"))
+        .unwrap_or_else(|| panic!("no run line: {v}"))
+        .clone();
+    (
+        l["ok"] == true,
+        l["detail"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// Whether `check NAME`'s JSON has the note that /run is not a tmpfs.
+fn has_run_note(o: &std::process::Output) -> bool {
+    let v: Value = serde_json::from_slice(&o.stdout).expect("check NAME json");
+    v["notes"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|l| l["kind"] == "run-not-tmpfs"))
+}
+
+/// FACTS: CRIU keeps its kernel-probe cache (/run/criu.kdat) only when /run is a tmpfs, and
+/// without it every dump and restore re-probes the kernel. `stasis check` says which /run
+/// this host has, and `check NAME` notes it (a note: the dump still works). Both kinds of
+/// /run are made in private mount namespaces, so the test means the same on any host.
+#[test]
+fn check_says_when_run_is_not_a_tmpfs() {
+    require_criu();
+    let env = Env::new();
+    // a directory on a disk, for a /run that is not a tmpfs
+    let disk = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("disk dir");
+    assert!(
+        !on_tmpfs(disk.path()),
+        "{} is a tmpfs: the test needs a directory on a disk",
+        disk.path().display()
+    );
+    let bind = format!("--bind '{}'", disk.path().display());
+    let tmpfs = "-t tmpfs stasis-test-run";
+    // the host's own /run, as it is
+    let o = env.run(&["check", "--format", "json"]);
+    let (ok, detail) = run_line(&o);
+    assert!(ok, "a /run that is not a tmpfs is a note, never a failure");
+    assert_eq!(
+        detail.contains("is not a tmpfs"),
+        !on_tmpfs(Path::new("/run")),
+        "{detail}"
+    );
+    // both kinds
+    let o = with_run(&env, tmpfs, &["check", "--format", "json"]);
+    let (ok, detail) = run_line(&o);
+    assert!(ok && detail.contains("is a tmpfs"), "{detail}");
+    let o = with_run(&env, &bind, &["check", "--format", "json"]);
+    let (ok, detail) = run_line(&o);
+    assert!(ok && detail.contains("is not a tmpfs"), "{detail}");
+    assert!(detail.contains("mount a tmpfs on /run"), "{detail}");
+    let o = with_run(&env, &bind, &["check"]);
+    assert!(
+        stdout(&o)
+            .lines()
+            .any(|l| l.starts_with("note") && l.contains("is not a tmpfs")),
+        "{}",
+        stdout(&o)
+    );
+    // check NAME: a note, and the job still will checkpoint
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "r",
+        "--",
+        "sh",
+        "-c",
+        "echo ready; exec sleep 1000",
+    ]);
+    env.wait_status("r", "running");
+    let o = with_run(&env, &bind, &["check", "--format", "json", "r"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(has_run_note(&o), "{}", stdout(&o));
+    let o = with_run(&env, &bind, &["check", "r"]);
+    assert!(
+        stdout(&o).contains("run-not-tmpfs") && stdout(&o).contains("fix: mount a tmpfs on /run"),
+        "{}",
+        stdout(&o)
+    );
+    let o = with_run(&env, tmpfs, &["check", "--format", "json", "r"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!has_run_note(&o), "{}", stdout(&o));
+    env.run(&["rm", "-f", "r"]);
 }

@@ -161,6 +161,17 @@ pub fn host_facts(root: &StateRoot, a: HostFactsArgs) -> Result<i32, Failure> {
         if let Some(c) = &facts.cpuinfo {
             println!("cpuinfo  {}", c.detail);
         }
+        if let Some(t) = facts.run_tmpfs {
+            println!(
+                "run      {} {}",
+                host::KDAT_DIR,
+                if t {
+                    "is a tmpfs (CRIU caches its kernel probes)"
+                } else {
+                    "is not a tmpfs (CRIU re-probes the kernel on every run)"
+                }
+            );
+        }
     }
     Ok(0)
 }

@@ -4,8 +4,10 @@ use super::{ago, fmt_time, usage, Failure, Format};
 use clap::Args;
 use serde::Serialize;
 use stasis::api;
+use stasis::precheck::host as precheck_host;
 use stasis::store::name::WorkloadName;
 use stasis::store::state::{self, StateRoot, Status};
+use std::path::Path;
 
 #[derive(Args, Debug)]
 pub struct PsArgs {
@@ -260,6 +262,25 @@ pub fn checkpoints(root: &StateRoot, a: InspectArgs) -> Result<i32, Failure> {
 }
 
 /// One line of `check`.
+/// How a host-check line reads in the table: a note tells of something slower or limited
+/// and, like ok, does not fail the check.
+#[derive(Clone, Copy, PartialEq)]
+enum Mark {
+    Ok,
+    Note,
+    Fail,
+}
+
+impl From<bool> for Mark {
+    fn from(good: bool) -> Mark {
+        if good {
+            Mark::Ok
+        } else {
+            Mark::Fail
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct CheckItem {
     check: String,
@@ -284,26 +305,28 @@ pub fn check(root: &StateRoot, a: CheckArgs) -> Result<i32, Failure> {
     }
     let mut checks = Vec::new();
     let table = a.format == Format::Table;
-    let mut line = |good: bool, what: &str, detail: String| {
+    let mut line = |mark: Mark, what: &str, detail: String| {
         // a table line as soon as it is known: `criu check` takes a while
         if table {
-            println!(
-                "{:<4} {what:<12} {detail}",
-                if good { "ok" } else { "FAIL" }
-            );
+            let m = match mark {
+                Mark::Ok => "ok",
+                Mark::Note => "note",
+                Mark::Fail => "FAIL",
+            };
+            println!("{m:<4} {what:<12} {detail}");
         }
         checks.push(CheckItem {
             check: what.to_string(),
-            ok: good,
+            ok: mark != Mark::Fail,
             detail,
         });
     };
     let uname = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
-    line(true, "kernel", uname);
+    line(Mark::Ok, "kernel", uname);
     line(
-        nix::unistd::geteuid().is_root(),
+        nix::unistd::geteuid().is_root().into(),
         "root",
         if nix::unistd::geteuid().is_root() {
             "running as root".into()
@@ -315,13 +338,17 @@ pub fn check(root: &StateRoot, a: CheckArgs) -> Result<i32, Failure> {
 
     let dirs = stasis::container::cgroup::available();
     line(
-        !dirs.is_empty(),
+        (!dirs.is_empty()).into(),
         "cgroup",
         format!("{mode:?} ({})", dirs.join(", ")),
     );
     match stasis::criu::locate() {
         Ok(c) => {
-            line(true, "criu", format!("{} {}", c.path.display(), c.version));
+            line(
+                Mark::Ok,
+                "criu",
+                format!("{} {}", c.path.display(), c.version),
+            );
             // Kernels since 6.16 refuse SO_PASSCRED/SO_PASSSEC on non-unix sockets, and CRIU
             // before 4.2 asks for them on every socket: TCP sockets cannot be dumped.
             let old = c
@@ -332,11 +359,11 @@ pub fn check(root: &StateRoot, a: CheckArgs) -> Result<i32, Failure> {
                 .collect::<Vec<_>>()
                 < vec![4, 2];
             if old {
-                line(true, "tcp", "CRIU < 4.2 cannot dump TCP sockets on kernels >= 6.16 (scripts/install-criu.sh builds 4.2)".into());
+                line(Mark::Note, "tcp", "CRIU < 4.2 cannot dump TCP sockets on kernels >= 6.16 (scripts/install-criu.sh builds 4.2)".into());
             }
             match c.check() {
-                Ok(()) => line(true, "criu check", "Looks good".into()),
-                Err(e) => line(false, "criu check", e.to_string()),
+                Ok(()) => line(Mark::Ok, "criu check", "Looks good".into()),
+                Err(e) => line(Mark::Fail, "criu check", e.to_string()),
             }
             let feats = c.features(&[
                 "uffd",
@@ -351,24 +378,37 @@ pub fn check(root: &StateRoot, a: CheckArgs) -> Result<i32, Failure> {
                 .map(|(n, y)| format!("{n}={}", if *y { "yes" } else { "no" }))
                 .collect();
             line(
-                true,
+                Mark::Ok,
                 "features",
                 format!("{} (no mem_dirty_track: no pre-dump)", list.join(" ")),
             );
         }
-        Err(e) => line(false, "criu", e.to_string()),
+        Err(e) => line(Mark::Fail, "criu", e.to_string()),
+    }
+    if let Some(t) = precheck_host::is_tmpfs(Path::new(precheck_host::KDAT_DIR)) {
+        let dir = precheck_host::KDAT_DIR;
+        let detail = if t {
+            format!("{dir} is a tmpfs: CRIU caches its kernel probes in {dir}/criu.kdat")
+        } else {
+            format!("{dir} is not a tmpfs: CRIU keeps no cache of its kernel probes ({dir}/criu.kdat) and re-probes the kernel on every dump and restore (some 20-35 ms each); mount a tmpfs on {dir} (most distributions do)")
+        };
+        line(if t { Mark::Ok } else { Mark::Note }, "run", detail);
     }
     let store = stasis::store::init_copies::dir();
     match stasis::store::init_copies::ensure() {
-        Ok(p) => line(true, "init store", p.display().to_string()),
-        Err(e) => line(false, "init store", format!("{}: {e}", store.display())),
+        Ok(p) => line(Mark::Ok, "init store", p.display().to_string()),
+        Err(e) => line(
+            Mark::Fail,
+            "init store",
+            format!("{}: {e}", store.display()),
+        ),
     }
     match root.ensure() {
-        Ok(()) => line(true, "state root", root.root.display().to_string()),
-        Err(e) => line(false, "state root", e.to_string()),
+        Ok(()) => line(Mark::Ok, "state root", root.root.display().to_string()),
+        Err(e) => line(Mark::Fail, "state root", e.to_string()),
     }
     for l in stasis::cuda::readiness::check_lines() {
-        line(l.ok, l.what, l.detail);
+        line(l.ok.into(), l.what, l.detail);
     }
     let ok = checks.iter().all(|c| c.ok);
     if a.format == Format::Json {

@@ -21,6 +21,9 @@ pub const FEATURES: &[&str] = &[
 ];
 /// The image `criu cpuinfo dump` writes.
 pub const CPUINFO_IMG: &str = "cpuinfo.img";
+/// Where CRIU keeps its cache of kernel probes (`criu.kdat`): only when this is a tmpfs,
+/// since a cache on a disk could outlive the kernel it describes.
+pub const KDAT_DIR: &str = "/run";
 
 /// This host's stasis and CRIU.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +46,11 @@ pub struct HostFacts {
     /// The answer of `criu cpuinfo check` for an image given to `host-facts`.
     #[serde(default)]
     pub cpuinfo: Option<Check>,
+    /// Whether [`KDAT_DIR`] is a tmpfs, so CRIU caches its kernel probes there; without the
+    /// cache every CRIU run re-probes the kernel (tens of ms per dump and restore). None:
+    /// unknown (statfs failed, or a stasis too old to say).
+    #[serde(default)]
+    pub run_tmpfs: Option<bool>,
 }
 
 /// A located CRIU.
@@ -112,6 +120,7 @@ pub fn gather(cache_dir: &Path, features: bool) -> HostFacts {
                 g.describe()
             }
         },
+        run_tmpfs: is_tmpfs(Path::new(KDAT_DIR)),
         ..Default::default()
     };
     match criu::locate() {
@@ -151,6 +160,13 @@ pub fn gather(cache_dir: &Path, features: bool) -> HostFacts {
         Err(e) => h.criu_error = Some(e.to_string()),
     }
     h
+}
+
+/// Whether `dir` is on a tmpfs (None when statfs fails).
+pub fn is_tmpfs(dir: &Path) -> Option<bool> {
+    nix::sys::statfs::statfs(dir)
+        .ok()
+        .map(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
 }
 
 /// Runs a CRIU subcommand quietly; its output on failure, without CRIU's noise.

@@ -85,7 +85,14 @@ pub fn compare(
             l
         })
         .collect();
-    let mut notes = vec![];
+    let mut notes: Vec<Line> = verdict::host_notes(remote)
+        .into_iter()
+        .map(|mut l| {
+            l.kind = format!("target-{}", l.kind);
+            l.at = at.clone();
+            l
+        })
+        .collect();
     if remote.arch != local.arch {
         obstacles.push(mk(
             "target-arch",

@@ -89,12 +89,31 @@ pub fn host(h: &HostFacts, has_tcp: bool) -> Vec<Line> {
     out
 }
 
+/// The host's notes: what makes its dumps and restores slower without making them fail.
+pub fn host_notes(h: &HostFacts) -> Vec<Line> {
+    let mut out = vec![];
+    if h.run_tmpfs == Some(false) {
+        out.push(line(
+            "run-not-tmpfs",
+            format!("host {}", h.hostname),
+            format!(
+                "{} is not a tmpfs: CRIU keeps no cache of its kernel probes ({}/criu.kdat) and re-probes the kernel on every dump and restore (some 20-35 ms each)",
+                super::host::KDAT_DIR,
+                super::host::KDAT_DIR
+            ),
+            "mount a tmpfs on /run (most distributions do); nothing else to change",
+        ));
+    }
+    out
+}
+
 /// Judges the findings under the dump options.
 pub fn judge(findings: &[Finding], o: &Options, host_facts: &HostFacts) -> Verdict {
     let f = &o.flags;
     let mut v = Verdict::default();
     let has_tcp = findings.iter().any(|x| matches!(x, Finding::Tcp { .. }));
     v.obstacles.extend(host(host_facts, has_tcp));
+    v.notes.extend(host_notes(host_facts));
     for x in findings {
         let at = x.place().map(|p| p.to_string()).unwrap_or_default();
         let (obstacle, kind, problem, fix): (bool, &str, String, String) = match x {

@@ -324,3 +324,18 @@ fn the_host_can_be_the_obstacle() {
         .obstacles
         .is_empty());
 }
+
+#[test]
+fn a_run_that_is_not_tmpfs_is_a_note_never_an_obstacle() {
+    let o = opts(CriuOptions::default(), 0);
+    let mut h = good_host();
+    assert!(judge(&[], &o, &h).notes.is_empty());
+    h.run_tmpfs = Some(true);
+    assert!(judge(&[], &o, &h).notes.is_empty());
+    h.run_tmpfs = Some(false);
+    let v = judge(&[], &o, &h);
+    assert!(v.obstacles.is_empty());
+    assert_eq!(kinds(&v.notes), vec!["run-not-tmpfs"]);
+    assert!(v.notes[0].fix.contains("tmpfs on /run"));
+    assert_eq!(v.notes[0].at, "host here");
+}
