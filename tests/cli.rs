@@ -803,3 +803,68 @@ fn the_shape_of_a_value_names_every_path() {
         ".: array\n[]: object\n[].a: number\n[].b: object\n[].b.c: null|string\n"
     );
 }
+
+/// Issue 12: every flag and argument of every command (the hidden `host-facts` too) has help
+/// text in `--help`, so `man stasis-CMD` documents it as well. An entry with help has its
+/// text on its own line (clap's short format) or on the next, deeper-indented one.
+#[test]
+fn every_flag_and_argument_has_help() {
+    let help = |args: &[&str]| {
+        let o = Command::new(bin())
+            .args(args)
+            .env_clear()
+            .output()
+            .expect("stasis --help");
+        assert!(o.status.success(), "stasis {}", args.join(" "));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let top = help(&["--help"]);
+    let mut cmds: Vec<String> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    assert!(cmds.len() >= 19, "commands: {cmds:?}");
+    cmds.push("host-facts".into());
+    let mut bare = vec![];
+    let mut entries = 0;
+    for cmd in &cmds {
+        let text = help(&[cmd, "--help"]);
+        let lines: Vec<&str> = text.lines().collect();
+        let mut section = "";
+        for (i, l) in lines.iter().enumerate() {
+            if !l.starts_with(' ') && l.ends_with(':') {
+                section = l;
+                continue;
+            }
+            if !matches!(section, "Arguments:" | "Options:") {
+                continue;
+            }
+            // an entry: `  -s, --long <V>`, `      --long`, `  <ARG>`, `  [ARG]...`
+            let t = l.trim_start();
+            let indent = l.len() - t.len();
+            if !((2..=6).contains(&indent) && t.starts_with(['-', '<', '['])) {
+                continue;
+            }
+            entries += 1;
+            // the short format has the text on the entry's line, after two spaces
+            let inline = t
+                .split_once("  ")
+                .is_some_and(|(_, t)| !t.trim().is_empty());
+            let described = inline
+                || lines
+                    .get(i + 1)
+                    .is_some_and(|n| n.starts_with("          ") && !n.trim().is_empty());
+            if !described {
+                bare.push(format!("stasis {cmd}: {}", l.trim()));
+            }
+        }
+    }
+    assert!(
+        entries > 100,
+        "only {entries} entries parsed: the help format changed?"
+    );
+    assert!(bare.is_empty(), "without help text:\n{}", bare.join("\n"));
+}
