@@ -266,6 +266,35 @@ fn man_renders_stasis_checkpoint() {
     ] {
         assert!(text.contains(want), "{want} not in:\n{text}");
     }
+    // stasis-check documents its exit codes (issue 12) and --target
+    let page = d.path().join("stasis-check.1");
+    let g = Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww", "-z"])
+        .arg(&page)
+        .output()
+        .expect("groff");
+    assert!(g.status.success() && g.stderr.is_empty(), "{}", stderr(&g));
+    let m = Command::new("man")
+        .args(["-P", "cat", "-l"])
+        .arg(&page)
+        .env("MANWIDTH", "100")
+        .output()
+        .expect("man");
+    let text = stdout(&m);
+    assert!(
+        m.status.success() && stderr(&m).is_empty(),
+        "{}",
+        stderr(&m)
+    );
+    for want in [
+        "Exit status",
+        "will not checkpoint",
+        "125",
+        "--target",
+        "STASIS_SSH_COMMAND",
+    ] {
+        assert!(text.contains(want), "{want} not in:\n{text}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ pub enum Cmd {
     Stats(stats::StatsArgs),
     /// Check what stasis needs from this host, or whether a running workload will
     /// checkpoint (and what to change if not), without stopping it.
+    #[command(after_long_help = CHECK_EXIT_STATUS)]
     Check(query::CheckArgs),
     /// Take over running workloads whose monitor is gone (or, with --replace, hand them from
     /// their monitor to this version of stasis).
@@ -79,6 +80,11 @@ pub enum Cmd {
     #[command(name = "host-facts", hide = true)]
     HostFacts(precheck::HostFactsArgs),
 }
+
+/// The exit codes of `check`, in its long help and so in `man stasis-check`.
+const CHECK_EXIT_STATUS: &str = "Exit status: 0 when NAME will checkpoint (notes may still be printed), or, without NAME, when the host or --target HOST is ready; 1 when NAME will not checkpoint (one line per obstacle, each with what fixes it) or --target HOST is not ready; 125 when the check itself fails: no such workload, one that is not running, --target HOST unreachable, or (without NAME) a host that lacks what stasis needs.
+
+--target HOST runs `ssh HOST stasis host-facts`; STASIS_SSH_COMMAND replaces the ssh command and its options, e.g. \"ssh -F ./ssh_config\".";
 
 /// `--format`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Default)]

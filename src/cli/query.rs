@@ -35,7 +35,7 @@ pub struct CheckArgs {
     pub format: Format,
     /// Also ask HOST (over ssh; `stasis` must be on its PATH) whether it can restore what
     /// this host dumps: its stasis and CRIU, and `criu cpuinfo check` of this CPU.
-    #[arg(long, value_name = "HOST")]
+    #[arg(long, value_name = "HOST", value_hint = clap::ValueHint::Hostname)]
     pub target: Option<String>,
     /// With NAME: the CRIU options to judge the job under, as `checkpoint` takes them.
     #[command(flatten)]
