@@ -37,6 +37,8 @@ fn sh(script: &str) -> Vec<String> {
 }
 
 type Guards = Vec<Box<dyn Any>>;
+/// Starts a row's job (and whatever it needs) in a directory of its own.
+type Start = Box<dyn Fn(&Env, &Path, &str) -> Guards>;
 
 /// One kind of job.
 struct Row {
@@ -49,7 +51,7 @@ struct Row {
     /// The obstacle the check must name when it does not.
     kind: Option<&'static str>,
     /// Starts the job (and whatever it needs); returns what must live until the row ends.
-    start: Box<dyn Fn(&Env, &Path, &str) -> Guards>,
+    start: Start,
 }
 
 fn row(
