@@ -862,6 +862,36 @@ fn check_target_asks_the_other_host_over_ssh() {
     let v: Value = serde_json::from_slice(&o.stdout).expect("host-facts json");
     check_shape("host-facts", &v, &mut failures);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // a target without a working CRIU cannot restore: "will not", with the target's obstacle
+    let no_criu = format!(
+        "{} -o SetEnv=STASIS_CRIU=/nonexistent/criu",
+        bed.a.ssh_command()
+    );
+    for mut args in [
+        vec!["check", "--target", b, "t"],
+        vec!["check", "--target", b],
+    ] {
+        args.extend(["--format", "json"]);
+        let child = bed
+            .a
+            .cmd(&args)
+            .env("STASIS_SSH_COMMAND", &no_criu)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn stasis");
+        let o = wait_output(child, Duration::from_secs(60), "check --target (no CRIU)");
+        assert_eq!(code(&o), 1, "{}{}", stdout(&o), stderr(&o));
+        let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+        if args.contains(&"t") {
+            assert_eq!(v["checkpointable"], false, "{v}");
+        }
+        let named = v["obstacles"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|l| l["kind"] == "target-criu" && l["at"] == format!("target {b}"))
+        });
+        assert!(named, "{v}");
+    }
     // a host ssh cannot reach is an error of the check, not a "will not"
     let o = bed.a.run(&["check", "--target", "nosuchhost.invalid", "t"]);
     assert_eq!(code(&o), 125, "{}", stdout(&o));

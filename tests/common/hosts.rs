@@ -7,7 +7,8 @@
 //! state root, and with `STASIS_SSH_COMMAND` naming the bed's ssh client configuration, in
 //! which `bed.a.alias` and `bed.b.alias` are the two hosts (`root@` with the bed's key). Over
 //! ssh, each sshd gives its sessions that host's `STASIS_ROOT` and a PATH that finds the
-//! stasis under test first, so `ssh HOST stasis …` is stasis on that host.
+//! stasis under test first, so `ssh HOST stasis …` is stasis on that host. A client may send
+//! `STASIS_CRIU` (`ssh -o SetEnv=STASIS_CRIU=…`), to give that host another CRIU or none.
 //!
 //! Everything is torn down on drop, also after a failed assertion: the workloads of both
 //! roots, the sshds and their sessions (by pid: only what the bed started), the namespaces
@@ -179,7 +180,7 @@ impl Host {
         std::fs::write(
             &cfg,
             format!(
-                "ListenAddress {addr}:22\nHostKey {hk}\nAuthorizedKeysFile {ak}\nPidFile none\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDNS no\nMaxStartups 100\nMaxSessions 100\nSetEnv STASIS_ROOT={root} PATH={bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n",
+                "ListenAddress {addr}:22\nHostKey {hk}\nAuthorizedKeysFile {ak}\nPidFile none\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDNS no\nMaxStartups 100\nMaxSessions 100\nAcceptEnv STASIS_CRIU\nSetEnv STASIS_ROOT={root} PATH={bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n",
                 addr = self.addr,
                 hk = d.join("host_key").display(),
                 ak = d.join("authorized_keys").display(),
