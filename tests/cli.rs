@@ -405,7 +405,7 @@ fn events_follow_as_json_lines_and_since() {
         .spawn()
         .expect("events -f");
     // stopping the job ends the follow by itself once the monitor is gone
-    env.ok(&["stop", "-t", "0", "e"]);
+    env.ok(&["stop", "-t", "60", "e"]);
     let o = wait_output(follower, Duration::from_secs(30), "events --follow");
     assert!(o.status.success(), "{}", stderr(&o));
     let lines: Vec<Value> = stdout(&o)

@@ -444,3 +444,345 @@ fn criu_with_its_cuda_plugin_runs_stasis_as_cuda_checkpoint() {
         "{calls:?}"
     );
 }
+
+/// A host with a fake NVIDIA GPU, as far as stasis and CRIU can tell: a private mount
+/// namespace whose /dev is a tmpfs holding the host's basic devices plus `nvidiactl` and
+/// `nvidia0` (plain files a job can hold open), entered by every command through `nsenter`.
+/// libcuda is the fake; CRIU_FAULT=138 makes CRIU's cuda plugin act without a real GPU.
+struct FakeGpuHost {
+    holder: std::process::Child,
+    fake: Fake,
+}
+
+impl FakeGpuHost {
+    fn new() -> FakeGpuHost {
+        let fake = Fake::new();
+        let old = fake.path("olddev");
+        fs::create_dir_all(&old).unwrap();
+        let script = format!(
+            "set -e; mount --rbind /dev {old}; mount -t tmpfs -o mode=755 fakedev /dev; \
+             for n in null zero full random urandom tty ptmx; do touch /dev/$n; mount --bind {old}/$n /dev/$n; done; \
+             mkdir -p /dev/pts /dev/shm /dev/net; mount --rbind {old}/pts /dev/pts; \
+             touch /dev/net/tun; mount --bind {old}/net/tun /dev/net/tun; \
+             mount -t tmpfs shm /dev/shm; umount -l {old}; touch /dev/nvidiactl /dev/nvidia0; \
+             echo ready; exec sleep 100000",
+            old = old.display()
+        );
+        let mut holder = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(holder.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let host = FakeGpuHost { holder, fake };
+        assert_eq!(line.trim(), "ready", "setting up the fake GPU host failed");
+        host
+    }
+
+    /// `stasis --root ROOT ARGS` on this host, with the fake driver reporting `gpus`.
+    fn stasis(&self, env: &common::Env, gpus: &str, args: &[&str]) -> std::process::Output {
+        self.stasis_with(env, gpus, &[], args)
+    }
+
+    /// [`Self::stasis`] with more environment (`LIB` names the fake's variant: new, old,
+    /// broken).
+    fn stasis_with(
+        &self,
+        env: &common::Env,
+        gpus: &str,
+        more: &[(&str, &str)],
+        args: &[&str],
+    ) -> std::process::Output {
+        let lib = more
+            .iter()
+            .find(|(k, _)| *k == "LIB")
+            .map_or("new", |(_, v)| *v);
+        let mut c = Command::new("nsenter");
+        c.arg("-t")
+            .arg(self.holder.id().to_string())
+            .args(["-m", "--"])
+            .arg(common::bin())
+            .arg("--root")
+            .arg(env.root())
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("LD_LIBRARY_PATH", self.fake.path(lib))
+            .env("FAKE_CUDA_LOG", self.fake.path("calls"))
+            .env("FAKE_CUDA_GPUS", gpus)
+            .env("CRIU_FAULT", "138")
+            .envs(more.iter().filter(|(k, _)| *k != "LIB").copied())
+            .stdin(Stdio::null());
+        common::wait_output(
+            c.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+            std::time::Duration::from_secs(60),
+            &format!("stasis {}", args.join(" ")),
+        )
+    }
+
+    fn ok(&self, env: &common::Env, gpus: &str, args: &[&str]) -> String {
+        let o = self.stasis(env, gpus, args);
+        assert!(
+            o.status.success(),
+            "stasis {} failed: {}",
+            args.join(" "),
+            common::stderr(&o)
+        );
+        common::stdout(&o)
+    }
+
+    /// The driver calls made for pid `pid` since the last look.
+    fn calls_for(&self, pid: i32) -> Vec<String> {
+        let calls = self.fake.calls();
+        let _ = fs::remove_file(self.fake.path("calls"));
+        calls
+            .into_iter()
+            .filter(|c| c.ends_with(&format!(" {pid}")) || c.contains(&format!(" {pid} ")))
+            .collect()
+    }
+}
+
+impl Drop for FakeGpuHost {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// Issue 10: a job holding the GPU is checkpointed and restored through CRIU's cuda plugin,
+/// which stasis loads for it alone, with stasis as `cuda-checkpoint`; the generation records
+/// the GPUs, an import onto another GPU model is refused in one line, and onto the same model
+/// it runs. (The driver is the fake; the real one is checked on a GPU by gpu-check.sh.)
+#[test]
+fn a_gpu_job_goes_through_the_plugin_and_restores_only_onto_the_same_gpus() {
+    common::require_root();
+    common::require_criu();
+    stasis::cuda::plugin::locate()
+        .expect("CRIU's cuda plugin is needed for this test: run scripts/install-criu.sh");
+    let host = FakeGpuHost::new();
+    let env = common::Env::new();
+    let other = common::Env::new();
+    const GPU: &str = "Fake GPU 9000";
+    // One long-lived process: the fake answers for every pid as the driver does for a CUDA
+    // process, and CRIU's plugin cannot lock a process that exits while it works.
+    host.ok(
+        &env,
+        GPU,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "g",
+            "--",
+            "sh",
+            "-c",
+            "exec 7</dev/nvidia0; exec sleep 100000",
+        ],
+    );
+    let holds_gpu = || {
+        let init = env.init_pid("g");
+        let job =
+            fs::read_to_string(format!("/proc/{init}/task/{init}/children")).unwrap_or_default();
+        job.split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .find(|p| {
+                fs::read_link(format!("/proc/{p}/fd/7"))
+                    .is_ok_and(|t| t == Path::new("/dev/nvidia0"))
+            })
+    };
+    env.wait_until(
+        "the job to hold the GPU",
+        std::time::Duration::from_secs(20),
+        || holds_gpu().is_some(),
+    );
+    let job = holds_gpu().unwrap();
+    let _ = fs::remove_file(host.fake.path("calls"));
+
+    host.ok(&env, GPU, &["checkpoint", "--leave-running", "g"]);
+    let calls = host.calls_for(job);
+    for want in [
+        "cuCheckpointProcessLock",
+        "cuCheckpointProcessCheckpoint",
+        "cuCheckpointProcessRestore",
+        "cuCheckpointProcessUnlock",
+    ] {
+        assert!(
+            calls.iter().any(|c| c.starts_with(want)),
+            "{want} missing: {calls:?}"
+        );
+    }
+    let m: serde_json::Value = serde_json::from_slice(
+        &fs::read(env.root().join("workloads/g/checkpoints/1/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["gpu"]["gpus"], serde_json::json!([GPU]), "{m}");
+    assert_eq!(env.status("g"), "running");
+
+    let archive = env.root().join("g.tar.zst");
+    host.ok(
+        &env,
+        GPU,
+        &["checkpoint", "g", "--export", archive.to_str().unwrap()],
+    );
+    assert!(host
+        .calls_for(job)
+        .iter()
+        .any(|c| c.starts_with("cuCheckpointProcessCheckpoint")));
+    let o = host.stasis(
+        &other,
+        "Other GPU",
+        &["restore", "--import", archive.to_str().unwrap()],
+    );
+    let err = common::stderr(&o);
+    assert_eq!(common::code(&o), 125, "{err}");
+    assert!(
+        err.contains("1 x Fake GPU 9000")
+            && err.contains("1 x Other GPU")
+            && err.lines().count() == 1,
+        "{err}"
+    );
+    host.ok(
+        &other,
+        GPU,
+        &["restore", "--import", archive.to_str().unwrap()],
+    );
+    assert_eq!(other.status("g"), "running");
+    let restored = fs::read_to_string(host.fake.path("calls")).unwrap_or_default();
+    assert!(
+        restored.contains("cuCheckpointProcessRestore")
+            && restored.contains("cuCheckpointProcessUnlock"),
+        "{restored}"
+    );
+    for e in [&env, &other] {
+        let _ = host.stasis(e, GPU, &["rm", "-f", "--all"]);
+    }
+}
+
+/// Issue 10: jobs that hold no GPU pay nothing: CRIU is not told to load the cuda plugin.
+#[test]
+fn a_job_without_a_gpu_never_loads_the_plugin() {
+    common::require_root();
+    common::require_criu();
+    let env = common::Env::new();
+    env.ok(&["run", "-d", "--name", "plain", "--", "sleep", "100000"]);
+    env.ok(&["checkpoint", "--leave-running", "plain"]);
+    let log = fs::read_to_string(env.root().join("workloads/plain/criu/dump-1.log")).unwrap();
+    assert!(
+        !log.contains("--libdir") && !log.contains("cuda_plugin"),
+        "{log}"
+    );
+}
+
+/// Issue 10: each way a GPU job cannot be checkpointed or restored here is one line, exit 125,
+/// and leaves the job as it was: no plugin, a driver without the checkpoint API, no libcuda
+/// at restore.
+#[test]
+fn gpu_failures_are_one_line_and_leave_the_job_alone() {
+    common::require_root();
+    common::require_criu();
+    let host = FakeGpuHost::new();
+    let env = common::Env::new();
+    let other = common::Env::new();
+    const GPU: &str = "Fake GPU 9000";
+    let job = ["--", "sh", "-c", "exec 7</dev/nvidia0; exec sleep 100000"];
+    let no_plugins = host.fake.path("no-plugins");
+    fs::create_dir_all(&no_plugins).unwrap();
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: [Case; 2] = [
+        (
+            "noplugin",
+            vec![("CRIU_LIBS_DIR", no_plugins.to_str().unwrap())],
+            "cuda plugin (cuda_plugin.so) is not installed",
+        ),
+        ("olddriver", vec![("LIB", "old")], "driver too old"),
+    ];
+    for (name, more, want) in &cases {
+        let mut args = vec!["run", "-d", "--name", name];
+        args.extend(job);
+        let o = host.stasis_with(&env, GPU, more, &args);
+        assert_eq!(common::code(&o), 0, "{}", common::stderr(&o));
+        env.wait_until(
+            "the job to start",
+            std::time::Duration::from_secs(20),
+            || {
+                let init = env.init_pid(name);
+                fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
+                    .is_ok_and(|c| !c.trim().is_empty())
+            },
+        );
+        let o = host.stasis_with(&env, GPU, more, &["checkpoint", name]);
+        let err = common::stderr(&o);
+        assert_eq!(common::code(&o), 125, "{name}: {err}");
+        assert!(
+            err.contains(want) && err.contains("(a GPU job)") && err.lines().count() == 1,
+            "{name}: {err}"
+        );
+        assert_eq!(env.status(name), "running", "{name}");
+    }
+    // libcuda missing where the checkpoint is restored
+    host.ok(
+        &env,
+        GPU,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "moves",
+            "--",
+            "sh",
+            "-c",
+            "exec 7</dev/nvidia0; exec sleep 100000",
+        ],
+    );
+    let archive = env.root().join("moves.tar.zst");
+    env.wait_until(
+        "the job to start",
+        std::time::Duration::from_secs(20),
+        || {
+            let init = env.init_pid("moves");
+            fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
+                .is_ok_and(|c| !c.trim().is_empty())
+        },
+    );
+    host.ok(
+        &env,
+        GPU,
+        &[
+            "checkpoint",
+            "--leave-running",
+            "moves",
+            "--export",
+            archive.to_str().unwrap(),
+        ],
+    );
+    let o = host.stasis_with(
+        &other,
+        GPU,
+        &[("LIB", "broken")],
+        &["restore", "--import", archive.to_str().unwrap()],
+    );
+    let err = common::stderr(&o);
+    assert_eq!(common::code(&o), 125, "{err}");
+    assert!(
+        err.contains("holds GPU state")
+            && err.contains("cannot load libcuda.so.1")
+            && err.lines().count() == 1,
+        "{err}"
+    );
+    assert!(
+        other.run(&["inspect", "moves"]).status.code() != Some(0),
+        "a refused import left a record"
+    );
+    assert_eq!(env.status("moves"), "running");
+    for e in [&env, &other] {
+        let _ = host.stasis(e, GPU, &["rm", "-f", "--all"]);
+    }
+}

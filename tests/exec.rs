@@ -628,3 +628,56 @@ fn a_detached_session_can_be_attached_again() {
     let o = env.run(&["exec", "--attach", "nosuchid", "w"]);
     assert_eq!(code(&o), 125);
 }
+
+/// Issue 8: exec sessions travel with their job through export and import into another state
+/// root: a writing one and an idle one are both listed there, and the writing one's output
+/// goes on from where it was, without a gap.
+#[test]
+fn sessions_travel_through_export_and_import() {
+    require_criu();
+    let env = Env::new();
+    let other = Env::new();
+    workload(&env, "w", &[]);
+    let session = |args: &[&str]| {
+        let mut a = vec!["exec", "-d", "w", "--"];
+        a.extend_from_slice(args);
+        env.ok(&a).trim().to_string()
+    };
+    let writer = session(&[
+        "sh",
+        "-c",
+        "i=0; while :; do echo $i; i=$((i+1)); sleep 0.05; done",
+    ]);
+    let idle = session(&["sleep", "100000"]);
+    env.wait_until("the writer's output", Duration::from_secs(20), || {
+        counter_values(env.ok(&["logs", "--exec", &writer, "w"]).as_bytes()).len() > 3
+    });
+    let archive = env.root().join("w.tar.zst");
+    env.ok(&["checkpoint", "w", "--export", archive.to_str().expect("p")]);
+    let exported = counter_values(env.ok(&["logs", "--exec", &writer, "w"]).as_bytes());
+    env.ok(&["rm", "w"]);
+    other.ok(&["restore", "--import", archive.to_str().expect("p")]);
+    let listed = sessions(&other, "w");
+    for id in [&writer, &idle] {
+        assert!(
+            listed
+                .iter()
+                .any(|s| s["id"] == id.as_str() && s["status"] == "running"),
+            "session {id} is not running after the import: {listed:?}"
+        );
+    }
+    other.wait_until("the writer to go on", Duration::from_secs(20), || {
+        counter_values(other.ok(&["logs", "--exec", &writer, "w"]).as_bytes()).len() > 5
+    });
+    let after = counter_values(other.ok(&["logs", "--exec", &writer, "w"]).as_bytes());
+    let last = *exported.last().expect("output before the export");
+    assert_eq!(
+        after[0],
+        last + 1,
+        "the writer restarted or lost output: {exported:?} then {after:?}"
+    );
+    for w in after.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "gap or repeat after the import: {after:?}");
+    }
+    other.ok(&["exec", "--stop", &idle, "--time", "0s", "w"]);
+}

@@ -182,10 +182,10 @@ fn token_job(env: &Env, name: &str, token: &str) {
     });
 }
 
-/// Hardening: `criu` SIGKILLed at 100 random moments of dumps, half of them --leave-running;
+/// Issue 9, item 9 (and the fault suite): `criu` SIGKILLed at 100 random moments of dumps, half of them --leave-running;
 /// the job is running afterwards every time, directly or brought back from a generation.
 #[test]
-fn criu_killed_at_random_moments_of_dumps() {
+fn item_09_criu_killed_at_random_moments_of_dumps() {
     require_criu();
     let env = Env::new();
     let mut rng = Rng::new("criu kills");
@@ -397,6 +397,61 @@ fn item_08_criu_killed_after_killing_the_tree_keeps_the_images() {
     env.ok(&["restore", "job"]);
     env.wait_until("output after the restore", Duration::from_secs(20), || {
         counter_values(&env.logs("job")).len() > n + 5
+    });
+    assert_counter_continuous(&counter_values(&env.logs("job")));
+}
+
+/// Issue 9, item 7: the monitor SIGKILLed while CRIU restores. CRIU finishes; the next command
+/// adopts the restored job (never `checkpointed` while it runs), and a second restore is
+/// refused instead of starting a second copy.
+#[test]
+fn item_07_monitor_killed_during_a_restore_never_makes_two_copies() {
+    require_criu();
+    let env = Env::new();
+    let token = format!("stasisitem7x{}", std::process::id());
+    token_job(&env, "job", &token);
+    env.ok(&["checkpoint", "job"]);
+    assert_eq!(copies_of(&token), 0);
+    let monitor = monitor_pid(&env, "job").expect("the monitor stays after a checkpoint");
+    let mut cmd = env
+        .cmd(&["restore", "job"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("restore");
+    let criu = wait_for_child_named(monitor, "criu", &mut cmd, Duration::from_secs(20))
+        .expect("the monitor runs criu restore");
+    kill9(monitor);
+    let _ = wait_output(cmd, Duration::from_secs(60), "restore");
+    // CRIU outlives its parent and finishes (it holds the workload lock meanwhile).
+    env.wait_until("criu to finish", Duration::from_secs(60), || {
+        !std::path::Path::new(&format!("/proc/{criu}")).exists()
+    });
+    env.wait_until(
+        "the restored job under a new monitor",
+        Duration::from_secs(30),
+        || {
+            let v = env.inspect("job");
+            v["state"]["status"] == "running" && v["monitor_alive"] == true
+        },
+    );
+    assert_eq!(copies_of(&token), 1, "one copy after adoption");
+    let ps = env.ok(&["ps"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with("job") && l.contains("running")),
+        "ps says {ps}"
+    );
+    let o = env.run(&["restore", "job"]);
+    assert_ne!(
+        code(&o),
+        0,
+        "a second restore of a running job must be refused"
+    );
+    assert_eq!(copies_of(&token), 1, "a second restore made a second copy");
+    let n = counter_values(&env.logs("job")).len();
+    env.wait_until("its log to grow", Duration::from_secs(20), || {
+        counter_values(&env.logs("job")).len() > n + 3
     });
     assert_counter_continuous(&counter_values(&env.logs("job")));
 }

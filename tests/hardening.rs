@@ -306,7 +306,8 @@ fn item_05_a_stopped_client_never_holds_back_the_job() {
         || counter_values(&env.logs("fast")).last() == Some(&399_999),
     );
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("resume the client");
-    env.ok(&["stop", "-t", "0", "fast"]);
+    // a grace period long enough that SIGTERM, not the SIGKILL after it, ends the job: 143
+    env.ok(&["stop", "-t", "60", "fast"]);
     let status = wait_output(client, Duration::from_secs(60), "attach").status;
     assert_eq!(status.code(), Some(143), "{status:?}");
     reader.join().expect("reader");
@@ -374,4 +375,191 @@ fn item_10_a_writing_job_survives_its_monitors_death() {
         counter_values(&env.logs("w")).len() > n + 5
     });
     assert_counter_continuous(&counter_values(&env.logs("w")));
+}
+
+/// A raw connection to a workload's monitor, as another version of stasis would open it.
+fn monitor_conn(env: &Env, name: &str) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    let path = env.root().join("run").join(format!("{name}.sock"));
+    connect(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &UnixAddr::new(&path).expect("addr"),
+    )
+    .expect("connect to the monitor");
+    fd
+}
+
+fn send_raw(fd: &std::os::fd::OwnedFd, msg: &[u8]) -> nix::Result<usize> {
+    nix::sys::socket::send(
+        std::os::fd::AsRawFd::as_raw_fd(fd),
+        msg,
+        nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+    )
+}
+
+fn recv_raw(fd: &std::os::fd::OwnedFd) -> String {
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = nix::sys::socket::recv(
+        std::os::fd::AsRawFd::as_raw_fd(fd),
+        &mut buf,
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .expect("recv");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// Item 12: CRIU's per-operation logs go with their generations, and `rm -f` leaves nothing of
+/// the job anywhere (its directory, its runtime files, the init store's shared files only).
+#[test]
+fn item_12_criu_logs_are_pruned_with_their_generations() {
+    let env = Env::new();
+    env.ok(&[
+        "run", "-d", "--name", "p", "--keep", "3", "--", "sleep", "100000",
+    ]);
+    for _ in 0..30 {
+        env.ok(&["checkpoint", "--leave-running", "p"]);
+    }
+    env.ok(&["checkpoint", "p"]);
+    env.ok(&["restore", "p"]);
+    let gens: Vec<u32> = std::fs::read_dir(env.root().join("workloads/p/checkpoints"))
+        .expect("checkpoints")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    assert_eq!(gens.len(), 3, "{gens:?}");
+    let logs_dir = env.root().join("workloads/p/criu");
+    env.wait_until(
+        "pruned generations' logs to go",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_dir(&logs_dir)
+                .map(|rd| {
+                    rd.flatten().all(|e| {
+                        let n = e.file_name().to_string_lossy().into_owned();
+                        // dump-N.log / restore-N.log of a kept generation only
+                        n.trim_end_matches(".log")
+                            .rsplit('-')
+                            .next()
+                            .and_then(|g| g.parse::<u32>().ok())
+                            .is_some_and(|g| gens.contains(&g))
+                    })
+                })
+                .unwrap_or(false)
+        },
+    );
+    let init_store = std::env::var("STASIS_INIT_DIR").unwrap_or("/var/lib/stasis/init".into());
+    let before: Vec<_> = std::fs::read_dir(&init_store)
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    env.ok(&["checkpoint", "p"]);
+    env.ok(&["rm", "-f", "p"]);
+    assert!(
+        !env.root().join("workloads/p").exists(),
+        "rm left the job's directory"
+    );
+    let run: Vec<_> = std::fs::read_dir(env.root().join("run"))
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        run.iter().all(|n| !n.to_string_lossy().starts_with("p.")),
+        "rm left runtime files: {run:?}"
+    );
+    let after: Vec<_> = std::fs::read_dir(&init_store)
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        after
+            .iter()
+            .all(|n| before.contains(n) && !n.to_string_lossy().contains("-p")),
+        "rm left files in the init store: {after:?}"
+    );
+}
+
+/// Item 13: a spec with 50k environment variables is refused at once, in one line naming the
+/// sizes and the limit, and leaves no record; a large but sane environment works.
+#[test]
+fn item_13_a_huge_environment_is_refused_up_front() {
+    let env = Env::new();
+    let mut yaml = String::from("name: big\ncommand: [sh, -c, 'echo $V49999']\nenv:\n");
+    for i in 0..50_000 {
+        yaml.push_str(&format!("  V{i}: x{i}\n"));
+    }
+    let spec = env.root().join("big.yaml");
+    std::fs::write(&spec, &yaml).expect("spec");
+    let t0 = std::time::Instant::now();
+    let o = env.run(&["run", "-f", spec.to_str().expect("p")]);
+    let err = stderr(&o);
+    assert_eq!(code(&o), 125, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("50000 variables") && err.contains("128 KiB"),
+        "{err}"
+    );
+    assert!(env.ok(&["ps", "-a"]).lines().all(|l| !l.starts_with("big")));
+    eprintln!("refused in {:?}", t0.elapsed());
+    // 2000 variables are fine, and every one reaches the job
+    let mut yaml = String::from("name: fine\ncommand: [sh, -c, 'echo $V1999']\nenv:\n");
+    for i in 0..2000 {
+        yaml.push_str(&format!("  V{i}: x{i}\n"));
+    }
+    std::fs::write(&spec, &yaml).expect("spec");
+    let o = env.run(&["run", "--rm", "-f", spec.to_str().expect("p")]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "x1999");
+}
+
+/// Item 17: every request, not only Start, is checked for its protocol version: a checkpoint,
+/// an exec or a stop from another version is answered with one clear line and does nothing.
+#[test]
+fn item_17_requests_from_another_protocol_version_are_refused() {
+    let env = Env::new();
+    env.ok(&["run", "-d", "--name", "v", "--", "sleep", "100000"]);
+    let init = env.init_pid("v");
+    for old in [
+        r#"{"op":"checkpoint","opts":{"leave_running":true}}"#.to_string(),
+        r#"{"v":1,"op":"stop","timeout_ms":0}"#.to_string(),
+        r#"{"v":99,"op":"exec","req":{"command":["true"]}}"#.to_string(),
+    ] {
+        let c = monitor_conn(&env, "v");
+        send_raw(&c, old.as_bytes()).expect("send");
+        let reply = recv_raw(&c);
+        assert!(
+            reply.contains("speaks protocol") && reply.contains("this stasis speaks 2"),
+            "{old} got {reply}"
+        );
+    }
+    assert_eq!(env.status("v"), "running");
+    assert_eq!(env.init_pid("v"), init);
+    assert!(!env.root().join("workloads/v/checkpoints/1").exists());
+}
+
+/// Item 18: a client that never reads its replies cannot stall the monitor: other clients of
+/// the same job are answered, and the job's log goes on.
+#[test]
+fn item_18_a_client_that_never_reads_cannot_stall_the_monitor() {
+    let env = Env::new();
+    env.ok(&["run", "-d", "--name", "s", "--", "sh", "-c", COUNTER]);
+    let status = stasis::protocol::encode(&stasis::protocol::Request::Status).expect("encode");
+    let deaf = monitor_conn(&env, "s");
+    // Requests until the socket buffer is full: the monitor's replies pile up unread.
+    let mut sent = 0;
+    while sent < 100_000 && send_raw(&deaf, &status).is_ok() {
+        sent += 1;
+    }
+    for _ in 0..5 {
+        assert_eq!(env.status("s"), "running");
+    }
+    let n = counter_values(&env.logs("s")).len();
+    env.wait_until("the log to grow", Duration::from_secs(20), || {
+        counter_values(&env.logs("s")).len() > n + 5
+    });
+    env.ok(&["exec", "s", "--", "true"]);
+    drop(deaf);
 }

@@ -515,3 +515,32 @@ fn a_session_in_the_checkpoint_comes_back_with_a_crash_restore() {
     let log = env.ok(&["logs", "--exec", &id, "s"]);
     assert!(log.ends_with("n29\n"), "{log}");
 }
+
+/// Issue 9, item 14: `stasis kill -s USR1` is not a requested exit: a real crash after it is
+/// still restored under the policy.
+#[test]
+fn item_14_a_signal_that_did_not_end_the_job_never_cancels_restore_on_crash() {
+    let env = setup();
+    let job = format!("trap 'echo usr1' USR1; {COUNTER}");
+    let spec = spec_file(
+        &env,
+        "u",
+        &format!("name: u\ncommand: [sh, -c, \"{job}\"]\non_exit: {{policy: restore, backoff: {{initial: 0s, max: 1s}}}}\n"),
+    );
+    env.ok(&["run", "-d", "-f", &spec]);
+    env.wait_until("output", Duration::from_secs(20), || {
+        counter_values(&env.logs("u")).len() > 2
+    });
+    env.ok(&["checkpoint", "--leave-running", "u"]);
+    env.ok(&["kill", "-s", "USR1", "u"]);
+    env.wait_until("the trap to run", Duration::from_secs(20), || {
+        String::from_utf8_lossy(&env.logs("u")).contains("usr1")
+    });
+    assert_eq!(env.status("u"), "running");
+    kill9(main_pid(&env, "u"));
+    env.wait_until("restore-on-crash", Duration::from_secs(30), || {
+        env.inspect("u")["state"]["restores"].as_u64().unwrap_or(0) == 1
+            && env.status("u") == "running"
+    });
+    assert_eq!(kinds(&events(&env, "u"), "restore").len(), 1);
+}

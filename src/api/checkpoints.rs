@@ -156,6 +156,13 @@ pub fn import(
             }
             std::fs::File::create(wd.log_path())
                 .map_err(io_err(format!("create {}", wd.log_path().display())))?;
+            // The sessions in the dumped tree come with their records, so `exec --list` and
+            // the restore know them as the exporting side did.
+            for e in &imp.header.manifest.sessions {
+                if let Some(rec) = &e.record {
+                    crate::store::sessions::save(&wd, rec)?;
+                }
+            }
             let mut st = WorkloadState::new(&name);
             st.status = Status::Checkpointed;
             st.generation = Some(gen);

@@ -67,6 +67,7 @@ pub fn create(root: &StateRoot, mut spec: Spec) -> Result<Created, ApiError> {
             spec.env.entry(k).or_insert(v);
         }
     }
+    crate::spec::check_args_env(&spec.command, &spec.env)?;
     let wd = root.workload(&name);
     wd.create()?;
     let state = WorkloadState::new(&name);

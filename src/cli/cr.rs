@@ -496,6 +496,7 @@ pub fn restore(root: &StateRoot, a: RestoreArgs) -> Result<i32, Failure> {
         }
         return summary("restore", &results);
     }
+    let imported = a.import.is_some();
     let name = match &a.import {
         Some(src) => {
             let imported = import_from(root, src, a.new_name.clone(), a.quiet)?;
@@ -514,12 +515,34 @@ pub fn restore(root: &StateRoot, a: RestoreArgs) -> Result<i32, Failure> {
             .ok_or_else(|| usage("restore needs a workload name (or --all, or --import)"))?,
     };
     // may fork a monitor: the spinner's thread starts only once that is done
-    let pending = api::start_restore(root, &name, opts)?;
-    let spinner = Activity::start(format!("restoring {name}"), a.quiet);
-    let r = pending.wait();
-    spinner.done();
+    let r = api::start_restore(root, &name, opts).and_then(|pending| {
+        let spinner = Activity::start(format!("restoring {name}"), a.quiet);
+        let r = pending.wait();
+        spinner.done();
+        r
+    });
+    // An import whose restore fails leaves nothing behind: the archive still holds it all,
+    // and a leftover record would only block the next try under the same name.
+    if r.is_err() && imported {
+        if let Err(e) = api::rm(root, &name, true) {
+            eprintln!("stasis: removing the imported {name} after its failed restore: {e}");
+        }
+    }
     let r = match r? {
-        Reply::Restored { generation, pid } => (generation, pid),
+        Reply::Restored {
+            generation,
+            pid,
+            diverged,
+        } => {
+            // Said even with -q: the job's memory and its files disagree.
+            if !diverged.is_empty() {
+                eprintln!(
+                    "stasis: warning: {name}: files changed since generation {generation} was taken: {}",
+                    stasis::store::divergence::describe(&diverged)
+                );
+            }
+            (generation, pid)
+        }
         other => return Err(usage(format!("unexpected reply {other:?}"))),
     };
     if a.format == Format::Json {

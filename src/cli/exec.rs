@@ -155,6 +155,8 @@ pub fn exec(root: &StateRoot, a: ExecArgs) -> Result<i32, Failure> {
             env.push((k.clone(), v));
         }
     }
+    stasis::spec::check_args_env(&a.command, env.iter().map(|(k, v)| (k, v)))
+        .map_err(|e| usage(e.to_string()))?;
     for fd in &a.preserve_fd {
         if *fd < 3 {
             return Err(usage(format!(

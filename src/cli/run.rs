@@ -110,6 +110,14 @@ pub struct RunArgs {
     /// Rotated log files to keep besides the current one (4 by default).
     #[arg(long = "log-max-files", value_name = "N")]
     pub log_max_files: Option<u32>,
+    /// What a restore does when files the job writes changed since the checkpoint: warn
+    /// (name them) or refuse.
+    #[arg(long = "on-divergence", value_enum, value_name = "warn|refuse")]
+    pub on_divergence: Option<stasis::spec::OnDivergence>,
+    /// Copy PATH (as the job sees it) with each checkpoint and put it back at restore
+    /// (repeatable); `rootfs` copies a --rootfs job's whole root.
+    #[arg(long = "snapshot", value_name = "PATH|rootfs")]
+    pub snapshot: Vec<String>,
     /// Keys that detach the client (with -t): ctrl-p,ctrl-q by default.
     #[arg(long = "detach-keys", value_name = "KEYS")]
     pub detach_keys: Option<String>,
@@ -170,6 +178,8 @@ pub fn build_spec(a: &RunArgs) -> Result<Spec, Failure> {
         on_shutdown: a.on_shutdown,
         log_max_size: a.log_max_size,
         log_max_files: a.log_max_files,
+        on_divergence: a.on_divergence,
+        snapshot: a.snapshot.clone(),
     })
     .map_err(|e| usage(e.to_string()))?;
     if let Some(r) = &spec.rootfs {

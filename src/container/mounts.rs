@@ -213,9 +213,65 @@ pub fn externals(
     Ok(out)
 }
 
+/// Where the file the container sees at `inside` lives on the host: through the deepest mount
+/// holding it, which is the container's root (`root` on the host), a carried-in mount, or one
+/// the container made for itself (`None`: its content is in the dump, and cannot move on).
+pub fn host_path(
+    table: &[MountEntry],
+    ext: &[ExtMount],
+    root: &Path,
+    inside: &Path,
+) -> Option<PathBuf> {
+    let mount = table
+        .iter()
+        .filter(|m| inside.starts_with(&m.point))
+        .max_by_key(|m| m.point.components().count())?;
+    let rest = inside.strip_prefix(&mount.point).ok()?;
+    if mount.point == Path::new("/") {
+        return Some(root.join(rest));
+    }
+    ext.iter()
+        .find(|e| e.inside == mount.point)
+        .map(|e| e.host.join(rest))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_is_found_through_its_mount() {
+        let t = parse_mountinfo(HOST_TREE);
+        let e = externals(&t, Layout::HostTree, |p| p.to_path_buf()).unwrap();
+        let root = Path::new("/");
+        assert_eq!(
+            host_path(&t, &e, root, Path::new("/home/u/db")),
+            Some(PathBuf::from("/home/u/db"))
+        );
+        // the container's own /dev/shm is in the dump; the host's /dev is carried in
+        assert_eq!(host_path(&t, &e, root, Path::new("/dev/shm/seg")), None);
+        assert_eq!(
+            host_path(&t, &e, root, Path::new("/dev/null")),
+            Some(PathBuf::from("/dev/null"))
+        );
+        // a rootfs container's root, and a volume bound from elsewhere
+        let vol = vec![ExtMount {
+            key: "m0".into(),
+            inside: "/data".into(),
+            host: "/srv/vol".into(),
+        }];
+        let t2 = parse_mountinfo(
+            "1 0 254:0 / / rw - ext4 /dev/vda rw\n2 1 254:0 /srv/vol /data rw - ext4 /dev/vda rw\n",
+        );
+        assert_eq!(
+            host_path(&t2, &vol, Path::new("/r"), Path::new("/etc/x")),
+            Some(PathBuf::from("/r/etc/x"))
+        );
+        assert_eq!(
+            host_path(&t2, &vol, Path::new("/r"), Path::new("/data/a/b")),
+            Some(PathBuf::from("/srv/vol/a/b"))
+        );
+    }
 
     const HOST_TREE: &str = "\
 54 53 254:0 / / rw,relatime - ext4 /dev/vda rw

@@ -16,6 +16,8 @@ pub struct DumpOpts {
     pub flags: Flags,
     /// `--action-script`: run by CRIU at each stage, while the tree is frozen at post-dump.
     pub action_script: Option<String>,
+    /// What a plugin needs (`--libdir` of the cuda plugin for a GPU job).
+    pub extra: Vec<String>,
 }
 
 fn common_flags(a: &mut Vec<String>, f: &Flags) {
@@ -67,6 +69,7 @@ impl DumpOpts {
             a.push("--action-script".into());
             a.push(s.clone());
         }
+        a.extend(self.extra.iter().cloned());
         a
     }
 }
@@ -83,6 +86,8 @@ pub struct RestoreOpts {
     pub ext_mounts: Vec<(String, PathBuf)>,
     pub cgroup_args: Vec<String>,
     pub flags: Flags,
+    /// What a plugin needs (`--libdir` of the cuda plugin for a GPU job).
+    pub extra: Vec<String>,
 }
 
 impl RestoreOpts {
@@ -108,6 +113,7 @@ impl RestoreOpts {
         }
         a.extend(self.cgroup_args.iter().cloned());
         common_flags(&mut a, &self.flags);
+        a.extend(self.extra.iter().cloned());
         a
     }
 }
@@ -134,6 +140,7 @@ mod tests {
                 external: vec!["file[1:2]".into()],
             },
             action_script: None,
+            extra: vec!["--libdir".into(), "/usr/local/lib/criu".into()],
         };
         let a = o.argv().join(" ");
         for want in [
@@ -146,6 +153,7 @@ mod tests {
             "--link-remap",
             "--ghost-limit 4194304",
             "--timeout 30",
+            "--libdir /usr/local/lib/criu",
         ] {
             assert!(a.contains(want), "{want} missing in {a}");
         }
@@ -166,6 +174,7 @@ mod tests {
                 ext_unix_sk: true,
                 ..Default::default()
             },
+            extra: vec![],
         };
         let a = o.argv().join(" ");
         for want in [

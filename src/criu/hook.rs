@@ -2,8 +2,8 @@
 //! it is invoked through a link whose name says what it is) at each stage of a dump, with
 //! `CRTOOLS_SCRIPT_ACTION` set. At `post-dump` every image is written and the tree is
 //! still frozen: the hook marks the images complete (so a CRIU killed after that point leaves
-//! a generation stasis can keep) and copies the files declared for snapshot, consistent with
-//! the memory just dumped.
+//! a generation stasis can keep), copies the files declared for snapshot and records the state
+//! of the files the job may write, consistent with the memory just dumped.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +13,9 @@ pub const COMPLETE: &str = ".images-complete";
 pub const ENV_DIR: &str = "STASIS_DUMP_DIR";
 /// Environment: files to snapshot, `SRC\tDST` per line.
 pub const ENV_SNAPSHOT: &str = "STASIS_SNAPSHOT";
+/// Environment: files whose state to record for the restore's comparison, `INSIDE\tHOST` per
+/// line (see `crate::store::divergence`).
+pub const ENV_WATCH: &str = "STASIS_WATCH";
 
 /// True when the post-dump hook ran for `dir`: CRIU wrote every image there.
 pub fn images_complete(dir: &Path) -> bool {
@@ -46,6 +49,14 @@ pub fn run() -> i32 {
                 eprintln!("stasis criu-hook: snapshot {src}: {e}");
                 return 1;
             }
+        }
+    }
+    if let Ok(list) = std::env::var(ENV_WATCH) {
+        let records =
+            crate::store::divergence::record(&crate::store::divergence::decode_list(&list));
+        if let Err(e) = crate::store::divergence::write(&dir, &records) {
+            eprintln!("stasis criu-hook: {e}");
+            return 1;
         }
     }
     match std::fs::write(dir.join(COMPLETE), b"") {

@@ -9,24 +9,33 @@ pub(crate) fn is_noise(line: &str) -> bool {
     line.contains("RLIMIT_NOFILE")
 }
 
-/// The lines of a CRIU log that say why it failed, translated where we know better words:
-/// at most four, most specific first, without CRIU's timestamps and source locations.
+/// The lines of a CRIU log that say why it failed, without CRIU's timestamps and source
+/// locations. Where a line names a cause we know, only the known causes are kept, in plain
+/// words: CRIU's follow-on lines ("Can't sent fd", "Restoring FAILED") only repeat that it
+/// failed. Otherwise the first lines (CRIU logs the root cause first), at most four.
 pub fn failure_reasons(log: &Path) -> Vec<String> {
     let text = fs::read_to_string(log).unwrap_or_default();
     let mut out: Vec<String> = Vec::new();
+    let mut known: Vec<String> = Vec::new();
     for line in text
         .lines()
-        .filter(|l| l.contains("Error (") && !is_noise(l))
+        .filter(|l| (l.contains("Error (") || l.contains("Timeout reached")) && !is_noise(l))
     {
         let msg = line
             .find("): ")
             .map(|i| line[i + 3..].trim())
             .unwrap_or(line)
             .to_string();
-        let msg = explain(&msg).unwrap_or(msg);
-        if !out.contains(&msg) {
+        if let Some(e) = explain(&msg) {
+            if !known.contains(&e) {
+                known.push(e);
+            }
+        } else if !out.contains(&msg) {
             out.push(msg);
         }
+    }
+    if !known.is_empty() {
+        return known;
     }
     if out.is_empty() {
         if let Some(last) = text
@@ -48,10 +57,17 @@ fn explain(msg: &str) -> Option<String> {
         .strip_prefix("File ")
         .filter(|_| msg.contains("has bad size"))
     {
+        // CRIU prints paths relative to the container's root: give them their `/` back.
         let file = rest.split(" has bad size").next().unwrap_or(rest);
+        let slash = if file.starts_with('/') { "" } else { "/" };
         return Some(format!(
-            "file {file} changed size since the checkpoint (it must be the same at restore)"
+            "file {slash}{file} changed size since the checkpoint (it must be the same at restore)"
         ));
+    }
+    if msg.starts_with("Timeout reached") || msg.starts_with("Unable to freeze cgroup") {
+        return Some(
+            "CRIU could not freeze the job's tasks within its freeze timeout (a loaded host, or very many threads); raise it with `checkpoint --freeze-timeout 60s` or `criu: {freeze_timeout: 60s}` in the spec".into(),
+        );
     }
     if msg.contains("Can't lookup mount") {
         return Some(format!(
@@ -95,11 +111,47 @@ mod tests {
         )
         .unwrap();
         let r = failure_reasons(&log);
-        assert_eq!(r.len(), 2, "{r:?}");
+        assert_eq!(r.len(), 1, "{r:?}");
         assert!(
             r[0].contains("/tmp/data.bin changed size since the checkpoint"),
             "{r:?}"
         );
-        assert_eq!(r[1], "Restoring FAILED.");
+    }
+
+    /// Issue 8: a relative path gets its `/`, and CRIU's follow-on lines go.
+    #[test]
+    fn a_changed_file_is_named_whole_and_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("restore.log");
+        fs::write(
+            &log,
+            "(00.03) Error (criu/files-reg.c:2175): File tmp/ccX.s has bad size 10 (expect 20)\n\
+             (00.03) Error (criu/files.c:1104): Can't sent fd 1 to 7\n\
+             (00.04) Error (criu/cr-restore.c:2320): Restoring FAILED.\n",
+        )
+        .unwrap();
+        assert_eq!(
+            failure_reasons(&log),
+            ["file /tmp/ccX.s changed size since the checkpoint (it must be the same at restore)"]
+        );
+    }
+
+    /// Issue 8: the freeze timeout says what happened and what to raise.
+    #[test]
+    fn a_freeze_timeout_is_explained() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("dump.log");
+        fs::write(
+            &log,
+            "(10.00) Error (criu/cr-dump.c:1655): Timeout reached. Try to interrupt: 0\n\
+             (10.01) Error (criu/seize.c:635): Unable to freeze cgroup /sys/fs/cgroup/freezer/x (99 x 100ms attempts, timeout: 10s)\n",
+        )
+        .unwrap();
+        let r = failure_reasons(&log);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert!(
+            r[0].contains("--freeze-timeout") && r[0].contains("freeze_timeout"),
+            "{r:?}"
+        );
     }
 }

@@ -215,10 +215,19 @@ pub fn base_env(creds: &Creds, term: Option<&str>, extra: &[(String, String)]) -
     if let Some(t) = term {
         env.push(("TERM".into(), t.to_string()));
     }
+    // An index keeps this linear in the number of variables (issue 9, item 13).
+    let mut at: std::collections::HashMap<String, usize> = env
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| (k.clone(), i))
+        .collect();
     for (k, v) in extra {
-        match env.iter_mut().find(|(ek, _)| ek == k) {
-            Some(e) => e.1 = v.clone(),
-            None => env.push((k.clone(), v.clone())),
+        match at.get(k) {
+            Some(&i) => env[i].1 = v.clone(),
+            None => {
+                at.insert(k.clone(), env.len());
+                env.push((k.clone(), v.clone()));
+            }
         }
     }
     env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
@@ -414,11 +423,20 @@ pub fn exec_child(p: &ProcSpec, prep: &Prepared, fds: &[OwnedFd], err_pipe: Borr
             );
         }
     }
-    // Everything else above 2 goes at exec: only declared fds reach the program.
-    let _ = sys::cloexec_from(3);
+    // Everything else above 2 goes at exec: only declared fds reach the program. Failing
+    // that would leak init's and the monitor's fds into the workload, so it fails the spawn.
+    if let Err(e) = sys::cloexec_from(3) {
+        fail(err_pipe, CODE_STASIS_ERROR, format!("close_range: {e}"));
+    }
     for &dst in &p.fds {
         if dst > 2 {
-            let _ = sys::dup_to(dst, dst);
+            if let Err(e) = sys::dup_to(dst, dst) {
+                fail(
+                    err_pipe,
+                    CODE_STASIS_ERROR,
+                    format!("keep fd {dst} across exec: {e}"),
+                );
+            }
         }
     }
     if p.tty {
@@ -486,14 +504,28 @@ pub fn exec_child(p: &ProcSpec, prep: &Prepared, fds: &[OwnedFd], err_pipe: Borr
     )
 }
 
-fn drop_privileges(p: &ProcSpec) -> Result<(), String> {
-    use caps::{CapSet, Capability};
-    let keep: Option<std::collections::HashSet<Capability>> = p.caps.as_ref().map(|names| {
+/// The capabilities to keep (`None`: all). Names were validated in the spec; one that does not
+/// parse here came from elsewhere (an exec request across an upgrade) and must fail the spawn,
+/// never be dropped from the list: an empty list would keep nothing, a shorter one less than
+/// asked, and the error says which.
+fn keep_set(
+    caps: Option<&[String]>,
+) -> Result<Option<std::collections::HashSet<caps::Capability>>, String> {
+    caps.map(|names| {
         names
             .iter()
-            .filter_map(|n| n.parse::<Capability>().ok())
+            .map(|n| {
+                n.parse::<caps::Capability>()
+                    .map_err(|_| format!("unknown capability {n:?}"))
+            })
             .collect()
-    });
+    })
+    .transpose()
+}
+
+fn drop_privileges(p: &ProcSpec) -> Result<(), String> {
+    use caps::{CapSet, Capability};
+    let keep = keep_set(p.caps.as_deref())?;
     if let Some(keep) = &keep {
         // The bounding set caps what any later exec (setuid binaries included) can gain.
         for cap in caps::all() {
@@ -585,6 +617,16 @@ pub fn spawn(p: &ProcSpec, fds: &[OwnedFd]) -> Result<i32, ChildFailure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 9, item 16: an unknown capability is an error, never silently dropped.
+    #[test]
+    fn item_16_an_unknown_capability_fails_the_spawn() {
+        let e = keep_set(Some(&["CAP_CHOWN".to_string(), "CAP_FLY".to_string()])).unwrap_err();
+        assert!(e.contains("CAP_FLY"), "{e}");
+        let k = keep_set(Some(&["CAP_CHOWN".to_string()])).unwrap().unwrap();
+        assert!(k.contains(&caps::Capability::CAP_CHOWN) && k.len() == 1);
+        assert!(keep_set(None).unwrap().is_none());
+    }
 
     fn rootfs_with(passwd: &str, group: &str) -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();

@@ -99,7 +99,10 @@ impl Monitor {
 
     /// The mounts of the running container CRIU must treat as external, read from its mount
     /// table (so whatever the host had mounted when it started is covered).
-    pub(crate) fn external_mounts(&self, pid: i32) -> Result<Vec<ExtMount>, String> {
+    pub(crate) fn external_mounts(
+        &self,
+        pid: i32,
+    ) -> Result<(Vec<mounts::MountEntry>, Vec<ExtMount>), String> {
         let read = |p: i32| {
             mounts::mount_table(p)
                 .map_err(|e| mounts::MountError::Read { pid: p, source: e }.to_string())
@@ -112,13 +115,15 @@ impl Monitor {
         // What the host unmounted since the container started goes from the container too
         // (as slave propagation would have done): a restore could not bring it back.
         let host = read(std::process::id() as i32)?;
-        let mut binds: Vec<PathBuf> = self
+        // A volume that does not parse is an error, never a mount silently left out.
+        let volumes: Vec<Volume> = self
             .spec
             .volumes
             .iter()
-            .filter_map(|v| Volume::parse(v).ok())
-            .map(|v| v.dst)
-            .collect();
+            .map(|v| Volume::parse(v))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        let mut binds: Vec<PathBuf> = volumes.iter().map(|v| v.dst.clone()).collect();
         binds.push(crate::store::init_copies::dir());
         let gone = mounts::gone_from_host(&table, &host, layout, &binds);
         if !gone.is_empty() {
@@ -129,15 +134,8 @@ impl Monitor {
             table = read(pid)?;
         }
         let store = crate::store::init_copies::dir();
-        let volumes: Vec<Volume> = self
-            .spec
-            .volumes
-            .iter()
-            .map(|v| Volume::parse(v))
-            .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())?;
         let rootfs = self.spec.rootfs.clone();
-        mounts::externals(&table, layout, |inside: &Path| {
+        let ext = mounts::externals(&table, layout, |inside: &Path| {
             if let Some(v) = volumes.iter().find(|v| v.dst == inside) {
                 return v.src.clone();
             }
@@ -147,7 +145,8 @@ impl Monitor {
                 None => inside.to_path_buf(),
             }
         })
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        Ok((table, ext))
     }
 
     /// `stasis checkpoint`: dumps the running container into a new generation.
@@ -176,7 +175,11 @@ impl Monitor {
         // A restore by a new monitor finds sessions through their records.
         let ids: Vec<_> = self.sessions.keys().cloned().collect();
         for id in &ids {
-            self.session_persist(id);
+            // Without its record, a restore by another monitor could not give the session back
+            // its stdio: refuse rather than dump a generation that loses it.
+            if let Err(e) = self.session_persist(id) {
+                return self.checkpoint_failed(gen, Some(&tmp), e, false);
+            }
         }
         let sessions: Vec<SessionEntry> = self
             .sessions
@@ -186,13 +189,18 @@ impl Monitor {
                 id: id.clone(),
                 tty: s.rec.tty,
                 stdin: s.stdin_tx.borrow().is_some(),
+                record: Some(s.rec.clone()),
             })
             .collect();
-        let ext = match self.external_mounts(init.pid) {
+        let (table, ext) = match self.external_mounts(init.pid) {
             Ok(m) => m,
             Err(e) => return self.checkpoint_failed(gen, Some(&tmp), e, false),
         };
         let held = tree::held_files(&tree::pids(init.pid));
+        let files = match super::files::plan(&self.spec, &table, &ext, &held) {
+            Ok(f) => f,
+            Err(e) => return self.checkpoint_failed(gen, Some(&tmp), e, false),
+        };
         let flags = self
             .spec
             .criu
@@ -206,6 +214,11 @@ impl Monitor {
                 return self.checkpoint_failed(gen, Some(&tmp), e.to_string(), e.is_no_space())
             }
         };
+        let (gpu_facts, gpu) = match super::gpu::before_dump(init.pid) {
+            Ok(Some((facts, run))) => (Some(facts), run),
+            Ok(None) => (None, Default::default()),
+            Err(e) => return self.checkpoint_failed(gen, Some(&tmp), e, false),
+        };
         let log = self.criu_log("dump", gen);
         let dump = criu::DumpOpts {
             pid: init.pid,
@@ -218,8 +231,11 @@ impl Monitor {
             leave_running: opts.leave_running,
             flags: flags.clone(),
             action_script: Some(hook.display().to_string()),
+            extra: gpu.args,
         };
-        let env = vec![(criu::hook::ENV_DIR.to_string(), tmp.display().to_string())];
+        let mut env = vec![(criu::hook::ENV_DIR.to_string(), tmp.display().to_string())];
+        env.extend(files.hook_env(&tmp));
+        env.extend(gpu.env);
         // From here until the dump is over, nothing reads or writes the container's pipes.
         self.gate.close();
         let log_offset = self.log.borrow().as_ref().map(|l| l.offset()).unwrap_or(0);
@@ -240,6 +256,8 @@ impl Monitor {
             winsize: self.winsize,
             files: vec![],
             stats: DumpStats::default(),
+            gpu: gpu_facts,
+            snapshot: files.snapshot.clone(),
         };
         // Should this monitor die while CRIU works, the next one finishes the generation.
         // (Without waiting for the disk: it serves a monitor's death, not a power cut.)

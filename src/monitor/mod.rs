@@ -13,6 +13,8 @@ mod checkpoint;
 mod clients;
 mod diag;
 pub(crate) mod fd;
+mod files;
+mod gpu;
 mod lifecycle;
 mod link;
 mod policy;
@@ -476,7 +478,10 @@ impl Monitor {
                 }
             }
             Event::SessionDrained { id } => self.session_drained(&id).await,
-            Event::SessionPersist { id } => self.session_persist(&id),
+            Event::SessionPersist { id } => {
+                // Reported in monitor.log; a checkpoint retries it and refuses if it fails.
+                let _ = self.session_persist(&id);
+            }
             Event::PolicyDue => self.policy_due().await,
             Event::StdinEnded { session } => self.close_stdin(session).await,
             Event::LogFailing { why } => {

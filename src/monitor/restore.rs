@@ -52,6 +52,37 @@ impl Monitor {
         count_it: bool,
     ) -> Result<Reply, Reply> {
         let criu = self.criu(opts.criu.as_ref()).await?;
+        let gpu = super::gpu::before_restore(manifest.gpu.as_ref()).map_err(|e| {
+            self.event(HistEvent::new("restore-failed", e.clone()).generation(number));
+            err_reply(
+                CODE_STASIS_ERROR,
+                format!(
+                    "restore of {} from generation {number} refused: {e}",
+                    self.wd.name
+                ),
+            )
+        })?;
+        // Files the job writes that moved on since the dump: named (or the restore refused),
+        // and what the generation snapshotted is put back.
+        let diverged = super::files::before_restore(&dir, &manifest, self.spec.on_divergence)
+            .map_err(|e| {
+                self.event(HistEvent::new("restore-failed", e.clone()).generation(number));
+                err_reply(
+                    CODE_STASIS_ERROR,
+                    format!(
+                        "restore of {} from generation {number} refused: {e}",
+                        self.wd.name
+                    ),
+                )
+            })?;
+        if !diverged.is_empty() {
+            let text = format!(
+                "files changed since generation {number}: {}",
+                crate::store::divergence::describe(&diverged)
+            );
+            diag(&text);
+            self.event(HistEvent::new("diverged", text).generation(number));
+        }
         // A host mount the container carried that the host has since dropped (and whose
         // mount point is gone): CRIU needs its mount point to restore it. It gets an empty
         // stand-in, and the stand-in goes with the placeholder directory right after, so the
@@ -96,13 +127,15 @@ impl Monitor {
             ext_mounts,
             cgroup_args: self.cgroup.criu_restore_args(),
             flags: manifest.criu.clone(),
+            extra: gpu.args,
         };
         let was = self.st.status;
         self.st.status = Status::Restoring;
         self.st.restoring_since = Some(crate::store::state::now_ms());
         self.save();
         let t0 = Instant::now();
-        let run = self.run_criu(&criu, &ropts.argv(), &[], None, true).await;
+        let env = (!gpu.env.is_empty()).then_some(gpu.env.as_slice());
+        let run = self.run_criu(&criu, &ropts.argv(), &[], env, true).await;
         placeholders.remove();
         if let Err(status) = run {
             let reasons = criu::failure_reasons(&log);
@@ -111,7 +144,17 @@ impl Monitor {
                 reasons.join("; "),
                 log.display()
             );
-            if manifest.leave_running && reasons.iter().any(|r| r.contains("changed size")) {
+            if !diverged.is_empty() {
+                let after = if manifest.leave_running {
+                    " (it was taken with --leave-running, and the job wrote on)"
+                } else {
+                    ""
+                };
+                why.push_str(&format!(
+                    "; changed since generation {number}{after}: {}",
+                    crate::store::divergence::describe(&diverged)
+                ));
+            } else if manifest.leave_running && reasons.iter().any(|r| r.contains("changed size")) {
                 why.push_str(&format!(
                     "; generation {number} was taken with --leave-running and the job's files moved on after it"
                 ));
@@ -171,6 +214,7 @@ impl Monitor {
         self.st.finished_at = None;
         self.st.stop_requested = false;
         self.st.generation = Some(number);
+        self.st.diverged = diverged.clone();
         if count_it {
             self.st.restores += 1;
         }
@@ -196,6 +240,7 @@ impl Monitor {
         Ok(Reply::Restored {
             generation: number,
             pid,
+            diverged,
         })
     }
 
@@ -205,13 +250,11 @@ impl Monitor {
         let read = std::fs::read_to_string(pidfile)
             .map_err(|e| format!("read CRIU's pidfile {}: {e}", pidfile.display()))
             .and_then(|s| {
-                s.trim()
-                    .parse::<i32>()
-                    .map_err(|_| format!("CRIU's pidfile {} holds {s:?}", pidfile.display()))
+                parse_pidfile(&s)
+                    .map_err(|why| format!("CRIU's pidfile {} {why}", pidfile.display()))
             });
         match read {
-            Ok(p) if p > 0 => Ok(p),
-            Ok(p) => Err(format!("CRIU's pidfile names pid {p}")),
+            Ok(p) => Ok(p),
             Err(why) => {
                 let me = std::process::id() as i32;
                 let kids = crate::container::tree::pids(me);
@@ -268,5 +311,29 @@ impl Placeholders {
 impl Drop for Placeholders {
     fn drop(&mut self) {
         self.remove();
+    }
+}
+
+/// A pidfile's pid, only when it names a real process: never 0 or a negative "all processes".
+fn parse_pidfile(text: &str) -> Result<i32, String> {
+    match text.trim().parse::<i32>() {
+        Ok(p) if p > 0 => Ok(p),
+        Ok(p) => Err(format!("names pid {p}")),
+        Err(_) => Err(format!("holds {text:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_pidfile;
+
+    /// Issue 9, item 15: an unreadable or odd pidfile never becomes pid 0 (a live tree left
+    /// unsupervised); it is an error that sends restore to its fallback.
+    #[test]
+    fn item_15_a_bad_pidfile_never_becomes_pid_0() {
+        assert_eq!(parse_pidfile("4242\n"), Ok(4242));
+        for bad in ["", "0", "-1", "12ab", "\n"] {
+            assert!(parse_pidfile(bad).is_err(), "{bad:?}");
+        }
     }
 }

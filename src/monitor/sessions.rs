@@ -415,14 +415,16 @@ impl Monitor {
     }
 
     /// Writes the record of a session that is still running.
-    pub(crate) fn session_persist(&mut self, id: &SessionId) {
+    pub(crate) fn session_persist(&mut self, id: &SessionId) -> Result<(), String> {
         if let Some(s) = self.sessions.get(id) {
             if s.rec.status == SessionStatus::Running {
                 if let Err(e) = sessions::save(&self.wd, &s.rec) {
                     diag(&format!("session {id}: {e}"));
+                    return Err(format!("session {id}'s record could not be saved: {e}"));
                 }
             }
         }
+        Ok(())
     }
 
     /// A session's output is all delivered: record its exit, tell its clients, and let init

@@ -189,6 +189,9 @@ pub enum Reply {
     Restored {
         generation: u32,
         pid: i32,
+        /// Files the job writes that moved on since the generation was taken.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        diverged: Vec<crate::store::divergence::Diverged>,
     },
     ExecStarted {
         id: SessionId,

@@ -27,6 +27,9 @@ pub enum SpecError {
     Invalid { field: &'static str, msg: String },
 }
 
+mod files;
+pub use files::{OnDivergence, Snapshot};
+
 fn invalid(field: &'static str, msg: impl Into<String>) -> SpecError {
     SpecError::Invalid {
         field,
@@ -363,6 +366,12 @@ pub struct Spec {
     /// CRIU options for this workload's checkpoints (see `crate::criu::CriuOptions`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub criu: crate::criu::CriuOptions,
+    /// What a restore does when files the job writes moved on since the checkpoint.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub on_divergence: OnDivergence,
+    /// Files copied with each generation and put back by its restore.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub snapshot: Snapshot,
 }
 
 fn is_default<T: Default + PartialEq>(t: &T) -> bool {
@@ -403,6 +412,9 @@ pub struct SpecOverrides {
     pub on_shutdown: Option<ShutdownAction>,
     pub log_max_size: Option<ByteSize>,
     pub log_max_files: Option<u32>,
+    pub on_divergence: Option<OnDivergence>,
+    /// `--snapshot` flags: `rootfs`, or paths (replace the file's list).
+    pub snapshot: Vec<String>,
 }
 
 impl Spec {
@@ -495,6 +507,12 @@ impl Spec {
         if let Some(n) = o.log_max_files {
             self.log.max_files = n;
         }
+        if let Some(d) = o.on_divergence {
+            self.on_divergence = d;
+        }
+        if !o.snapshot.is_empty() {
+            self.snapshot = Snapshot::from_flags(&o.snapshot)?;
+        }
         Ok(())
     }
 
@@ -533,6 +551,8 @@ impl Spec {
         for k in &self.env_pass {
             validate_env_key(k)?;
         }
+        check_args_env(&self.command, &self.env)?;
+        self.snapshot.validate(self.rootfs.as_deref())?;
         if let Some(w) = &self.workdir {
             if !w.starts_with('/') {
                 return Err(invalid("workdir", format!("{w:?} is not an absolute path")));
@@ -648,6 +668,39 @@ fn validate_hostname(h: &str) -> Result<(), SpecError> {
             format!("{h:?} is not a valid host name"),
         ))
     }
+}
+
+/// What one process's arguments and environment may take together, as they travel: a spec
+/// goes to its monitor, and an exec request to init, in one message of at most
+/// [`crate::protocol::MAX_MSG`] bytes of JSON. The kernel would take more (a quarter of the
+/// stack limit), but 128 KiB leaves room for the rest of the message and for what stasis adds
+/// (PATH, HOME, TERM, ...), and is far above any real job's needs.
+pub const MAX_ARGS_ENV: usize = 128 * 1024;
+
+/// Checks that `argv` and `env` fit in [`MAX_ARGS_ENV`] (counted as JSON strings), in time
+/// linear in their size; the error names the sizes and the limit.
+pub fn check_args_env<'a>(
+    argv: &[String],
+    env: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Result<(), SpecError> {
+    let json_len = |s: &str| serde_json::to_string(s).map_or(s.len() * 6 + 2, |j| j.len());
+    let args: usize = argv.iter().map(|a| json_len(a) + 1).sum();
+    let (mut vars, mut bytes) = (0usize, 0usize);
+    for (k, v) in env {
+        vars += 1;
+        bytes += json_len(k) + json_len(v) + 2;
+    }
+    if args + bytes > MAX_ARGS_ENV {
+        return Err(invalid(
+            if bytes >= args { "env" } else { "command" },
+            format!(
+                "the command ({} arguments, {args} bytes) and its environment ({vars} variables, {bytes} bytes) take more than the {} KiB a job may have",
+                argv.len(),
+                MAX_ARGS_ENV / 1024
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Splits `K=V` (a `-e` flag).

@@ -33,6 +33,8 @@ pub fn export(wd: &WorkloadDir, g: &Generation, out: impl Write) -> Result<(), C
     let enc = zstd::stream::write::Encoder::new(out, 3).map_err(|e| arch(e.to_string()))?;
     let mut tar = tar::Builder::new(enc);
     tar.mode(tar::HeaderMode::Deterministic);
+    // A snapshot keeps its links as links (a rootfs has many, some pointing nowhere here).
+    tar.follow_symlinks(false);
     let header = serde_json::to_vec_pretty(&ExportHeader {
         format: EXPORT_FORMAT,
         name: wd.name.to_string(),
@@ -50,6 +52,14 @@ pub fn export(wd: &WorkloadDir, g: &Generation, out: impl Write) -> Result<(), C
     for n in names {
         tar.append_path_with_name(g.dir.join(&n), format!("images/{n}"))
             .map_err(|e| arch(format!("{n}: {e}")))?;
+    }
+    let snap = g.dir.join(super::snapshot::DIR);
+    if snap.is_dir() {
+        // Owners and times are part of a snapshot (a rootfs's files are not all root's).
+        tar.mode(tar::HeaderMode::Complete);
+        tar.append_dir_all(super::snapshot::DIR, &snap)
+            .map_err(|e| arch(format!("snapshot: {e}")))?;
+        tar.mode(tar::HeaderMode::Deterministic);
     }
     tar.append_path_with_name(&m.init_path, "init/stasis-init")
         .map_err(|e| arch(format!("{}: {e}", m.init_path.display())))?;
@@ -140,6 +150,9 @@ pub fn import(
     let dec = zstd::stream::read::Decoder::new(input)
         .map_err(|e| arch(format!("not a zstd stream: {e}")))?;
     let mut tar = tar::Archive::new(dec);
+    // Snapshot copies keep their owners and modes (a rootfs needs them).
+    tar.set_preserve_permissions(true);
+    tar.set_preserve_ownerships(true);
     let images = dest_tmp.join("images");
     atomic::mkdir_p(&images, 0o700)?;
     let mut header: Option<ExportHeader> = None;
@@ -170,6 +183,20 @@ pub fn import(
             let mut s = Vec::new();
             entry.read_to_end(&mut s).map_err(|e| arch(e.to_string()))?;
             init = Some(s);
+        } else if path == super::snapshot::DIR || path.starts_with("snapshot/") {
+            // Only files, directories and links, and only below images/snapshot/: tar's
+            // unpack_in refuses `..` and parents that lead outside (through a link).
+            use tar::EntryType as T;
+            let kind = entry.header().entry_type();
+            if !matches!(kind, T::Regular | T::Directory | T::Symlink) {
+                return Err(arch(format!("unexpected entry {path} ({kind:?})")));
+            }
+            let inside = entry
+                .unpack_in(&images)
+                .map_err(|e| arch(format!("{path}: {e}")))?;
+            if !inside {
+                return Err(arch(format!("entry {path} leads outside the import")));
+            }
         } else if let Some(name) = path.strip_prefix("images/") {
             if name.is_empty() || name.contains('/') || name.starts_with('.') {
                 return Err(arch(format!("unexpected entry {path}")));

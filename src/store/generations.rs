@@ -62,6 +62,10 @@ pub struct SessionEntry {
     pub id: crate::store::sessions::SessionId,
     pub tty: bool,
     pub stdin: bool,
+    /// The session's record as it was at the dump, so an import (another state root, with no
+    /// record of its own) lists and reattaches the session like the original.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<crate::store::sessions::SessionRecord>,
 }
 
 /// A generation's manifest.
@@ -95,6 +99,23 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
     #[serde(default)]
     pub stats: DumpStats,
+    /// The host's GPUs, for a job that held one (a restore needs the same model and count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<crate::cuda::facts::GpuFacts>,
+    /// Files copied into the generation's `snapshot/` while the tree was frozen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshot: Vec<SnapshotEntry>,
+}
+
+/// One snapshot copy in a generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotEntry {
+    /// The path as the job sees it.
+    pub inside: PathBuf,
+    /// Where it is on the host, and where a restore puts the copy back.
+    pub host: PathBuf,
+    /// The copy's name under `snapshot/` in the generation.
+    pub copy: String,
 }
 
 /// A generation on disk.
@@ -398,6 +419,8 @@ pub(crate) mod tests {
             winsize: None,
             files,
             stats: DumpStats::default(),
+            gpu: None,
+            snapshot: vec![],
         }
     }
 
@@ -417,6 +440,7 @@ pub(crate) mod tests {
             id: crate::store::sessions::SessionId::parse("abcabcabcabc").unwrap(),
             tty: false,
             stdin: true,
+            record: None,
         });
         let j = serde_json::to_vec(&m).unwrap();
         assert_eq!(serde_json::from_slice::<Manifest>(&j).unwrap(), m);

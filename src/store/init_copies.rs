@@ -94,6 +94,18 @@ pub fn hook() -> Result<PathBuf, FsError> {
     }
 }
 
+/// The directory holding `cuda-checkpoint`, a link to this build's init copy, for the PATH
+/// CRIU gets when it dumps or restores a GPU job (CRIU's cuda plugin runs the command from
+/// PATH). Pointing at the copy, not the installed binary, keeps it working across upgrades.
+pub fn cuda_shim_dir() -> Result<PathBuf, FsError> {
+    let init = ensure()?;
+    let key = build_key().map_err(|e| FsError::new("identify", Path::new("/proc/self/exe"), e))?;
+    let bin = dir().join(format!("bin-{key}"));
+    crate::cuda::shim::install_for(&bin, &init)
+        .map_err(|e| FsError::new(e.op, &e.path, e.source))?;
+    Ok(bin)
+}
+
 /// True when process `pid` runs one of this store's init copies (a container's init).
 pub fn runs_init(pid: i32) -> bool {
     std::fs::read_link(format!("/proc/{pid}/exe"))

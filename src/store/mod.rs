@@ -5,6 +5,7 @@
 
 pub mod archive;
 pub mod atomic;
+pub mod divergence;
 pub mod events;
 pub mod generations;
 pub mod init_copies;

@@ -355,6 +355,9 @@ pub struct WorkloadState {
     /// Bytes of output that could not be written to the log (a full disk).
     #[serde(default)]
     pub log_dropped: u64,
+    /// Files the job writes that had moved on since the generation of its last restore.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diverged: Vec<crate::store::divergence::Diverged>,
 }
 
 /// Current state.json format.
@@ -382,6 +385,7 @@ impl WorkloadState {
             stop_requested: false,
             restoring_since: None,
             log_dropped: 0,
+            diverged: Vec::new(),
         }
     }
 
