@@ -1023,3 +1023,148 @@ fn check_says_when_run_is_not_a_tmpfs() {
     assert!(!has_run_note(&o), "{}", stdout(&o));
     env.run(&["rm", "-f", "r"]);
 }
+
+/// A mount namespace whose /dev has an `nvidiactl` (a copy of /dev/null's node): an overlay
+/// over the host's /dev, its pts, shm and mqueue moved across, so the host's /dev is never
+/// touched. A holder process keeps the namespace; every command runs in it through nsenter.
+struct FakeGpuDev {
+    holder: std::process::Child,
+    /// The overlay's upper and work directories live on a tmpfs mounted here, in the namespace.
+    _dir: tempfile::TempDir,
+}
+
+impl FakeGpuDev {
+    fn new() -> FakeGpuDev {
+        let dir = tempfile::Builder::new()
+            .prefix("stgpu")
+            .tempdir_in("/tmp")
+            .expect("dir");
+        let script = r#"set -e
+t="$1"
+mount -t tmpfs stasis-test-gpu "$t"
+mkdir "$t/u" "$t/w" "$t/keep"
+for m in pts shm mqueue; do
+  if mountpoint -q "/dev/$m"; then mkdir "$t/keep/$m"; mount --move "/dev/$m" "$t/keep/$m"; fi
+done
+mount -t overlay overlay -o "lowerdir=/dev,upperdir=$t/u,workdir=$t/w" /dev
+for m in pts shm mqueue; do
+  if [ -d "$t/keep/$m" ]; then mount --move "$t/keep/$m" "/dev/$m"; fi
+done
+mknod /dev/nvidiactl c 1 3
+echo ready
+exec sleep 100000"#;
+        let mut holder = std::process::Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                script,
+                "sh",
+            ])
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("unshare");
+        let mut first = String::new();
+        let out = holder.stdout.take().expect("stdout");
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut first);
+        let g = FakeGpuDev { holder, _dir: dir };
+        assert_eq!(
+            first.trim(),
+            "ready",
+            "the fake GPU namespace did not come up"
+        );
+        g
+    }
+
+    /// `stasis --root ROOT ARGS…` in the namespace, with a clean environment plus `envs`.
+    fn run(&self, env: &Env, envs: &[(&str, &Path)], args: &[&str]) -> std::process::Output {
+        let mut c = std::process::Command::new("nsenter");
+        c.arg(format!("--mount=/proc/{}/ns/mnt", self.holder.id()))
+            .arg("--")
+            .arg(bin())
+            .arg("--root")
+            .arg(env.root())
+            .args(args)
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in envs {
+            c.env(k, v);
+        }
+        let child = c.spawn().expect("nsenter");
+        wait_output(child, Duration::from_secs(60), &args.join(" "))
+    }
+}
+
+impl Drop for FakeGpuDev {
+    fn drop(&mut self) {
+        // the holder is this test's own process
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// Issue 12's "a GPU without the plugin", end to end without a GPU: a job holding
+/// /dev/nvidiactl (a stand-in node, in a mount namespace of the test's) is a GPU job to the
+/// pre-check and to the checkpoint alike. Without CRIU's cuda plugin the check names
+/// gpu-plugin and the real dump fails; with a plugin but no NVIDIA driver (no libcuda) it
+/// names gpu-driver and the dump fails too.
+#[test]
+fn gpu_jobs_without_plugin_or_driver_match_real_dumps() {
+    require_criu();
+    let env = Env::new();
+    let gpu = FakeGpuDev::new();
+    let empty = env.root().join("no-plugin");
+    let fake = env.root().join("fake-plugin");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    std::fs::create_dir_all(&fake).expect("mkdir");
+    std::fs::write(fake.join("cuda_plugin.so"), b"").expect("plugin");
+    let code_ =
+        "f = open('/dev/nvidiactl')\nprint('ready', flush=True)\nimport time\ntime.sleep(1000)";
+    for (name, dir, kind) in [
+        ("noplugin", &empty, "gpu-plugin"),
+        ("nodriver", &fake, "gpu-driver"),
+    ] {
+        let envs = [("CRIU_LIBS_DIR", dir.as_path())];
+        let o = gpu.run(
+            &env,
+            &envs,
+            &["run", "-d", "--name", name, "--", "python3", "-c", code_],
+        );
+        assert!(o.status.success(), "run {name}: {}", stderr(&o));
+        env.wait_until("the job to hold the GPU", Duration::from_secs(20), || {
+            String::from_utf8_lossy(&env.logs(name)).contains("ready")
+        });
+        let o = gpu.run(&env, &envs, &["check", "--format", "json", name]);
+        assert_eq!(code(&o), 1, "{name}: {}{}", stdout(&o), stderr(&o));
+        let v: Value = serde_json::from_slice(&o.stdout).expect("check json");
+        let kinds: Vec<&str> = v["obstacles"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|l| l["kind"].as_str()).collect())
+            .unwrap_or_default();
+        assert!(kinds.contains(&kind), "{name}: {kinds:?}: {v}");
+        let o = gpu.run(&env, &envs, &["checkpoint", "--leave-running", name]);
+        assert!(
+            !o.status.success(),
+            "{name}: the dump succeeded: a false \"will not\""
+        );
+        assert!(stderr(&o).contains("a GPU job"), "{name}: {}", stderr(&o));
+        assert_eq!(
+            env.status(name),
+            "running",
+            "a failed dump leaves the job running"
+        );
+        env.run(&["rm", "-f", name]);
+    }
+}
