@@ -390,7 +390,7 @@ pub fn check(root: &StateRoot, a: CheckArgs) -> Result<i32, Failure> {
         let detail = if t {
             format!("{dir} is a tmpfs: CRIU caches its kernel probes in {dir}/criu.kdat")
         } else {
-            format!("{dir} is not a tmpfs: CRIU keeps no cache of its kernel probes ({dir}/criu.kdat) and re-probes the kernel on every dump and restore (some 20-35 ms each); mount a tmpfs on {dir} (most distributions do)")
+            format!("{dir} is not a tmpfs: CRIU keeps no cache of its kernel probes ({dir}/criu.kdat) and re-probes the kernel on every dump and restore (some 25-40 ms each); mount a tmpfs on {dir} (most distributions do)")
         };
         line(if t { Mark::Ok } else { Mark::Note }, "run", detail);
     }

@@ -97,7 +97,7 @@ pub fn host_notes(h: &HostFacts) -> Vec<Line> {
             "run-not-tmpfs",
             format!("host {}", h.hostname),
             format!(
-                "{} is not a tmpfs: CRIU keeps no cache of its kernel probes ({}/criu.kdat) and re-probes the kernel on every dump and restore (some 20-35 ms each)",
+                "{} is not a tmpfs: CRIU keeps no cache of its kernel probes ({}/criu.kdat) and re-probes the kernel on every dump and restore (some 25-40 ms each)",
                 super::host::KDAT_DIR,
                 super::host::KDAT_DIR
             ),
