@@ -3,14 +3,15 @@
 # CRIU 4.x (built and cached by install-criu.sh), the tools CRIU calls (iptables for network
 # namespaces), and what the end-to-end tests use (busybox-static for a tiny rootfs,
 # python3, sqlite3 for the data-divergence tests, gcc to build test programs, man-db and
-# groff-base to render the man pages). Idempotent: installs only what is
-# missing.
+# groff-base to render the man pages, openssh-server for the two-host test bed:
+# tests/common/hosts.rs starts its own sshds, never the system's). Idempotent: installs only
+# what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "install-deps: run as root" >&2; exit 1; }
 
 need=()
-for p in busybox-static iptables python3 pkgconf gcc libc6-dev sqlite3 man-db groff-base; do
+for p in busybox-static iptables python3 pkgconf gcc libc6-dev sqlite3 man-db groff-base openssh-server openssh-client; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -2,7 +2,7 @@
 //!
 //! The codes follow podman and docker: the workload's own code, 128+n when signal n killed it,
 //! and 125/126/127 for failures of stasis itself, for a command that cannot be executed and for
-//! one that is not found.
+//! one that is not found. `stasis check NAME` answers 0 or 1 (will / will not checkpoint).
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -13,6 +13,9 @@ pub const CODE_STASIS_ERROR: i32 = 125;
 pub const CODE_CANNOT_EXECUTE: i32 = 126;
 /// Exit code when the command is not found.
 pub const CODE_NOT_FOUND: i32 = 127;
+/// Exit code of `stasis check NAME` when the job will not checkpoint (0: it will; 125: the
+/// check itself failed). Like `grep` or `cmp`, 1 answers "no" rather than reporting an error.
+pub const CODE_WILL_NOT_CHECKPOINT: i32 = 1;
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

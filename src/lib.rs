@@ -18,6 +18,7 @@ pub mod cuda;
 pub mod exit;
 pub mod init;
 pub mod monitor;
+pub mod precheck;
 pub mod protocol;
 pub mod spec;
 pub mod store;

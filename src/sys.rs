@@ -746,6 +746,27 @@ pub fn borrowed(fd: &RawFd) -> BorrowedFd<'_> {
     unsafe { BorrowedFd::borrow_raw(*fd) }
 }
 
+/// The protocol name the kernel gives a socket (`TCP`, `UNIX-STREAM`, `MPTCP`, `AF_VSOCK`…),
+/// read from the `system.sockprotoname` attribute of the socket a /proc/PID/fd/N link leads
+/// to. It names sockets of every family, which no /proc/net table does.
+pub fn sock_proto_name(path: &Path) -> io::Result<String> {
+    let c = cpath(path)?;
+    let mut buf = [0u8; 64];
+    // SAFETY: both names are NUL-terminated; the kernel writes at most buf.len() bytes.
+    let n = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            c"system.sockprotoname".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let n = cvt(n as libc::c_long)? as usize;
+    let name = &buf[..n.min(buf.len())];
+    let name = name.split(|b| *b == 0).next().unwrap_or(name);
+    Ok(String::from_utf8_lossy(name).into_owned())
+}
+
 /// The inode a process's fd points to, read from /proc/PID/fd/N ("socket:[INO]",
 /// "pipe:[INO]").
 pub fn fd_inode(pid: i32, fd: i32) -> Option<u64> {

@@ -5,9 +5,9 @@
 
 mod common;
 
+use common::shape::{check_shape, shape};
 use common::*;
 use serde_json::Value;
-use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -263,6 +263,35 @@ fn man_renders_stasis_checkpoint() {
         "stasis-checkpoint",
         "--leave-running",
         "Keep the workload running",
+    ] {
+        assert!(text.contains(want), "{want} not in:\n{text}");
+    }
+    // stasis-check documents its exit codes (issue 12) and --target
+    let page = d.path().join("stasis-check.1");
+    let g = Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww", "-z"])
+        .arg(&page)
+        .output()
+        .expect("groff");
+    assert!(g.status.success() && g.stderr.is_empty(), "{}", stderr(&g));
+    let m = Command::new("man")
+        .args(["-P", "cat", "-l"])
+        .arg(&page)
+        .env("MANWIDTH", "100")
+        .output()
+        .expect("man");
+    let text = stdout(&m);
+    assert!(
+        m.status.success() && stderr(&m).is_empty(),
+        "{}",
+        stderr(&m)
+    );
+    for want in [
+        "Exit status",
+        "will not checkpoint",
+        "125",
+        "--target",
+        "STASIS_SSH_COMMAND",
     ] {
         assert!(text.contains(want), "{want} not in:\n{text}");
     }
@@ -688,72 +717,6 @@ fn monitor_log_has_levels_and_times_and_inspect_points_to_it() {
 // ---------------------------------------------------------------------------------------
 // JSON shapes
 
-/// Each JSON path with the kinds of value found there, one `path: kinds` line each: a
-/// renamed, added or removed field, or one whose kind changes, changes the shape.
-fn shape(v: &Value) -> String {
-    fn kind(v: &Value) -> &'static str {
-        match v {
-            Value::Null => "null",
-            Value::Bool(_) => "bool",
-            Value::Number(_) => "number",
-            Value::String(_) => "string",
-            Value::Array(_) => "array",
-            Value::Object(_) => "object",
-        }
-    }
-    fn walk(
-        v: &Value,
-        path: &str,
-        out: &mut std::collections::BTreeMap<String, BTreeSet<&'static str>>,
-    ) {
-        out.entry(path.to_string()).or_default().insert(kind(v));
-        match v {
-            Value::Array(a) => {
-                for e in a {
-                    walk(e, &format!("{path}[]"), out);
-                }
-            }
-            Value::Object(o) => {
-                for (k, e) in o {
-                    walk(e, &format!("{path}.{k}"), out);
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut m = Default::default();
-    walk(v, "", &mut m);
-    m.into_iter()
-        .map(|(p, k)| {
-            let p = if p.is_empty() { ".".to_string() } else { p };
-            format!("{p}: {}\n", k.into_iter().collect::<Vec<_>>().join("|"))
-        })
-        .collect()
-}
-
-/// Compares with tests/snapshots/NAME.shape; `STASIS_UPDATE_SNAPSHOTS=1` rewrites it.
-fn check_shape(name: &str, v: &Value, failures: &mut Vec<String>) {
-    let got = shape(v);
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/snapshots")
-        .join(format!("{name}.shape"));
-    if std::env::var_os("STASIS_UPDATE_SNAPSHOTS").is_some() {
-        std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
-        std::fs::write(&path, &got).expect("write snapshot");
-        return;
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_default();
-    if got != want {
-        let g: BTreeSet<&str> = got.lines().collect();
-        let w: BTreeSet<&str> = want.lines().collect();
-        failures.push(format!(
-            "{name}: JSON shape changed (tests/snapshots/{name}.shape)\n  only now: {:?}\n  only in the snapshot: {:?}",
-            g.difference(&w).collect::<Vec<_>>(),
-            w.difference(&g).collect::<Vec<_>>()
-        ));
-    }
-}
-
 #[test]
 fn json_field_names_stay_stable() {
     require_criu();
@@ -829,6 +792,33 @@ fn json_field_names_stay_stable() {
     let o = env.run(&["check", "--format", "json"]);
     let v: Value = serde_json::from_slice(&o.stdout).expect("check json");
     check_shape("check", &v, &mut failures);
+    // check NAME: a job with an established connection has an obstacle, and a note with
+    // --tcp-established; the shape of both together
+    env.ok(&[
+        "run", "-d", "--network", "none", "--name", "k", "--", "python3", "-c",
+        "import socket, time\nl=socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(1)\nc=socket.create_connection(l.getsockname()); a, _=l.accept()\nprint('ready', flush=True); time.sleep(1000)",
+    ]);
+    env.wait_until("k to be ready", Duration::from_secs(20), || {
+        String::from_utf8_lossy(&env.logs("k")).contains("ready")
+    });
+    let o = env.run(&["check", "--format", "json", "k"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let mut job: Value = serde_json::from_slice(&o.stdout).expect("check NAME json");
+    let o = env.run(&["check", "--tcp-established", "--format", "json", "k"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let with: Value = serde_json::from_slice(&o.stdout).expect("check NAME json");
+    job["notes"] = with["notes"].clone();
+    check_shape("check-job", &job, &mut failures);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -841,4 +831,69 @@ fn the_shape_of_a_value_names_every_path() {
         shape(&v),
         ".: array\n[]: object\n[].a: number\n[].b: object\n[].b.c: null|string\n"
     );
+}
+
+/// Issue 12: every flag and argument of every command (the hidden `host-facts` too) has help
+/// text in `--help`, so `man stasis-CMD` documents it as well. An entry with help has its
+/// text on its own line (clap's short format) or on the next, deeper-indented one.
+#[test]
+fn every_flag_and_argument_has_help() {
+    let help = |args: &[&str]| {
+        let o = Command::new(bin())
+            .args(args)
+            .env_clear()
+            .output()
+            .expect("stasis --help");
+        assert!(o.status.success(), "stasis {}", args.join(" "));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let top = help(&["--help"]);
+    let mut cmds: Vec<String> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    assert!(cmds.len() >= 19, "commands: {cmds:?}");
+    cmds.push("host-facts".into());
+    let mut bare = vec![];
+    let mut entries = 0;
+    for cmd in &cmds {
+        let text = help(&[cmd, "--help"]);
+        let lines: Vec<&str> = text.lines().collect();
+        let mut section = "";
+        for (i, l) in lines.iter().enumerate() {
+            if !l.starts_with(' ') && l.ends_with(':') {
+                section = l;
+                continue;
+            }
+            if !matches!(section, "Arguments:" | "Options:") {
+                continue;
+            }
+            // an entry: `  -s, --long <V>`, `      --long`, `  <ARG>`, `  [ARG]...`
+            let t = l.trim_start();
+            let indent = l.len() - t.len();
+            if !((2..=6).contains(&indent) && t.starts_with(['-', '<', '['])) {
+                continue;
+            }
+            entries += 1;
+            // the short format has the text on the entry's line, after two spaces
+            let inline = t
+                .split_once("  ")
+                .is_some_and(|(_, t)| !t.trim().is_empty());
+            let described = inline
+                || lines
+                    .get(i + 1)
+                    .is_some_and(|n| n.starts_with("          ") && !n.trim().is_empty());
+            if !described {
+                bare.push(format!("stasis {cmd}: {}", l.trim()));
+            }
+        }
+    }
+    assert!(
+        entries > 100,
+        "only {entries} entries parsed: the help format changed?"
+    );
+    assert!(bare.is_empty(), "without help text:\n{}", bare.join("\n"));
 }

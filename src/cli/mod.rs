@@ -7,6 +7,7 @@ mod cr;
 mod exec;
 mod logs;
 mod man;
+mod precheck;
 mod progress;
 mod query;
 mod run;
@@ -64,7 +65,9 @@ pub enum Cmd {
     Events(logs::EventsArgs),
     /// Show CPU, memory, tasks and block IO of running workloads (live on a terminal).
     Stats(stats::StatsArgs),
-    /// Check what stasis needs from this host.
+    /// Check what stasis needs from this host, or whether a running workload will
+    /// checkpoint (and what to change if not), without stopping it.
+    #[command(after_long_help = CHECK_EXIT_STATUS)]
     Check(query::CheckArgs),
     /// Take over running workloads whose monitor is gone (or, with --replace, hand them from
     /// their monitor to this version of stasis).
@@ -73,7 +76,15 @@ pub enum Cmd {
     Completion(complete::CompletionArgs),
     /// Write the man pages (stasis.1, stasis-COMMAND.1) into a directory.
     Man(man::ManArgs),
+    /// This host's stasis, CRIU and CPU check, for `check --target` on another host.
+    #[command(name = "host-facts", hide = true)]
+    HostFacts(precheck::HostFactsArgs),
 }
+
+/// The exit codes of `check`, in its long help and so in `man stasis-check`.
+const CHECK_EXIT_STATUS: &str = "Exit status: 0 when NAME will checkpoint (notes may still be printed), or, without NAME, when the host or --target HOST is ready; 1 when NAME will not checkpoint (one line per obstacle, each with what fixes it) or --target HOST is not ready; 125 when the check itself fails: no such workload, one that is not running, --target HOST unreachable, or (without NAME) a host that lacks what stasis needs.
+
+--target HOST runs `ssh HOST stasis host-facts`; STASIS_SSH_COMMAND replaces the ssh command and its options, e.g. \"ssh -F ./ssh_config\".";
 
 /// `--format`.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Default)]
@@ -187,6 +198,7 @@ pub fn main() -> i32 {
         Cmd::Adopt(a) => control::adopt(&root, a),
         Cmd::Completion(a) => complete::completion(a),
         Cmd::Man(a) => man::man(a),
+        Cmd::HostFacts(a) => precheck::host_facts(&root, a),
     };
     match r {
         Ok(code) => code,

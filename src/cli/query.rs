@@ -1,11 +1,13 @@
-//! `ps`, `inspect`, `checkpoints`, `check`.
+//! `ps`, `inspect`, `checkpoints`, `check` (of the host; `check NAME` is in `precheck`).
 
 use super::{ago, fmt_time, usage, Failure, Format};
 use clap::Args;
 use serde::Serialize;
 use stasis::api;
+use stasis::precheck::host as precheck_host;
 use stasis::store::name::WorkloadName;
 use stasis::store::state::{self, StateRoot, Status};
+use std::path::Path;
 
 #[derive(Args, Debug)]
 pub struct PsArgs {
@@ -31,6 +33,16 @@ pub struct CheckArgs {
     /// Output format: a table, or JSON.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,
+    /// Also ask HOST (over ssh; `stasis` must be on its PATH) whether it can restore what
+    /// this host dumps: its stasis and CRIU, and `criu cpuinfo check` of this CPU.
+    #[arg(long, value_name = "HOST", value_hint = clap::ValueHint::Hostname)]
+    pub target: Option<String>,
+    /// With NAME: the CRIU options to judge the job under, as `checkpoint` takes them.
+    #[command(flatten)]
+    pub criu: super::cr::CriuFlags,
+    /// A running workload: will it checkpoint? (exit 0: yes, 1: no, with one line per
+    /// obstacle and what fixes it). Without NAME: what stasis needs from this host.
+    pub name: Option<WorkloadName>,
 }
 
 #[derive(Serialize)]
@@ -250,6 +262,25 @@ pub fn checkpoints(root: &StateRoot, a: InspectArgs) -> Result<i32, Failure> {
 }
 
 /// One line of `check`.
+/// How a host-check line reads in the table: a note tells of something slower or limited
+/// and, like ok, does not fail the check.
+#[derive(Clone, Copy, PartialEq)]
+enum Mark {
+    Ok,
+    Note,
+    Fail,
+}
+
+impl From<bool> for Mark {
+    fn from(good: bool) -> Mark {
+        if good {
+            Mark::Ok
+        } else {
+            Mark::Fail
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct CheckItem {
     check: String,
@@ -265,28 +296,37 @@ struct CheckReport {
 }
 
 pub fn check(root: &StateRoot, a: CheckArgs) -> Result<i32, Failure> {
+    match (&a.name, &a.target) {
+        (Some(n), t) => {
+            return super::precheck::check_job(root, n, &a.criu, t.as_deref(), a.format)
+        }
+        (None, Some(t)) => return super::precheck::check_target(root, t, a.format),
+        (None, None) => {}
+    }
     let mut checks = Vec::new();
     let table = a.format == Format::Table;
-    let mut line = |good: bool, what: &str, detail: String| {
+    let mut line = |mark: Mark, what: &str, detail: String| {
         // a table line as soon as it is known: `criu check` takes a while
         if table {
-            println!(
-                "{:<4} {what:<12} {detail}",
-                if good { "ok" } else { "FAIL" }
-            );
+            let m = match mark {
+                Mark::Ok => "ok",
+                Mark::Note => "note",
+                Mark::Fail => "FAIL",
+            };
+            println!("{m:<4} {what:<12} {detail}");
         }
         checks.push(CheckItem {
             check: what.to_string(),
-            ok: good,
+            ok: mark != Mark::Fail,
             detail,
         });
     };
     let uname = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
-    line(true, "kernel", uname);
+    line(Mark::Ok, "kernel", uname);
     line(
-        nix::unistd::geteuid().is_root(),
+        nix::unistd::geteuid().is_root().into(),
         "root",
         if nix::unistd::geteuid().is_root() {
             "running as root".into()
@@ -298,13 +338,17 @@ pub fn check(root: &StateRoot, a: CheckArgs) -> Result<i32, Failure> {
 
     let dirs = stasis::container::cgroup::available();
     line(
-        !dirs.is_empty(),
+        (!dirs.is_empty()).into(),
         "cgroup",
         format!("{mode:?} ({})", dirs.join(", ")),
     );
     match stasis::criu::locate() {
         Ok(c) => {
-            line(true, "criu", format!("{} {}", c.path.display(), c.version));
+            line(
+                Mark::Ok,
+                "criu",
+                format!("{} {}", c.path.display(), c.version),
+            );
             // Kernels since 6.16 refuse SO_PASSCRED/SO_PASSSEC on non-unix sockets, and CRIU
             // before 4.2 asks for them on every socket: TCP sockets cannot be dumped.
             let old = c
@@ -315,11 +359,11 @@ pub fn check(root: &StateRoot, a: CheckArgs) -> Result<i32, Failure> {
                 .collect::<Vec<_>>()
                 < vec![4, 2];
             if old {
-                line(true, "tcp", "CRIU < 4.2 cannot dump TCP sockets on kernels >= 6.16 (scripts/install-criu.sh builds 4.2)".into());
+                line(Mark::Note, "tcp", "CRIU < 4.2 cannot dump TCP sockets on kernels >= 6.16 (scripts/install-criu.sh builds 4.2)".into());
             }
             match c.check() {
-                Ok(()) => line(true, "criu check", "Looks good".into()),
-                Err(e) => line(false, "criu check", e.to_string()),
+                Ok(()) => line(Mark::Ok, "criu check", "Looks good".into()),
+                Err(e) => line(Mark::Fail, "criu check", e.to_string()),
             }
             let feats = c.features(&[
                 "uffd",
@@ -334,24 +378,37 @@ pub fn check(root: &StateRoot, a: CheckArgs) -> Result<i32, Failure> {
                 .map(|(n, y)| format!("{n}={}", if *y { "yes" } else { "no" }))
                 .collect();
             line(
-                true,
+                Mark::Ok,
                 "features",
                 format!("{} (no mem_dirty_track: no pre-dump)", list.join(" ")),
             );
         }
-        Err(e) => line(false, "criu", e.to_string()),
+        Err(e) => line(Mark::Fail, "criu", e.to_string()),
+    }
+    if let Some(t) = precheck_host::is_tmpfs(Path::new(precheck_host::KDAT_DIR)) {
+        let dir = precheck_host::KDAT_DIR;
+        let detail = if t {
+            format!("{dir} is a tmpfs: CRIU caches its kernel probes in {dir}/criu.kdat")
+        } else {
+            format!("{dir} is not a tmpfs: CRIU keeps no cache of its kernel probes ({dir}/criu.kdat) and re-probes the kernel on every dump and restore (some 25-40 ms each); mount a tmpfs on {dir} (most distributions do)")
+        };
+        line(if t { Mark::Ok } else { Mark::Note }, "run", detail);
     }
     let store = stasis::store::init_copies::dir();
     match stasis::store::init_copies::ensure() {
-        Ok(p) => line(true, "init store", p.display().to_string()),
-        Err(e) => line(false, "init store", format!("{}: {e}", store.display())),
+        Ok(p) => line(Mark::Ok, "init store", p.display().to_string()),
+        Err(e) => line(
+            Mark::Fail,
+            "init store",
+            format!("{}: {e}", store.display()),
+        ),
     }
     match root.ensure() {
-        Ok(()) => line(true, "state root", root.root.display().to_string()),
-        Err(e) => line(false, "state root", e.to_string()),
+        Ok(()) => line(Mark::Ok, "state root", root.root.display().to_string()),
+        Err(e) => line(Mark::Fail, "state root", e.to_string()),
     }
     for l in stasis::cuda::readiness::check_lines() {
-        line(l.ok, l.what, l.detail);
+        line(l.ok.into(), l.what, l.detail);
     }
     let ok = checks.iter().all(|c| c.ok);
     if a.format == Format::Json {
