@@ -15,22 +15,25 @@
 #        HF_RUNS for peers (30). Quick check: RUNS=10 CR_RUNS=3 SIZES="1 64" POLICY_SECS=10.
 #        BASELINE=PATH: another stasis binary (an older build) measured in the same run, beside
 #        this one, in start, exec, mem and cr ("before and after" figures).
-#        RUN_TMPFS=1: the whole run in a private mount namespace with a tmpfs on /run, so CRIU
-#        keeps its kernel-probe cache (/run/criu.kdat) as on most hosts; both stasis and the
-#        raw CRIU peer get it. Without it /run is as the host has it (here: ext4, no cache).
+#        RUN_TMPFS=1: CRIU gets its kernel-probe cache (/run/criu.kdat) as on a host whose
+#        /run is a tmpfs (most hosts), stasis and the raw CRIU peer alike; it is made once and
+#        removed at the end. Without it /run is as the host has it (here: ext4, no cache).
 # Every workload lives under this run's own temp state roots, removed on exit (also on
 # error or Ctrl-C); runc containers are named stbench<PID>-* and deleted by name.
 set -u
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench.sh: run as root" >&2; exit 1; }
-if [ "${RUN_TMPFS:-0}" = 1 ] && [ -z "${STASIS_BENCH_NS:-}" ]; then
-  exec unshare -m --propagation private env STASIS_BENCH_NS=1 bash "$0" "$@"
-fi
-if [ -n "${STASIS_BENCH_NS:-}" ]; then
-  # Mounts under /run (network namespaces, user runtime dirs) go first: covered by the tmpfs they
-  # would still be in every container's mount tree, with nothing for CRIU to restore them onto.
-  for m in $(awk '$5 ~ "^/run/" {print $5}' /proc/self/mountinfo | sort -r); do umount -l "$m"; done
-  mount -t tmpfs -o mode=755 tmpfs /run
+KDAT_PUT=
+if [ "${RUN_TMPFS:-0}" = 1 ] && [ "$(stat -f -c %T /run)" != tmpfs ] && [ ! -e /run/criu.kdat ]; then
+  # What a tmpfs /run gives CRIU, without moving the host's /run: CRIU writes its cache only to
+  # a tmpfs, but loads it from anywhere. One `criu check` in a private mount namespace with a
+  # tmpfs on /run makes it; it lies in the host's /run for this run only (removed on exit: on
+  # ext4 it would outlive a reboot into another kernel).
+  KDAT_PUT=/run/criu.kdat
+  unshare -m --propagation private sh -c 'mount -t tmpfs tmpfs /run && criu check >/dev/null 2>&1; cat /run/criu.kdat' > "$KDAT_PUT.bench" \
+    && [ -s "$KDAT_PUT.bench" ] && mv "$KDAT_PUT.bench" "$KDAT_PUT" \
+    || { rm -f "$KDAT_PUT.bench"; echo "bench.sh: could not make CRIU's kdat cache" >&2; exit 1; }
+trap '[ -z "$KDAT_PUT" ] || rm -f "$KDAT_PUT"' EXIT
 fi
 export LC_ALL=C PATH="/usr/local/sbin:/usr/local/bin:$PATH"
 BENCH=${BENCH:-"start mem exec cr policy peers"}
@@ -52,8 +55,6 @@ cargo build --release --quiet || exit 1
 S=$PWD/target/x86_64-unknown-linux-gnu/release/stasis
 BL=${BASELINE:-}
 [ -z "$BL" ] || [ -x "$BL" ] || { echo "bench.sh: BASELINE=$BL is not an executable" >&2; exit 1; }
-# fill CRIU's kernel-probe cache where it can keep one (a tmpfs /run)
-criu check >/dev/null 2>&1 || true
 W=$(mktemp -d /tmp/stbench.XXXXXX)          # ext4 here
 SHM=$(mktemp -d /dev/shm/stbench.XXXXXX)     # tmpfs
 R=$W/root                                    # the main state root (ext4)
@@ -68,6 +69,7 @@ cleanup() {
   [ -n "$BL" ] && [ -d "$RB" ] && "$BL" --root "$RB" rm -f --all >/dev/null 2>&1
   for id in "${PFX}-t" "${PFX}-s"; do runc kill "$id" KILL >/dev/null 2>&1; runc delete -f "$id" >/dev/null 2>&1; done
   rm -rf "$W" "$SHM"
+  [ -z "$KDAT_PUT" ] || rm -f "$KDAT_PUT"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
