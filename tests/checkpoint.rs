@@ -656,3 +656,52 @@ fn a_checkpoint_survives_an_upgrade_of_stasis() {
         "{new_init:?} vs {old_init:?}"
     );
 }
+
+/// A network namespace made and deleted by `ip netns` (a mount on a file under /run/netns).
+struct Netns(String);
+
+impl Netns {
+    fn add(name: &str) -> Netns {
+        let st = std::process::Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .expect("ip netns add");
+        assert!(st.success(), "ip netns add {name}");
+        Netns(name.to_string())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// The host drops mounts the container carried (a tmpfs on a directory, a network namespace
+/// on a file) between the dump and the restore: the restore goes on without them, as the host
+/// is now, and the job runs on.
+#[test]
+fn host_mounts_gone_by_the_restore_are_left_out() {
+    let env = setup();
+    let dir = tempfile::Builder::new()
+        .prefix("stgone")
+        .tempdir_in("/tmp")
+        .expect("dir");
+    let point = dir.path().join("m");
+    std::fs::create_dir(&point).expect("mkdir");
+    let tmpfs = Tmpfs::mount(&point, "1m");
+    let ns = Netns::add(&format!("stgone{}", std::process::id()));
+    counter(&env, "g", &[]);
+    wait_counter(&env, "g", 3);
+    env.ok(&["checkpoint", "g"]);
+    drop(tmpfs);
+    std::fs::remove_dir(&point).expect("rmdir the mount point");
+    drop(ns);
+    env.ok(&["restore", "g"]);
+    let n = counter_values(&env.logs("g")).len();
+    wait_counter(&env, "g", n + 3);
+    assert_counter_continuous(&counter_values(&env.logs("g")));
+    assert!(!point.exists(), "the stand-in was left on the host");
+}

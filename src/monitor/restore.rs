@@ -83,42 +83,12 @@ impl Monitor {
             diag(&text);
             self.event(HistEvent::new("diverged", text).generation(number));
         }
-        // A host mount the container carried that the host has since dropped (and whose
-        // mount point is gone): CRIU needs its mount point to restore it. It gets an empty
-        // stand-in, and the stand-in goes with the placeholder directory right after, so the
-        // restored container lacks the mount just as the host does. Only a job that used it
-        // fails (CRIU cannot reopen its files there) and says so.
-        let mut placeholders = Placeholders::default();
-        let mut ext_mounts = Vec::new();
-        for m in &manifest.mounts {
-            if m.host.exists() || manifest.root != std::path::Path::new("/") {
-                ext_mounts.push((m.key.clone(), m.host.clone()));
-                continue;
-            }
-            let empty = self.root.runtime.join("empty");
-            let made = crate::store::atomic::mkdir_p(&empty, 0o700)
-                .map_err(|e| e.to_string())
-                .and_then(|()| placeholders.make(&m.host));
-            if let Err(e) = made {
-                return Err(err_reply(
-                    CODE_STASIS_ERROR,
-                    format!(
-                        "restore of {} from generation {number}: the container had {} mounted when it was checkpointed; the host no longer has it, and a stand-in could not be made: {e}",
-                        self.wd.name,
-                        m.host.display()
-                    ),
-                ));
-            }
-            diag(&format!(
-                "{} is gone from the host: the restored container will not have it",
-                m.host.display()
-            ));
-            ext_mounts.push((m.key.clone(), empty));
-        }
         self.prepare_cgroup().map_err(|(c, m)| err_reply(c, m))?;
         let pidfile = self.wd.restore_pidfile();
         let _ = std::fs::remove_file(&pidfile);
         let log = self.criu_log("restore", number);
+        let mut placeholders = Placeholders::default();
+        let (ext_mounts, live) = self.map_mounts(&manifest, number, &mut placeholders)?;
         let ropts = criu::RestoreOpts {
             images: dir.clone(),
             log: log.clone(),
@@ -135,8 +105,20 @@ impl Monitor {
         self.save();
         let t0 = Instant::now();
         let env = (!gpu.env.is_empty()).then_some(gpu.env.as_slice());
-        let run = self.run_criu(&criu, &ropts.argv(), &[], env, true).await;
+        let mut run = self.run_criu(&criu, &ropts.argv(), &[], env, true).await;
         placeholders.remove();
+        // A host mount that vanished while CRIU worked (after the check above) fails the
+        // restore; once more, it gets its stand-in like one gone before.
+        if run.is_err() && live.iter().any(|p| !p.exists()) {
+            diag("a host mount the container carried vanished during the restore: once more");
+            let (again, _) = self.map_mounts(&manifest, number, &mut placeholders)?;
+            let ropts = criu::RestoreOpts {
+                ext_mounts: again,
+                ..ropts
+            };
+            run = self.run_criu(&criu, &ropts.argv(), &[], env, true).await;
+            placeholders.remove();
+        }
         if let Err(status) = run {
             let reasons = criu::failure_reasons(&log);
             let mut why = format!(
@@ -242,6 +224,52 @@ impl Monitor {
             pid,
             diverged,
         })
+    }
+
+    /// Where CRIU finds each host mount the container carried: the mount itself, or an empty
+    /// stand-in for one the host has dropped (see below). Also the host paths taken as they
+    /// are, to notice one vanishing during the restore.
+    #[allow(clippy::type_complexity)]
+    fn map_mounts(
+        &self,
+        manifest: &Manifest,
+        number: u32,
+        placeholders: &mut Placeholders,
+    ) -> Result<(Vec<(String, std::path::PathBuf)>, Vec<std::path::PathBuf>), Reply> {
+        // A host mount the container carried that the host has since dropped (and whose
+        // mount point is gone): CRIU needs its mount point to restore it. It gets an empty
+        // stand-in, and the stand-in goes with the placeholder directory right after, so the
+        // restored container lacks the mount just as the host does. Only a job that used it
+        // fails (CRIU cannot reopen its files there) and says so.
+        let mut ext_mounts = Vec::new();
+        let mut live = Vec::new();
+        for m in &manifest.mounts {
+            if m.host.exists() || manifest.root != std::path::Path::new("/") {
+                ext_mounts.push((m.key.clone(), m.host.clone()));
+                live.push(m.host.clone());
+                continue;
+            }
+            let empty = self.root.runtime.join("empty");
+            let made = crate::store::atomic::mkdir_p(&empty, 0o700)
+                .map_err(|e| e.to_string())
+                .and_then(|()| placeholders.make(&m.host));
+            if let Err(e) = made {
+                return Err(err_reply(
+                    CODE_STASIS_ERROR,
+                    format!(
+                        "restore of {} from generation {number}: the container had {} mounted when it was checkpointed; the host no longer has it, and a stand-in could not be made: {e}",
+                        self.wd.name,
+                        m.host.display()
+                    ),
+                ));
+            }
+            diag(&format!(
+                "{} is gone from the host: the restored container will not have it",
+                m.host.display()
+            ));
+            ext_mounts.push((m.key.clone(), empty));
+        }
+        Ok((ext_mounts, live))
     }
 
     /// The restored init's pid: from CRIU's pidfile, else (unreadable) the one child of ours
