@@ -3,6 +3,8 @@
 //! it ends, even if it failed.
 #![allow(dead_code)]
 
+pub mod hosts;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
