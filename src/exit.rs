@@ -13,6 +13,9 @@ pub const CODE_STASIS_ERROR: i32 = 125;
 pub const CODE_CANNOT_EXECUTE: i32 = 126;
 /// Exit code when the command is not found.
 pub const CODE_NOT_FOUND: i32 = 127;
+/// Exit code of a client attached to a job that moved to another host (`stasis migrate`):
+/// the job did not end; its end is reported where it runs now.
+pub const CODE_MIGRATED: i32 = 124;
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

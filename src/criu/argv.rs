@@ -16,6 +16,8 @@ pub struct DumpOpts {
     pub flags: Flags,
     /// `--action-script`: run by CRIU at each stage, while the tree is frozen at post-dump.
     pub action_script: Option<String>,
+    /// Flags of a migration's dump (see `lazy::dump_extra`).
+    pub extra: Vec<String>,
 }
 
 fn common_flags(a: &mut Vec<String>, f: &Flags) {
@@ -67,6 +69,7 @@ impl DumpOpts {
             a.push("--action-script".into());
             a.push(s.clone());
         }
+        a.extend(self.extra.iter().cloned());
         a
     }
 }
@@ -83,6 +86,8 @@ pub struct RestoreOpts {
     pub ext_mounts: Vec<(String, PathBuf)>,
     pub cgroup_args: Vec<String>,
     pub flags: Flags,
+    /// Flags of a lazy or gated restore (`--lazy-pages`, `--action-script`).
+    pub extra: Vec<String>,
 }
 
 impl RestoreOpts {
@@ -108,6 +113,7 @@ impl RestoreOpts {
         }
         a.extend(self.cgroup_args.iter().cloned());
         common_flags(&mut a, &self.flags);
+        a.extend(self.extra.iter().cloned());
         a
     }
 }
@@ -134,6 +140,7 @@ mod tests {
                 external: vec!["file[1:2]".into()],
             },
             action_script: None,
+            extra: vec![],
         };
         let a = o.argv().join(" ");
         for want in [
@@ -166,6 +173,7 @@ mod tests {
                 ext_unix_sk: true,
                 ..Default::default()
             },
+            extra: vec!["--lazy-pages".into()],
         };
         let a = o.argv().join(" ");
         for want in [
@@ -174,6 +182,7 @@ mod tests {
             "--manage-cgroups=soft",
             "--file-locks",
             "--ext-unix-sk",
+            "--lazy-pages",
         ] {
             assert!(a.contains(want), "{want} missing in {a}");
         }

@@ -38,6 +38,11 @@ impl Monitor {
                 format!("restore of {} refused: {e}", self.wd.name),
             )
         })?;
+        if opts.lazy {
+            return self
+                .restore_lazily(gen.dir.clone(), manifest, opts, number, count_it)
+                .await;
+        }
         self.restore_images(gen.dir.clone(), manifest, opts, number, count_it)
             .await
     }
@@ -88,6 +93,8 @@ impl Monitor {
         let pidfile = self.wd.restore_pidfile();
         let _ = std::fs::remove_file(&pidfile);
         let log = self.criu_log("restore", number);
+        // A lazy or gated restore (see `lazy` and `migrate`) adds its flags and environment.
+        let extra = self.restore_extra.take().unwrap_or_default();
         let ropts = criu::RestoreOpts {
             images: dir.clone(),
             log: log.clone(),
@@ -96,13 +103,15 @@ impl Monitor {
             ext_mounts,
             cgroup_args: self.cgroup.criu_restore_args(),
             flags: manifest.criu.clone(),
+            extra: extra.argv,
         };
         let was = self.st.status;
         self.st.status = Status::Restoring;
         self.st.restoring_since = Some(crate::store::state::now_ms());
         self.save();
         let t0 = Instant::now();
-        let run = self.run_criu(&criu, &ropts.argv(), &[], None, true).await;
+        let env = (!extra.env.is_empty()).then_some(extra.env.as_slice());
+        let run = self.run_criu(&criu, &ropts.argv(), &[], env, true).await;
         placeholders.remove();
         if let Err(status) = run {
             let reasons = criu::failure_reasons(&log);
