@@ -64,7 +64,9 @@ mod tests {
             let p2 = p.clone();
             let t = std::thread::spawn(move || wait(&p2, "post-dump"));
             let c = crate::sys::accept(l.as_fd(), false).unwrap();
-            let (m, _) = crate::protocol::recv::<GateMsg>(c.as_fd()).unwrap().unwrap();
+            let (m, _) = crate::protocol::recv::<GateMsg>(c.as_fd())
+                .unwrap()
+                .unwrap();
             assert_eq!(
                 m,
                 GateMsg::Waiting {

@@ -22,6 +22,37 @@ pub const FEATURE_DIRTY: &str = "mem_dirty_track";
 /// The oldest CRIU a migration works with (its TCP dumps on current kernels, its lazy pages).
 pub const MIN_VERSION: (u32, u32) = (4, 2);
 
+/// The pipe size CRIU's lazy page server asks for (`PIPE_MAX_SIZE` pages of 4 KiB: 819).
+pub const LAZY_DUMP_PIPE: u64 = 819 * 4096;
+
+/// Whether a lazy dump can serve its pages here. CRIU's page server tees each requested
+/// range through a pipe it grows to [`LAZY_DUMP_PIPE`] bytes; without `CAP_SYS_RESOURCE`
+/// that fails above `fs.pipe-max-size` (1 MiB by default), CRIU ignores the failure and the
+/// first page request then fails ("page-pipe: splice: Bad file descriptor").
+pub fn lazy_dump_possible() -> Result<(), String> {
+    let max = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    if max >= LAZY_DUMP_PIPE || has_cap_sys_resource() {
+        return Ok(());
+    }
+    Err(format!(
+        "post-copy needs fs.pipe-max-size >= {LAZY_DUMP_PIPE} on the source (it is {max}; CRIU's lazy page server needs pipes that large without CAP_SYS_RESOURCE): `sysctl fs.pipe-max-size=4194304`, or use --mode stream"
+    ))
+}
+
+fn has_cap_sys_resource() -> bool {
+    let Ok(s) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    s.lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        // Bit 24: CAP_SYS_RESOURCE.
+        .is_some_and(|caps| caps & (1 << 24) != 0)
+}
+
 /// True when `version` ("4.2.1") is at least [`MIN_VERSION`].
 pub fn new_enough(version: &str) -> bool {
     let mut it = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));

@@ -103,7 +103,10 @@ mod tests {
     #[test]
     fn an_explicit_mode_is_never_changed_silently() {
         let e = choose(Some(Mode::PostCopy), YES, NO, "b").unwrap_err();
-        assert!(e.contains("b lacks it") && e.contains("--mode stream"), "{e}");
+        assert!(
+            e.contains("b lacks it") && e.contains("--mode stream"),
+            "{e}"
+        );
         let e = choose(Some(Mode::PreCopy), YES, YES, "b").unwrap_err();
         assert!(e.contains("dirty-memory tracking"), "{e}");
         let both = Features {

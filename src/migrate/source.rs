@@ -65,8 +65,12 @@ pub fn migrate(
     }
     let criu = api::locate_criu(root).map_err(api_back)?;
     let feats = criu.features(&[lazy::FEATURE_UFFD, lazy::FEATURE_DIRTY]);
+    let lazy_dump = lazy::lazy_dump_possible();
+    if o.mode == Some(Mode::PostCopy) {
+        lazy_dump.clone().map_err(back)?;
+    }
     let here = Features {
-        uffd: feats.first().is_some_and(|f| f.1),
+        uffd: feats.first().is_some_and(|f| f.1) && lazy_dump.is_ok(),
         dirty_track: feats.get(1).is_some_and(|f| f.1),
     };
     let init_path = crate::store::init_copies::ensure()
@@ -133,9 +137,12 @@ pub fn migrate(
             ],
         )
         .map_err(|e| back(format!("run ssh: {e}")))?;
+    let mut pages = pages;
     match wire::recv(&mut &ctl.sock) {
         Ok(Some(Wire::Prepared)) => {}
-        Ok(Some(Wire::Refuse { reason })) => return Err(back(reason)),
+        Ok(Some(Wire::Refuse { reason })) => {
+            return Err(back(format!("{reason} ({})", pages.why_closed())))
+        }
         Ok(Some(other)) => return Err(back(format!("{dest} answered {other:?}"))),
         _ => return Err(back(ctl.why_closed())),
     }
@@ -224,7 +231,8 @@ impl Run<'_> {
         criu: crate::criu::Criu,
         progress: Progress,
     ) -> Result<(i32, u64, u64, u64), MigrateError> {
-        let (ours, theirs) = protocol::seqpacket_pair().map_err(|e| back(format!("socketpair: {e}")))?;
+        let (ours, theirs) =
+            protocol::seqpacket_pair().map_err(|e| back(format!("socketpair: {e}")))?;
         let conn = api::connect(self.root, self.name).map_err(api_back)?;
         let req = Request::MigrateOut {
             opts: OutOpts {
@@ -251,7 +259,10 @@ impl Run<'_> {
                 frozen_at,
             }) => (dir, manifest, frozen_at),
             _ => {
-                let why = mon.reply().err().unwrap_or_else(|| "the monitor did not dump".into());
+                let why = mon
+                    .reply()
+                    .err()
+                    .unwrap_or_else(|| "the monitor did not dump".into());
                 self.tell_target_abort(&why);
                 return Err(back(why));
             }
@@ -287,7 +298,10 @@ impl Run<'_> {
         }
         // Committed: the job is the target's from here on.
         let sent = wire::send(&mut &self.ctl.sock, &Wire::Step { step: Step::Commit });
-        let running = match sent.map_err(|e| e.to_string()).and_then(|()| self.ctl_step()) {
+        let running = match sent
+            .map_err(|e| e.to_string())
+            .and_then(|()| self.ctl_step())
+        {
             Ok(Step::Running {
                 pid, page_bytes, ..
             }) => Ok((pid, page_bytes)),

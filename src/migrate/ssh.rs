@@ -39,7 +39,13 @@ impl Ssh {
     pub fn command_line(&self, dest: &str, remote: &[String]) -> Vec<String> {
         let mut a = self.argv.clone();
         a.extend(["-T".into(), "--".into(), dest.to_string()]);
-        a.push(remote.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" "));
+        a.push(
+            remote
+                .iter()
+                .map(|w| quote(w))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
         a
     }
 
@@ -196,11 +202,17 @@ mod tests {
             e,
             "ssh to nowhere failed: ssh: Could not resolve hostname nowhere: Name or service not known"
         );
-        assert!(classify("h", Some(255), "root@h: Permission denied (publickey).\n")
-            .contains("Permission denied"));
+        assert!(
+            classify("h", Some(255), "root@h: Permission denied (publickey).\n")
+                .contains("Permission denied")
+        );
         assert!(classify("h", Some(127), "sh: 1: stasis: not found\n").contains("not installed"));
-        assert!(classify("h", Some(125), "error: unrecognized subcommand '__migrate-target'\n")
-            .contains("too old"));
+        assert!(classify(
+            "h",
+            Some(125),
+            "error: unrecognized subcommand '__migrate-target'\n"
+        )
+        .contains("too old"));
         assert_eq!(classify("h", Some(0), ""), "h closed the connection");
     }
 }

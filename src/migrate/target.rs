@@ -21,6 +21,13 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// `__migrate-pages` → `__migrate-target`: the page channel of migration `token` (its
+/// socket goes with the message).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PagesHello {
+    token: String,
+}
+
 /// How long the target waits for the page channel.
 const PAGES_WAIT: Duration = Duration::from_secs(30);
 
@@ -149,7 +156,7 @@ fn receive(
     st.error = Some(format!("its migration from {from} did not complete"));
     wd.save(&st).map_err(|e| e.to_string())?;
     let pages = accept_pages(&pages_socket(root, &name), &token)?;
-    let stage = wd.checkpoints().join(".tmp-migrate");
+    let stage = wd.dir.join(".migrate-stage");
     crate::store::atomic::mkdir_p(&stage, 0o700).map_err(|e| e.to_string())?;
     let mut server = None;
     if mode == Mode::Stream {
@@ -232,7 +239,10 @@ fn accept_pages(path: &Path, token: &str) -> Result<OwnedFd, String> {
         if left.is_zero() {
             break Err("the page channel did not connect".to_string());
         }
-        let mut p = [nix::poll::PollFd::new(l.as_fd(), nix::poll::PollFlags::POLLIN)];
+        let mut p = [nix::poll::PollFd::new(
+            l.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
         let ms = left.as_millis().min(u16::MAX as u128) as u16;
         match nix::poll::poll(&mut p, nix::poll::PollTimeout::from(ms)) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
@@ -242,8 +252,8 @@ fn accept_pages(path: &Path, token: &str) -> Result<OwnedFd, String> {
         let Ok(c) = crate::sys::accept(l.as_fd(), false) else {
             continue;
         };
-        match protocol::recv::<String>(c.as_fd()) {
-            Ok(Some((t, mut fds))) if t == token && fds.len() == 1 => break Ok(fds.remove(0)),
+        match protocol::recv::<PagesHello>(c.as_fd()) {
+            Ok(Some((h, mut fds))) if h.token == token && fds.len() == 1 => break Ok(fds.remove(0)),
             _ => continue,
         }
     };
@@ -273,7 +283,9 @@ fn receive_file(
     crate::store::atomic::mkdir_p(parent, 0o700).map_err(|e| e.to_string())?;
     let tmp = parent.join(format!(
         ".{}.part",
-        dst.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
+        dst.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
     ));
     let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
     let n = std::io::copy(&mut inp.take(size), &mut f).map_err(|e| e.to_string())?;
@@ -344,7 +356,13 @@ pub fn pages(root: &StateRoot, name: &WorkloadName, token: &str) -> i32 {
             return CODE_STASIS_ERROR;
         }
     };
-    if let Err(e) = protocol::send(conn.as_fd(), &token.to_string(), &[b.as_raw_fd()]) {
+    if let Err(e) = protocol::send(
+        conn.as_fd(),
+        &PagesHello {
+            token: token.to_string(),
+        },
+        &[b.as_raw_fd()],
+    ) {
         eprintln!("stasis: page channel: {e}");
         return CODE_STASIS_ERROR;
     }

@@ -70,8 +70,12 @@ impl Monitor {
         let daemon = match self.start_lazy_daemon(&criu, &dir, None).await {
             Ok(d) => d,
             Err(why) => {
-                diag(&format!("lazy restore unavailable ({why}): restoring fully"));
-                return self.restore_images(dir, manifest, opts, number, count_it).await;
+                diag(&format!(
+                    "lazy restore unavailable ({why}): restoring fully"
+                ));
+                return self
+                    .restore_images(dir, manifest, opts, number, count_it)
+                    .await;
             }
         };
         self.restore_extra = Some(super::migrate::RestoreExtra {
@@ -79,7 +83,13 @@ impl Monitor {
             env: vec![],
         });
         let r = self
-            .restore_images(dir.clone(), manifest.clone(), opts.clone(), number, count_it)
+            .restore_images(
+                dir.clone(),
+                manifest.clone(),
+                opts.clone(),
+                number,
+                count_it,
+            )
             .await;
         self.restore_extra = None;
         match r {
@@ -94,7 +104,8 @@ impl Monitor {
                     nix::sys::signal::Signal::SIGKILL,
                 );
                 diag(&format!("lazy restore failed ({e:?}): restoring fully"));
-                self.restore_images(dir, manifest, opts, number, count_it).await
+                self.restore_images(dir, manifest, opts, number, count_it)
+                    .await
             }
         }
     }
@@ -159,7 +170,8 @@ impl Monitor {
             } else {
                 format!(
                     "criu lazy-pages {}: {} (log: {})",
-                    st.map(|s| s.to_string()).unwrap_or_else(|_| "vanished".into()),
+                    st.map(|s| s.to_string())
+                        .unwrap_or_else(|_| "vanished".into()),
                     criu::failure_reasons(&d.log).join("; "),
                     d.log.display()
                 )
@@ -201,7 +213,6 @@ pub(crate) struct LazyDaemon {
     pub exit: tokio::sync::oneshot::Receiver<crate::exit::ExitStatus>,
     pub log: PathBuf,
 }
-
 
 /// Duplicates of `fds` of process `pid`.
 pub(crate) fn take_fds(pid: i32, fds: &[i32]) -> Vec<OwnedFd> {

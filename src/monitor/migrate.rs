@@ -86,10 +86,20 @@ impl Monitor {
         match r {
             Ok(bytes) => Reply::Migrated { lazy_bytes: bytes },
             Err(why) => {
-                let _ = link.send_msg(&Step::Failed { reason: why.clone() }, &[]).await;
+                let _ = link
+                    .send_msg(
+                        &Step::Failed {
+                            reason: why.clone(),
+                        },
+                        &[],
+                    )
+                    .await;
                 err_reply(
                     CODE_STASIS_ERROR,
-                    format!("migration of {} to {} failed: {why}", self.wd.name, opts.dest),
+                    format!(
+                        "migration of {} to {} failed: {why}",
+                        self.wd.name, opts.dest
+                    ),
                 )
             }
         }
@@ -118,7 +128,10 @@ impl Monitor {
                 .max(self.policy.last_generation),
         );
         let tmp = generations::temp_dir(&self.wd, gen).map_err(|e| e.to_string())?;
-        let gate_path = self.root.runtime.join(format!("{}.gate.sock", self.wd.name));
+        let gate_path = self
+            .root
+            .runtime
+            .join(format!("{}.gate.sock", self.wd.name));
         let listener = listen_at(&gate_path)?;
         let (dump, manifest) = match self.dump_plan(&criu, init.pid, gen, &tmp, opts) {
             Ok(p) => p,
@@ -128,10 +141,7 @@ impl Monitor {
             }
         };
         let log = dump.log.clone();
-        let env = vec![(
-            gate::ENV_GATE.to_string(),
-            gate_path.display().to_string(),
-        )];
+        let env = vec![(gate::ENV_GATE.to_string(), gate_path.display().to_string())];
         let criu_fds = [(pages.as_raw_fd(), lazy::PS_SOCKET_FD)];
         self.gate.close();
         let frozen_at = now_ms();
@@ -160,7 +170,16 @@ impl Monitor {
                     manifest: Box::new(manifest.clone()),
                     frozen_at,
                 };
-                let v = match link.send_msg(&dumped, &[]).await {
+                let post_copy = opts.mode == Mode::PostCopy;
+                let sent = link.send_msg(&dumped, &[]).await;
+                if post_copy && sent.is_ok() {
+                    // Post-copy: CRIU serves the pages only after this script, and the
+                    // target's restore faults on some of them before it can say it is ready.
+                    // The tree stays frozen while CRIU serves; an abort breaks the page
+                    // channel, which fails CRIU's lazy transfer and so resumes the tree.
+                    let _ = hook.send_msg(&GateMsg::Go, &[]).await;
+                }
+                let v = match sent {
                     Err(e) => Verdict::Abort(format!("the migrating command went away ({e})")),
                     Ok(()) => match next_step(link).await {
                         Some(Step::Commit) => Verdict::Commit,
@@ -169,23 +188,32 @@ impl Monitor {
                         None => Verdict::Abort("the migrating command went away".into()),
                     },
                 };
-                if matches!(v, Verdict::Commit) {
+                let v = match v {
                     // Recorded before CRIU is released: from here the job is the target's.
-                    if let Err(e) = self.wd.save(&committed_state) {
-                        let _ = hook.send_msg(&GateMsg::Stop, &[]).await;
-                        return Verdict::Abort(format!("record the hand-over: {e}"));
-                    }
-                    let _ = hook.send_msg(&GateMsg::Go, &[]).await;
-                    if opts.mode == Mode::PostCopy {
-                        // Never two copies: the pages are in CRIU's pipes, the tree can go.
+                    Verdict::Commit => match self.wd.save(&committed_state) {
+                        Ok(()) => Verdict::Commit,
+                        Err(e) => Verdict::Abort(format!("record the hand-over: {e}")),
+                    },
+                    other => other,
+                };
+                if matches!(v, Verdict::Commit) {
+                    if post_copy {
+                        // Never two copies: the pages CRIU still serves are in its page
+                        // pipes, so the tree can go now, and a transfer that breaks later
+                        // cannot make CRIU resume it.
                         if let Some(l) = &self.live {
                             let _ = sys::pidfd_send_signal(l.pidfd.as_fd(), libc::SIGKILL);
                         }
+                    } else {
+                        let _ = hook.send_msg(&GateMsg::Go, &[]).await;
                     }
                     let _ = link.send_msg(&Step::Committed, &[]).await;
                 } else {
-                    let _ = hook.send_msg(&GateMsg::Stop, &[]).await;
-                    // A lazy dump serves its pages even after a failed script: end that.
+                    if !post_copy {
+                        let _ = hook.send_msg(&GateMsg::Stop, &[]).await;
+                    }
+                    // A lazy dump serves its pages after the script: breaking the channel
+                    // fails it, and CRIU resumes the tree.
                     let _ = nix::sys::socket::shutdown(
                         pages.as_raw_fd(),
                         nix::sys::socket::Shutdown::Both,
@@ -195,8 +223,9 @@ impl Monitor {
             };
             tokio::pin!(run);
             tokio::pin!(gated);
-            // CRIU cannot end while its script waits, so a verdict always comes first when
-            // the script was reached; CRIU ending first means it never got there.
+            // Stream: CRIU cannot end while its script waits. Post-copy: nor while it serves
+            // the pages, unless the target broke the channel. CRIU ending first means the job
+            // was never handed over.
             loop {
                 tokio::select! {
                     biased;
@@ -210,7 +239,9 @@ impl Monitor {
             Some(Verdict::Commit) => {
                 let _ = std::fs::remove_dir_all(&tmp);
                 if let Err(e) = &ran {
-                    diag(&format!("criu after the hand-over: {e} (the job is the target's)"));
+                    diag(&format!(
+                        "criu after the hand-over: {e} (the job is the target's)"
+                    ));
                 }
                 self.migrated(&opts.dest, opts.mode).await;
                 Ok(lazy_bytes.get())
@@ -312,7 +343,10 @@ impl Monitor {
     async fn migrated(&mut self, dest: &str, mode: Mode) {
         self.stopped_by_dump().await;
         if let Some(l) = self.log.borrow_mut().as_mut() {
-            let _ = l.marker(&format!("moved to {dest} (stasis migrate, {})", mode.as_str()));
+            let _ = l.marker(&format!(
+                "moved to {dest} (stasis migrate, {})",
+                mode.as_str()
+            ));
         }
         self.st.status = Status::Migrated;
         self.st.init = None;
@@ -337,11 +371,7 @@ impl Monitor {
             oom_killed: false,
             reason: Some(format!("migrated to {dest}")),
         };
-        let targets: Vec<u64> = self
-            .attached
-            .drain()
-            .chain(self.waiters.drain())
-            .collect();
+        let targets: Vec<u64> = self.attached.drain().chain(self.waiters.drain()).collect();
         for cid in targets {
             self.reply(cid, exit.clone());
         }
@@ -365,7 +395,14 @@ impl Monitor {
                 pid,
             },
             Err(why) => {
-                let _ = link.send_msg(&Step::Failed { reason: why.clone() }, &[]).await;
+                let _ = link
+                    .send_msg(
+                        &Step::Failed {
+                            reason: why.clone(),
+                        },
+                        &[],
+                    )
+                    .await;
                 self.phase = Phase::Ended;
                 err_reply(CODE_STASIS_ERROR, why)
             }
@@ -389,7 +426,10 @@ impl Monitor {
         let mut daemon = None;
         if opts.mode == Mode::PostCopy {
             let pages = pages.ok_or("post-copy without a page channel")?;
-            daemon = Some(self.start_lazy_daemon(&criu, &opts.stage, Some(&pages)).await?);
+            daemon = Some(
+                self.start_lazy_daemon(&criu, &opts.stage, Some(&pages))
+                    .await?,
+            );
             argv.push("--lazy-pages".into());
         }
         if let Some(l) = self.log.borrow_mut().as_mut() {
@@ -401,10 +441,7 @@ impl Monitor {
         }
         self.restore_extra = Some(RestoreExtra {
             argv,
-            env: vec![(
-                gate::ENV_GATE.to_string(),
-                gate_path.display().to_string(),
-            )],
+            env: vec![(gate::ENV_GATE.to_string(), gate_path.display().to_string())],
         });
         let daemon_pid = daemon.as_ref().map(|d| d.pid);
         let uffds: std::cell::RefCell<Vec<OwnedFd>> = Default::default();
@@ -485,7 +522,11 @@ impl Monitor {
                 ));
                 match daemon {
                     Some(d) => {
-                        let l = link.borrow().try_clone_to_owned().ok().and_then(|f| Fd::new(f).ok());
+                        let l = link
+                            .borrow()
+                            .try_clone_to_owned()
+                            .ok()
+                            .and_then(|f| Fd::new(f).ok());
                         self.watch_lazy_daemon(d, uffds.take(), l)
                     }
                     None => self.keep_stage_as_generation(opts),

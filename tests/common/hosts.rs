@@ -147,6 +147,7 @@ impl Bed {
         bed.a.ssh = ssh.clone();
         bed.b.ssh = ssh;
         std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
+        raise_pipe_max_size();
         let bin_dir = bin().parent().expect("bin dir").to_path_buf();
         for h in [&mut bed.a, &mut bed.b] {
             std::fs::create_dir_all(&h.root).expect("state root");
@@ -158,6 +159,20 @@ impl Bed {
     /// Both hosts.
     pub fn hosts(&self) -> [&Host; 2] {
         [&self.a, &self.b]
+    }
+}
+
+/// CRIU's lazy page server (post-copy's source) needs pipes of 3.2 MiB, above the default
+/// `fs.pipe-max-size` of 1 MiB for a root without CAP_SYS_RESOURCE (as here): the bed raises
+/// the limit, as the README tells users to. Raising it is harmless to everything else.
+pub fn raise_pipe_max_size() {
+    let p = "/proc/sys/fs/pipe-max-size";
+    let cur: u64 = std::fs::read_to_string(p)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if cur < 4 << 20 {
+        std::fs::write(p, "4194304").expect("raise fs.pipe-max-size");
     }
 }
 
