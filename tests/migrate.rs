@@ -128,3 +128,144 @@ fn a_counter_moves_back_and_forth_streamed() {
 fn a_counter_moves_back_and_forth_post_copy() {
     counter_moves("post-copy");
 }
+
+/// Writes an executable script.
+fn script(path: &std::path::Path, text: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).expect("script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path.display().to_string()
+}
+
+/// Each bad destination gives one clear line and exit 125, and the job goes on untouched:
+/// same init, still counting, nothing left on the target.
+#[test]
+fn bad_destinations_leave_the_job_untouched() {
+    let bed = Bed::new();
+    let (a, b) = (&bed.a, &bed.b);
+    a.ok(&["run", "-d", "--name", "stay", "--", "sh", "-c", COUNTER]);
+    wait_counter(a, "stay", 2);
+    let pid = a.init_pid("stay").expect("pid");
+    let d = bed.dir.path();
+    // A key the target does not know.
+    let o = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(d.join("stranger"))
+        .output()
+        .expect("ssh-keygen");
+    assert!(o.status.success());
+    let cfg = std::fs::read_to_string(&bed.ssh_config)
+        .expect("config")
+        .replace(
+            &d.join("user_key").display().to_string(),
+            &d.join("stranger").display().to_string(),
+        );
+    std::fs::write(d.join("stranger_config"), cfg).expect("config");
+    let stranger = format!("ssh -F {}", d.join("stranger_config").display());
+    let old = script(
+        &d.join("old-stasis"),
+        "#!/bin/sh\necho \"error: unrecognized subcommand '$1'\" >&2\nexit 2\n",
+    );
+    let other_proto = script(
+        &d.join("proto99"),
+        "#!/usr/bin/python3\nimport sys,struct,json\nn=struct.unpack('>I',sys.stdin.buffer.read(4))[0]\nsys.stdin.buffer.read(n)\nb=json.dumps({'t':'welcome','proto':99,'criu':'4.2.1','uffd':True,'dirty_track':False,'has_init':True,'from':'x'}).encode()\nsys.stdout.buffer.write(struct.pack('>I',len(b))+b)\nsys.stdout.flush()\n",
+    );
+    let old_criu = script(
+        &d.join("old-criu"),
+        "#!/bin/sh\ncase \"$1\" in --version) echo 'Version: 4.1.1';; check) echo 'Looks good.';; esac\nexit 0\n",
+    );
+    b.ok(&["run", "-d", "--name", "taken", "--", "sleep", "1000"]);
+    let bin = bin().display().to_string();
+    let no_criu = format!("env STASIS_CRIU=/nonexistent/criu {bin}");
+    let with_old_criu = format!("env STASIS_CRIU={old_criu} {bin}");
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        (
+            "unknown host",
+            vec!["stay".into(), "nosuchhost.invalid".into()],
+            "ssh to nosuchhost.invalid failed",
+        ),
+        (
+            "auth refused",
+            vec!["--ssh".into(), stranger, "stay".into(), b.alias.clone()],
+            "Permission denied",
+        ),
+        (
+            "no stasis",
+            vec![
+                "--remote-stasis".into(),
+                "/nonexistent/stasis".into(),
+                "stay".into(),
+                b.alias.clone(),
+            ],
+            "stasis is not installed",
+        ),
+        (
+            "old stasis",
+            vec![
+                "--remote-stasis".into(),
+                old,
+                "stay".into(),
+                b.alias.clone(),
+            ],
+            "too old for migration",
+        ),
+        (
+            "other protocol",
+            vec![
+                "--remote-stasis".into(),
+                other_proto,
+                "stay".into(),
+                b.alias.clone(),
+            ],
+            "protocol 99",
+        ),
+        (
+            "no criu",
+            vec![
+                "--remote-stasis".into(),
+                no_criu,
+                "stay".into(),
+                b.alias.clone(),
+            ],
+            "criu",
+        ),
+        (
+            "old criu",
+            vec![
+                "--remote-stasis".into(),
+                with_old_criu,
+                "stay".into(),
+                b.alias.clone(),
+            ],
+            "criu 4.1.1 on vm is older than 4.2",
+        ),
+        (
+            "name taken",
+            vec!["taken".into(), b.alias.clone()],
+            "already exists",
+        ),
+    ];
+    // "taken" must run on A too for the last case.
+    a.ok(&["run", "-d", "--name", "taken", "--", "sleep", "1000"]);
+    for (what, args, want) in cases {
+        let mut v = vec!["migrate"];
+        v.extend(args.iter().map(String::as_str));
+        let o = a.run(&v);
+        let err = stderr(&o);
+        assert_eq!(code(&o), 125, "{what}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{what}: not one line: {err}");
+        assert!(err.contains(want), "{what}: {err:?} lacks {want:?}");
+        assert!(err.contains("keeps running here"), "{what}: {err}");
+        eprintln!("{what}: {}", err.trim());
+        assert_eq!(a.status("stay"), "running", "{what}");
+        assert_eq!(a.init_pid("stay"), Some(pid), "{what}: the job was touched");
+        assert_eq!(b.status("stay"), "", "{what}: the target kept a record");
+    }
+    assert_eq!(b.status("taken"), "running");
+    assert_eq!(a.status("taken"), "running");
+    assert_counter_continuous(&wait_counter(
+        a,
+        "stay",
+        counter_values(&a.logs("stay")).len() + 2,
+    ));
+}

@@ -30,7 +30,8 @@ pub struct MigrateArgs {
     pub mode: Option<ModeArg>,
     #[command(flatten)]
     pub criu: CriuFlags,
-    /// The stasis command on the target (default: `stasis` on its PATH).
+    /// The stasis command line on the target, split on whitespace (default: `stasis` on its
+    /// PATH).
     #[arg(long = "remote-stasis", value_name = "PATH", default_value = "stasis")]
     pub remote_stasis: String,
     /// The ssh command line (default: STASIS_SSH_COMMAND, else `ssh`).

@@ -79,13 +79,9 @@ pub fn migrate(
         .to_string();
     progress("connect", 0);
     let ssh = Ssh::new(o.ssh.as_deref());
-    let stasis = if o.remote_stasis.is_empty() {
-        "stasis".to_string()
-    } else {
-        o.remote_stasis.clone()
-    };
+    let stasis = remote_words(&o.remote_stasis);
     let mut ctl = ssh
-        .open(dest, &[stasis.clone(), "__migrate-target".into()])
+        .open(dest, &with(&stasis, &["__migrate-target"]))
         .map_err(|e| back(format!("run ssh: {e}")))?;
     let token = super::token();
     let hello = Wire::Hello {
@@ -129,12 +125,7 @@ pub fn migrate(
     let pages = ssh
         .open(
             dest,
-            &[
-                stasis,
-                "__migrate-pages".into(),
-                name.to_string(),
-                token.clone(),
-            ],
+            &with(&stasis, &["__migrate-pages", name.as_str(), &token]),
         )
         .map_err(|e| back(format!("run ssh: {e}")))?;
     let mut pages = pages;
@@ -175,6 +166,22 @@ pub fn migrate(
         page_bytes,
         pid,
     })
+}
+
+/// The remote stasis command line, as words (`stasis` when empty).
+fn remote_words(cmd: &str) -> Vec<String> {
+    let w: Vec<String> = cmd.split_whitespace().map(str::to_string).collect();
+    if w.is_empty() {
+        vec!["stasis".into()]
+    } else {
+        w
+    }
+}
+
+fn with(base: &[String], more: &[&str]) -> Vec<String> {
+    let mut v = base.to_vec();
+    v.extend(more.iter().map(|s| s.to_string()));
+    v
 }
 
 fn ms(t: Instant) -> f64 {
@@ -434,15 +441,11 @@ impl Run<'_> {
     /// monitor, which waits for it a while (see `monitor::migrate::GRACE`).
     fn resume_commit(&mut self, o: &Opts) -> Result<i32, String> {
         let ssh = Ssh::new(o.ssh.as_deref());
-        let stasis = if o.remote_stasis.is_empty() {
-            "stasis".to_string()
-        } else {
-            o.remote_stasis.clone()
-        };
+        let stasis = remote_words(&o.remote_stasis);
         let mut c = ssh
             .open(
                 self.dest,
-                &[stasis, "__migrate-resume".into(), self.name.to_string()],
+                &with(&stasis, &["__migrate-resume", self.name.as_str()]),
             )
             .map_err(|e| format!("run ssh: {e}"))?;
         wire::send(&mut &c.sock, &Wire::Step { step: Step::Commit }).map_err(|e| e.to_string())?;
