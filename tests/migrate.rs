@@ -269,3 +269,71 @@ fn bad_destinations_leave_the_job_untouched() {
         counter_values(&a.logs("stay")).len() + 2,
     ));
 }
+
+/// A `-t` job with a live exec session moves (post-copy, the default here): both keep
+/// counting on the target without a gap, and `attach` there reaches the job.
+#[test]
+fn a_tty_job_with_a_live_exec_session_moves() {
+    let bed = Bed::new();
+    let (a, b) = (&bed.a, &bed.b);
+    a.ok(&["run", "-d", "-t", "--name", "tj", "--", "sh", "-c", COUNTER]);
+    wait_counter(a, "tj", 2);
+    let sess = a
+        .ok(&["exec", "-d", "tj", "--", "sh", "-c", COUNTER])
+        .trim()
+        .to_string();
+    let exec_vals = |h: &Host| {
+        counter_values(
+            &h.cmd(&["logs", "--exec", &sess, "tj"])
+                .output()
+                .expect("logs")
+                .stdout,
+        )
+    };
+    wait_for("the session to count", || exec_vals(a).len() > 2);
+    // A client attached on the source is told where the job went.
+    let watcher = a
+        .cmd(&["attach", "--no-stdin", "tj"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("attach on A");
+    let s = migrate(a, b, "tj", &[]);
+    let o = wait_output(watcher, Duration::from_secs(20), "attach on the source");
+    assert_eq!(code(&o), 124, "attached client: {}", stderr(&o));
+    assert!(stderr(&o).contains(&b.alias), "{}", stderr(&o));
+    assert_eq!(s["mode"], "post-copy", "{s}");
+    assert_runs_on(b, a, "tj");
+    let n = counter_values(&b.logs("tj")).len();
+    assert_counter_continuous(&wait_counter(b, "tj", n + 3));
+    let n = exec_vals(b).len();
+    wait_for("the session to count on the target", || {
+        exec_vals(b).len() > n + 3
+    });
+    assert_counter_continuous(&exec_vals(b));
+    // attach on the target reaches the job (it prints what the job prints next).
+    let child = b
+        .cmd(&["attach", "--no-stdin", "tj"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("attach");
+    let pid = child.id() as i32;
+    let at = counter_values(&b.logs("tj")).len();
+    let out = std::thread::spawn(move || child.wait_with_output().expect("attach output"));
+    wait_for("attach to show output", || {
+        // The attach client prints the job's live output; give it a few values.
+        counter_values(&b.logs("tj")).len() > at + 6
+    });
+    // SIGKILL: the client cannot forward it to the job.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let o = out.join().expect("attach thread");
+    assert!(
+        !counter_values(&o.stdout).is_empty(),
+        "attach on the target showed nothing: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
