@@ -337,3 +337,232 @@ fn a_tty_job_with_a_live_exec_session_moves() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// A small random number generator (the trials print their seed).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n.max(1)
+    }
+}
+
+/// Every process on this machine: (pid, ppid, comm, cmdline).
+fn procs() -> Vec<(i32, i32, String, String)> {
+    let mut v = vec![];
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return v;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if stat[close + 2..].starts_with('Z') {
+            continue;
+        }
+        let comm = stat[open + 1..close].to_string();
+        let ppid = stat[close + 2..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        v.push((pid, ppid, comm, cmd));
+    }
+    v
+}
+
+/// What a fault trial kills.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// One of the migrating command's ssh processes (control or page channel).
+    Ssh,
+    /// The target's stasis: `__migrate-target`, `__migrate-pages` or the new monitor.
+    TargetStasis,
+    /// The target's CRIU (restore, lazy-pages or page-server).
+    TargetCriu,
+}
+
+/// This trial's candidates to kill (all of them the bed's own processes).
+fn victims(f: Fault, migrate_pid: i32, b: &Host) -> Vec<i32> {
+    let root_b = b.root.display().to_string();
+    let ps = procs();
+    let sshd_b = b.sshd_pid().unwrap_or(-1);
+    // Processes under B's sshd.
+    let mut under_b = vec![sshd_b];
+    let mut i = 0;
+    while i < under_b.len() {
+        let p = under_b[i];
+        under_b.extend(ps.iter().filter(|x| x.1 == p).map(|x| x.0));
+        i += 1;
+    }
+    ps.iter()
+        .filter(|(pid, ppid, comm, cmd)| match f {
+            Fault::Ssh => *ppid == migrate_pid && comm == "ssh",
+            Fault::TargetStasis => {
+                (under_b.contains(pid) && cmd.contains("__migrate-"))
+                    || (comm == "stasis-monitor"
+                        && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok()
+                        && under_b.contains(ppid))
+            }
+            Fault::TargetCriu => comm == "criu" && cmd.contains(&root_b),
+        })
+        .map(|x| x.0)
+        .collect()
+}
+
+/// The job runs on exactly one side (or, post-copy only, was lost after the hand-over with
+/// both sides saying so), and each side's record tells the truth. Returns where it runs.
+fn settled(a: &Host, b: &Host, name: &str) -> Option<&'static str> {
+    let alive = |h: &Host| {
+        h.status(name) == "running"
+            && h.init_pid(name)
+                .is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+    };
+    let (on_a, on_b) = (alive(a), alive(b));
+    match (on_a, on_b) {
+        (true, false) if b.status(name) != "running" && b.status(name) != "restoring" => Some("a"),
+        (false, true) if a.status(name) == "migrated" => Some("b"),
+        _ => None,
+    }
+}
+
+fn fault_trials(f: Fault, trials: u32) {
+    let bed = Bed::new();
+    let (a, b) = (&bed.a, &bed.b);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    eprintln!("{f:?}: seed {seed}");
+    let mut rng = Lcg(seed);
+    // How long a migration takes here: the faults fall anywhere inside it.
+    a.ok(&["run", "-d", "--name", "calib", "--", "sh", "-c", COUNTER]);
+    wait_counter(a, "calib", 1);
+    let span = migrate(a, b, "calib", &[])["total_ms"]
+        .as_f64()
+        .unwrap_or(2000.0) as u64;
+    eprintln!("a migration takes {span} ms");
+    let (mut on_a, mut on_b, mut lost) = (0, 0, 0);
+    for t in 0..trials {
+        let name = format!("f{t}");
+        let mode = if t % 2 == 0 { "post-copy" } else { "stream" };
+        a.ok(&["run", "-d", "--name", &name, "--", "sh", "-c", COUNTER]);
+        wait_counter(a, &name, 1);
+        let child = a
+            .cmd(&["migrate", "-q", "--mode", mode, &name, &b.alias])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("migrate");
+        let mpid = child.id() as i32;
+        let delay = Duration::from_millis(rng.below(span));
+        let t0 = Instant::now();
+        let mut killed = None;
+        while t0.elapsed() < Duration::from_secs(20) {
+            if std::fs::read_to_string(format!("/proc/{mpid}/stat"))
+                .map(|s| s.contains(") Z"))
+                .unwrap_or(true)
+            {
+                break;
+            }
+            if t0.elapsed() >= delay {
+                let v = victims(f, mpid, b);
+                if !v.is_empty() {
+                    let p = v[rng.below(v.len() as u64) as usize];
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    killed = Some(p);
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let o = wait_output(child, Duration::from_secs(90), "migrate under a fault");
+        let err = stderr(&o);
+        assert!(err.trim().lines().count() <= 1, "trial {t}: {err}");
+        let mut at = None;
+        let t1 = Instant::now();
+        while t1.elapsed() < Duration::from_secs(60) {
+            at = settled(a, b, &name);
+            if at.is_some() {
+                break;
+            }
+            // Post-copy's window: handed over, then lost; both sides must say so.
+            if mode == "post-copy"
+                && code(&o) == 3
+                && a.status(&name) == "migrated"
+                && b.status(&name) != "running"
+            {
+                at = Some("lost");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!(
+            "trial {t} ({mode}, killed {killed:?} after {delay:?}): exit {}, {} -> {at:?}",
+            code(&o),
+            err.trim()
+        );
+        match at {
+            Some("a") => {
+                on_a += 1;
+                assert_ne!(code(&o), 0, "trial {t}: exit 0 but the job is on A");
+            }
+            Some("b") => on_b += 1,
+            Some(_) => lost += 1,
+            None => panic!(
+                "trial {t}: not settled: A {:?} {:?}, B {:?} {:?}",
+                a.status(&name),
+                a.init_pid(&name),
+                b.status(&name),
+                b.init_pid(&name)
+            ),
+        }
+        for h in [a, b] {
+            let _ = h.run(&["rm", "-f", &name]);
+        }
+    }
+    eprintln!(
+        "{f:?}: {trials} trials: on A {on_a}, on B {on_b}, lost in post-copy's window {lost}"
+    );
+}
+
+fn trials() -> u32 {
+    std::env::var("STASIS_FAULT_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20)
+}
+
+/// ssh killed at a random moment: the job ends up on exactly one side.
+#[test]
+fn faults_ssh_killed() {
+    fault_trials(Fault::Ssh, trials());
+}
+
+/// The target's stasis killed at a random moment.
+#[test]
+fn faults_target_stasis_killed() {
+    fault_trials(Fault::TargetStasis, trials());
+}
+
+/// The target's CRIU killed at a random moment.
+#[test]
+fn faults_target_criu_killed() {
+    fault_trials(Fault::TargetCriu, trials());
+}

@@ -112,7 +112,9 @@ pub fn migrate(root: &StateRoot, a: MigrateArgs) -> Result<i32, Failure> {
         Err(e) => Err(Failure {
             code: e.code(),
             message: match &e {
-                migrate::MigrateError::RolledBack(m) if m.contains("keeps running here") => {
+                migrate::MigrateError::RolledBack(m)
+                    if m.contains("keeps running here") || m.contains("being brought back") =>
+                {
                     format!("migrate {} to {}: {m}", a.name, a.dest)
                 }
                 migrate::MigrateError::RolledBack(m) => format!(

@@ -30,7 +30,16 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// How long a target holds a restored job for a verdict after its link to the source broke.
+/// `STASIS_MIGRATE_GRACE` (seconds) changes it.
 pub(crate) const GRACE: Duration = Duration::from_secs(20);
+
+fn grace() -> Duration {
+    std::env::var("STASIS_MIGRATE_GRACE")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(GRACE)
+}
 
 /// Extra CRIU flags and environment for the next restore (a gated or lazy one).
 #[derive(Default)]
@@ -254,6 +263,9 @@ impl Monitor {
                             "criu dump {status}: {}",
                             criu::failure_reasons(&log).join("; ")
                         ),
+                        Ok(()) if opts.mode == Mode::PostCopy => {
+                            "the page channel closed before the target was ready".into()
+                        }
                         Ok(()) => "criu ended without reaching its gate".into(),
                     },
                 };
@@ -311,7 +323,12 @@ impl Monitor {
                 .iter()
                 .map(|m| (m.inside.display().to_string(), m.key.clone()))
                 .collect(),
-            leave_running: false,
+            // Post-copy: CRIU must never kill the tree itself. It would once its lazy page
+            // server's session ends, and a page channel that merely closes (ssh killed, an
+            // abort) reads to it as a session that ended well. Left running, the tree
+            // resumes whenever the transfer ends without a commit; at the commit the
+            // monitor kills it (see `migrate_out_gated`).
+            leave_running: opts.mode == Mode::PostCopy,
             flags: flags.clone(),
             action_script: Some(hook.display().to_string()),
             extra: lazy::dump_extra(opts.mode == Mode::PostCopy),
@@ -547,7 +564,71 @@ impl Monitor {
                     (_, Err(e)) => reply_text(e),
                     (_, Ok(r)) => format!("unexpected {r:?}"),
                 };
+                if matches!(v, Some(Verdict::Commit)) && opts.mode == Mode::Stream {
+                    // The source gave the job away and the images are all here: the job
+                    // must run here, so the restore is tried again, ungated.
+                    return self.restore_committed(opts, link, &why).await;
+                }
                 self.migrate_in_undo(opts, &why, matches!(v, Some(Verdict::Unknown(_))));
+                Err(why)
+            }
+        }
+    }
+
+    /// A stream migration committed but its gated restore failed (its CRIU died, say): the
+    /// images become a generation and a plain restore brings the job up from them. Should
+    /// that fail too, the generation stays, checkpointed, and says so.
+    async fn restore_committed(
+        &mut self,
+        opts: &InOpts,
+        link: &Fd,
+        first: &str,
+    ) -> Result<i32, String> {
+        diag(&format!(
+            "restore after the hand-over failed ({first}): again, ungated"
+        ));
+        self.keep_stage_as_generation(opts);
+        let t0 = Instant::now();
+        let r = self
+            .restore(
+                RestoreOpts {
+                    generation: self.st.generation,
+                    criu: opts.criu.clone(),
+                    reason: format!("migrated from {} (second try)", opts.from),
+                    lazy: false,
+                },
+                false,
+            )
+            .await;
+        match r {
+            Ok(Reply::Restored { pid, .. }) => {
+                let restore_ms = t0.elapsed().as_secs_f64() * 1000.0;
+                let _ = link
+                    .send_msg(
+                        &Step::Running {
+                            pid,
+                            restore_ms,
+                            page_bytes: 0,
+                        },
+                        &[],
+                    )
+                    .await;
+                self.event(HistEvent::new(
+                    "migrated-in",
+                    format!("from {} (stream, second restore)", opts.from),
+                ));
+                Ok(pid)
+            }
+            other => {
+                let why = match other {
+                    Err(e) | Ok(e) => reply_text(e),
+                };
+                self.st.status = Status::Checkpointed;
+                self.st.note = Some(format!(
+                    "migrated from {} but its restore failed ({why}): `stasis restore` it here",
+                    opts.from
+                ));
+                self.save();
                 Err(why)
             }
         }
@@ -609,7 +690,8 @@ async fn wait_resumed(resume: &Fd) -> Verdict {
             }
         }
     };
-    match tokio::time::timeout(GRACE, wait).await {
+    let grace = grace();
+    match tokio::time::timeout(grace, wait).await {
         Ok((v, c)) => {
             // Kept open: the resumer learns the outcome when it closes.
             std::mem::forget(c);
@@ -617,7 +699,7 @@ async fn wait_resumed(resume: &Fd) -> Verdict {
         }
         Err(_) => Verdict::Unknown(format!(
             "the link to the source broke and no verdict came within {}s",
-            GRACE.as_secs()
+            grace.as_secs()
         )),
     }
 }

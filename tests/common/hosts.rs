@@ -194,7 +194,7 @@ impl Host {
         std::fs::write(
             &cfg,
             format!(
-                "ListenAddress {addr}:22\nHostKey {hk}\nAuthorizedKeysFile {ak}\nPidFile none\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDNS no\nMaxStartups 100\nMaxSessions 100\nSetEnv STASIS_ROOT={root} PATH={bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n",
+                "ListenAddress {addr}:22\nHostKey {hk}\nAuthorizedKeysFile {ak}\nPidFile none\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDNS no\nMaxStartups 100\nMaxSessions 100\nSetEnv STASIS_MIGRATE_GRACE=3 STASIS_ROOT={root} PATH={bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n",
                 addr = self.addr,
                 hk = d.join("host_key").display(),
                 ak = d.join("authorized_keys").display(),
