@@ -155,7 +155,7 @@ fn receive(
     st.status = Status::Failed;
     st.error = Some(format!("its migration from {from} did not complete"));
     wd.save(&st).map_err(|e| e.to_string())?;
-    let pages = accept_pages(&pages_socket(root, &name), &token)?;
+    let mut pages = Some(accept_pages(&pages_socket(root, &name), &token)?);
     let stage = wd.dir.join(".migrate-stage");
     crate::store::atomic::mkdir_p(&stage, 0o700).map_err(|e| e.to_string())?;
     let mut server = None;
@@ -167,9 +167,14 @@ fn receive(
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
-        let child =
-            crate::sys::spawn_with_fds(&mut cmd, &[(pages.as_raw_fd(), lazy::PS_SOCKET_FD)])
-                .map_err(|e| format!("run criu page-server on {host}: {e}"))?;
+        // Only the page server holds the channel: should it die, the source's dump sees the
+        // channel close instead of filling it.
+        let Some(ch) = pages.take() else {
+            return Err("no page channel".into());
+        };
+        let child = crate::sys::spawn_with_fds(&mut cmd, &[(ch.as_raw_fd(), lazy::PS_SOCKET_FD)])
+            .map_err(|e| format!("run criu page-server on {host}: {e}"))?;
+        drop(ch);
         server = Some((child, log));
     }
     wire::send(out, &Wire::Prepared).map_err(|e| e.to_string())?;
@@ -215,8 +220,8 @@ fn receive(
         criu: Some(criu),
     };
     let mut fds = vec![theirs.as_raw_fd()];
-    if mode == Mode::PostCopy {
-        fds.push(pages.as_raw_fd());
+    if let Some(p) = &pages {
+        fds.push(p.as_raw_fd());
     }
     protocol::send(
         conn.as_fd(),

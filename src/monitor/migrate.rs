@@ -569,6 +569,19 @@ impl Monitor {
                     // must run here, so the restore is tried again, ungated.
                     return self.restore_committed(opts, link, &why).await;
                 }
+                if matches!(v, Some(Verdict::Commit)) {
+                    // Post-copy after the hand-over: the source no longer has the job and
+                    // part of its memory never arrived. Lost, and the record says so.
+                    self.st.status = Status::Failed;
+                    self.st.init = None;
+                    self.st.error = Some(format!(
+                        "lost after its migration from {}: {why}",
+                        opts.from
+                    ));
+                    self.save();
+                    self.event(HistEvent::new("migrate-lost", why.clone()));
+                    return Err(why);
+                }
                 self.migrate_in_undo(opts, &why, matches!(v, Some(Verdict::Unknown(_))));
                 Err(why)
             }
