@@ -566,3 +566,32 @@ fn faults_target_stasis_killed() {
 fn faults_target_criu_killed() {
     fault_trials(Fault::TargetCriu, trials());
 }
+
+/// A job in `--network none` whose own server and client talk over loopback keeps talking
+/// after a move with `--tcp-established` (both modes).
+#[test]
+fn tcp_over_loopback_keeps_talking_after_the_move() {
+    const TALK: &str = "import socket,threading,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('127.0.0.1',7000))\ns.listen(1)\ndef srv():\n    c,_=s.accept()\n    while True:\n        d=c.recv(64)\n        if not d: break\n        c.sendall(d)\nthreading.Thread(target=srv,daemon=True).start()\nc=socket.create_connection(('127.0.0.1',7000))\ni=0\nwhile True:\n    c.sendall(b'%d\\n'%i)\n    print(int(c.recv(64)),flush=True)\n    i+=1\n    time.sleep(0.05)\n";
+    let bed = Bed::new();
+    let (a, b) = (&bed.a, &bed.b);
+    a.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        "talk",
+        "--",
+        "python3",
+        "-c",
+        TALK,
+    ]);
+    wait_counter(a, "talk", 2);
+    for (from, to, mode) in [(a, b, "post-copy"), (b, a, "stream")] {
+        migrate(from, to, "talk", &["--tcp-established", "--mode", mode]);
+        assert_runs_on(to, from, "talk");
+        let n = counter_values(&to.logs("talk")).len();
+        assert_counter_continuous(&wait_counter(to, "talk", n + 5));
+        from.ok(&["rm", "talk"]);
+    }
+}
