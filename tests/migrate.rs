@@ -261,6 +261,11 @@ fn bad_destinations_leave_the_job_untouched() {
         assert_eq!(a.init_pid("stay"), Some(pid), "{what}: the job was touched");
         assert_eq!(b.status("stay"), "", "{what}: the target kept a record");
     }
+    let ev = a.ok(&["events", "--format", "json", "stay"]);
+    assert!(
+        ev.matches("migrate-failed").count() >= 7,
+        "the failures are not in the events: {ev}"
+    );
     assert_eq!(b.status("taken"), "running");
     assert_eq!(a.status("taken"), "running");
     assert_counter_continuous(&wait_counter(

@@ -50,12 +50,37 @@ fn api_back(e: ApiError) -> MigrateError {
     back(e.to_string())
 }
 
-/// Moves the running job `name` to `o.dest`.
+/// Moves the running job `name` to `o.dest`. A failure is recorded in the job's events
+/// (by its monitor, once it was asked to dump; here before that).
 pub fn migrate(
     root: &StateRoot,
     name: &WorkloadName,
     o: &Opts,
     progress: Progress,
+) -> Result<Summary, MigrateError> {
+    let mut asked = false;
+    let r = migrate_steps(root, name, o, progress, &mut asked);
+    if let (Err(MigrateError::RolledBack(why)), false) = (&r, asked) {
+        let wd = root.workload(name);
+        if wd.dir.is_dir() {
+            crate::store::events::append(
+                &wd,
+                &crate::store::events::Event::new(
+                    "migrate-failed",
+                    format!("to {}: {why}", o.dest),
+                ),
+            );
+        }
+    }
+    r
+}
+
+fn migrate_steps(
+    root: &StateRoot,
+    name: &WorkloadName,
+    o: &Opts,
+    progress: Progress,
+    asked: &mut bool,
 ) -> Result<Summary, MigrateError> {
     let t0 = Instant::now();
     let dest = o.dest.as_str();
@@ -153,6 +178,7 @@ pub fn migrate(
         },
         image_bytes: 0,
     };
+    *asked = true;
     let r = run.hand_over(o, criu, progress);
     let (pid, frozen_at, running_at, page_bytes) = r?;
     Ok(Summary {
