@@ -203,12 +203,12 @@ fn receive(
     if !wd.log_path().exists() {
         std::fs::File::create(wd.log_path()).map_err(|e| e.to_string())?;
     }
-    st.status = Status::Checkpointed;
-    st.error = None;
-    st.note = Some(format!("arriving from {from}"));
-    wd.save(&st).map_err(|e| e.to_string())?;
     let lock = api::lock_existing(&wd).map_err(|e| e.to_string())?;
-    let conn = api::spawn_monitor(root, &wd, lock, None).map_err(|e| e.to_string())?;
+    // The forked monitor must not keep a copy of the page channel: one held open there would
+    // never close when CRIU's side of it ends (it gets its own with the request).
+    let inherited: Vec<i32> = pages.iter().map(|p| p.as_raw_fd()).collect();
+    let conn =
+        api::spawn_monitor_closing(root, &wd, lock, None, &inherited).map_err(|e| e.to_string())?;
     claim.armed = false;
     let (ours, theirs) = protocol::seqpacket_pair().map_err(|e| e.to_string())?;
     let opts = InOpts {

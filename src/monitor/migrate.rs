@@ -401,6 +401,9 @@ impl Monitor {
     /// channel.
     pub(crate) async fn migrate_in(&mut self, opts: InOpts, fds: Vec<OwnedFd>) -> Reply {
         self.phase = Phase::Checkpointed;
+        // The claim's placeholder record ("did not complete") is replaced by the restore's.
+        self.st.error = None;
+        self.st.note = None;
         let mut fds = fds.into_iter();
         let Some(link) = fds.next().and_then(|f| Fd::new(f).ok()) else {
             return err_reply(CODE_STASIS_ERROR, "migrate: no step link");
