@@ -7,7 +7,9 @@
 //! state root, and with `STASIS_SSH_COMMAND` naming the bed's ssh client configuration, in
 //! which `bed.a.alias` and `bed.b.alias` are the two hosts (`root@` with the bed's key). Over
 //! ssh, each sshd gives its sessions that host's `STASIS_ROOT` and a PATH that finds the
-//! stasis under test first, so `ssh HOST stasis …` is stasis on that host.
+//! stasis under test first, so `ssh HOST stasis …` is stasis on that host; a target holds a
+//! restored job 3 s (not 20) for a late commit (`STASIS_MIGRATE_GRACE`), so fault trials
+//! settle quickly.
 //!
 //! Everything is torn down on drop, also after a failed assertion: the workloads of both
 //! roots, the sshds and their sessions (by pid: only what the bed started), the namespaces
