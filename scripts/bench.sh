@@ -15,6 +15,7 @@
 #           sshd each): post-copy and stream vs export + copy + import by hand vs raw CRIU
 #           dump + copy + restore; total time, downtime and bytes moved for MIG_SIZES.
 #           Not in the default list (BENCH=migrate runs it); podman is not compared yet.
+#   lazy    `restore --lazy` vs a full restore of the same generation (SIZES; BENCH=lazy)
 # Knobs: RUNS (hyperfine runs, 40), CR_RUNS (10), SIZES ("1 64 512"), POLICY_SECS (60),
 #        MIG_SIZES ("64 512 2048"), MIG_RUNS (3),
 #        HF_RUNS for peers (30). Quick check: RUNS=10 CR_RUNS=3 SIZES="1 64" POLICY_SECS=10.
@@ -367,6 +368,31 @@ mig_raw() {
     rm -rf "$img" "$img.copy"
   done
   rec "migrate: raw criu dump+copy+restore ${sz}M total = downtime" "$(printf '%s\n' "${xs[@]}" | median)" ms "median of $MIG_RUNS; images $(awk -v b="$b" 'BEGIN{printf "%.1f", b/1048576}') MiB"
+}
+# lazy SIZE: `restore --lazy` vs a full restore of the same generation (CLI wall time: the job
+# runs when it returns), MIG_RUNS each
+lazy_one() {
+  local sz=$1 n=lz$1 i t0 t1 full=() lazy=() out
+  st run -d --name "$n" -- "$W/memhog" "$sz" >/dev/null
+  mig_wait_rss "$R" "$n" "$sz" || { rec "lazy: restore ${sz}M" FAIL - "memhog did not reach its RSS"; return; }
+  for i in $(seq 1 "$MIG_RUNS"); do
+    st checkpoint --keep 1 "$n" >/dev/null
+    t0=$(now_us); out=$(st restore "$n" 2>&1) || { rec "lazy: restore ${sz}M" FAIL - "$out"; return; }; t1=$(now_us)
+    full+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')")
+    st checkpoint --keep 1 "$n" >/dev/null
+    t0=$(now_us); out=$(st restore --lazy "$n" 2>&1) || { rec "lazy: restore --lazy ${sz}M" FAIL - "$out"; return; }; t1=$(now_us)
+    lazy+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')")
+    # the next checkpoint waits until every page is back
+    for t0 in $(seq 1 600); do st checkpoint --keep 1 "$n" >/dev/null 2>&1 && break; sleep 0.05; done
+    st restore "$n" >/dev/null
+  done
+  rec "lazy: stasis restore ${sz}M" "$(printf '%s\n' "${full[@]}" | median)" ms "median of $MIG_RUNS (CLI wall time)"
+  rec "lazy: stasis restore --lazy ${sz}M" "$(printf '%s\n' "${lazy[@]}" | median)" ms "median of $MIG_RUNS; running when it returns"
+  st rm -f "$n" >/dev/null
+}
+bench_lazy() {
+  local sz
+  for sz in $SIZES; do lazy_one "$sz"; done
 }
 bench_migrate() {
   command -v /usr/sbin/sshd >/dev/null || { rec "migrate" FAIL - "no sshd (scripts/install-deps.sh installs openssh-server)"; return; }
