@@ -52,7 +52,9 @@ pub struct MigrateArgs {
 /// `stasis __migrate-pages NAME TOKEN`.
 #[derive(Args, Debug)]
 pub struct PagesArgs {
+    /// The workload arriving.
     pub name: WorkloadName,
+    /// The migration's token (from its hello).
     pub token: String,
 }
 

@@ -28,6 +28,9 @@ struct PagesHello {
     token: String,
 }
 
+/// A stream stage's manifest (a dot-name: not an image).
+const STAGE_MANIFEST: &str = ".migrate-manifest.json";
+
 /// How long the target waits for the page channel.
 const PAGES_WAIT: Duration = Duration::from_secs(30);
 
@@ -199,6 +202,12 @@ fn receive(
                 crate::criu::failure_reasons(&log).join("; ")
             ));
         }
+    }
+    if mode == Mode::Stream {
+        // The images are complete here: should this side's monitor die after the source's
+        // commit, `__migrate-resume` restores the job from them (see `recover_stream`).
+        crate::store::atomic::write_json_atomic(&stage.join(STAGE_MANIFEST), &manifest)
+            .map_err(|e| e.to_string())?;
     }
     if !wd.log_path().exists() {
         std::fs::File::create(wd.log_path()).map_err(|e| e.to_string())?;
@@ -421,8 +430,13 @@ pub fn resume(root: &StateRoot, name: &WorkloadName) -> i32 {
 }
 
 fn resume_commit(root: &StateRoot, name: &WorkloadName) -> Result<i32, String> {
-    let c = protocol::connect(&resume_socket(root, name))
-        .map_err(|e| format!("no migration of {name} waits on {}: {e}", host()))?;
+    let c = match protocol::connect(&resume_socket(root, name)) {
+        Ok(c) => c,
+        Err(e) => {
+            return recover_stream(root, name)
+                .map_err(|why| format!("no migration of {name} waits on {} ({e}): {why}", host()))
+        }
+    };
     protocol::send(c.as_fd(), &Step::Commit, &[]).map_err(|e| e.to_string())?;
     let wd = root.workload(name);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -442,4 +456,47 @@ fn resume_commit(root: &StateRoot, name: &WorkloadName) -> Result<i32, String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Err(format!("{name} did not start on {}", host()))
+}
+
+/// The source committed a stream migration but nothing here waits for it any more (this
+/// side's monitor died, or gave up waiting): the images are all here, so the job is restored
+/// from them, as the commit says it must run here.
+fn recover_stream(root: &StateRoot, name: &WorkloadName) -> Result<i32, String> {
+    let wd = root.workload(name);
+    let mut st = wd.load().map_err(|e| e.to_string())?;
+    if st.status == Status::Running {
+        if let Some(i) = st.init.filter(|i| i.alive()) {
+            return Ok(i.pid);
+        }
+    }
+    let stage = wd.dir.join(".migrate-stage");
+    let mpath = stage.join(STAGE_MANIFEST);
+    if mpath.is_file() {
+        let data = std::fs::read(&mpath).map_err(|e| e.to_string())?;
+        let mut m: crate::store::generations::Manifest =
+            serde_json::from_slice(&data).map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_file(&mpath);
+        let files = crate::store::generations::file_entries(&stage).map_err(|e| e.to_string())?;
+        m.stats.size = files.iter().map(|f| f.size).sum();
+        m.files = files;
+        let g = crate::store::generations::commit(&wd, &stage, &m).map_err(|e| e.to_string())?;
+        st.generation = Some(g.number);
+    } else if st.status != Status::Checkpointed || st.generation.is_none() {
+        return Err(format!("{name} has no complete images here"));
+    }
+    st.status = Status::Checkpointed;
+    st.init = None;
+    st.error = None;
+    st.note = None;
+    wd.save(&st).map_err(|e| e.to_string())?;
+    let opts = crate::protocol::RestoreOpts {
+        generation: st.generation,
+        reason: "migrated (restored by the source's late commit)".into(),
+        ..Default::default()
+    };
+    match api::restore(root, name, opts) {
+        Ok(crate::protocol::Reply::Restored { pid, .. }) => Ok(pid),
+        Ok(other) => Err(format!("{other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
 }
