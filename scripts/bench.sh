@@ -11,7 +11,13 @@
 #   policy  restore-on-crash latency (1 and 64 MiB), checkpoint --all on 10 and 50 jobs vs one
 #           after another, a 64 MiB job's throughput under checkpoints every second
 #   peers   ../shared/bench/peers.sh: runc, crun, podman and raw CRIU on this machine
+#   migrate `stasis migrate` between two hosts (network namespaces joined by a veth pair, an
+#           sshd each): post-copy and stream vs export + copy + import by hand vs raw CRIU
+#           dump + copy + restore; total time, downtime and bytes moved for MIG_SIZES.
+#           Not in the default list (BENCH=migrate runs it); podman is not compared yet.
+#   lazy    `restore --lazy` vs a full restore of the same generation (SIZES; BENCH=lazy)
 # Knobs: RUNS (hyperfine runs, 40), CR_RUNS (10), SIZES ("1 64 512"), POLICY_SECS (60),
+#        MIG_SIZES ("64 512 2048"), MIG_RUNS (3),
 #        HF_RUNS for peers (30). Quick check: RUNS=10 CR_RUNS=3 SIZES="1 64" POLICY_SECS=10.
 #        BASELINE=PATH: another stasis binary (an older build) measured in the same run, beside
 #        this one, in start, exec, mem and cr ("before and after" figures).
@@ -68,6 +74,8 @@ cleanup() {
   for r in "$R" "$RS" "$W"/root-*; do [ -d "$r" ] && "$S" --root "$r" rm -f --all >/dev/null 2>&1; done
   [ -n "$BL" ] && [ -d "$RB" ] && "$BL" --root "$RB" rm -f --all >/dev/null 2>&1
   for id in "${PFX}-t" "${PFX}-s"; do runc kill "$id" KILL >/dev/null 2>&1; runc delete -f "$id" >/dev/null 2>&1; done
+  for p in ${MIG_PIDS:-}; do kill -9 "$p" >/dev/null 2>&1; done
+  for ns in ${MIG_NS:-}; do ip netns del "$ns" >/dev/null 2>&1; done
   rm -rf "$W" "$SHM"
   [ -z "$KDAT_PUT" ] || rm -f "$KDAT_PUT"
 }
@@ -301,6 +309,143 @@ bench_policy() {
   all_vs_one 10
   all_vs_one 50
   throughput_under_checkpoints
+}
+
+# ------------------------------------------------------------------------------ migrate
+MIG_SIZES=${MIG_SIZES:-"64 512 2048"}
+MIG_RUNS=${MIG_RUNS:-3}
+MIG_PIDS=""
+MIG_NS=""
+# mig_bed: hosts A and B (ma, mb) with an sshd each, as tests/common/hosts.rs makes them
+mig_bed() {
+  local d=$W/mig h addr ns pid k
+  mkdir -p "$d"
+  MA=stbm$$a MB=stbm$$b MIG_NS="$MA $MB"
+  ip netns add "$MA" && ip netns add "$MB" || return 1
+  ip link add "vm$$a" netns "$MA" type veth peer name "vm$$b" netns "$MB" || return 1
+  ip -n "$MA" addr add 10.232.0.1/24 dev "vm$$a"; ip -n "$MB" addr add 10.232.0.2/24 dev "vm$$b"
+  for ns in "$MA" "$MB"; do ip -n "$ns" link set lo up; done
+  ip -n "$MA" link set "vm$$a" up; ip -n "$MB" link set "vm$$b" up
+  ssh-keygen -q -t ed25519 -N "" -f "$d/user_key"; ssh-keygen -q -t ed25519 -N "" -f "$d/host_key"
+  cp "$d/user_key.pub" "$d/authorized_keys"
+  k=$(cut -d' ' -f1-2 "$d/host_key.pub")
+  printf '10.232.0.1 %s\n10.232.0.2 %s\n' "$k" "$k" > "$d/known_hosts"
+  : > "$d/ssh_config"
+  mkdir -p /run/sshd
+  for h in a b; do
+    addr=10.232.0.1; ns=$MA; [ $h = b ] && { addr=10.232.0.2; ns=$MB; }
+    mkdir -p "$W/root-m$h"
+    printf 'Host m%s\n  HostName %s\n  User root\n  IdentityFile %s\n  IdentitiesOnly yes\n  UserKnownHostsFile %s\n  StrictHostKeyChecking yes\n  BatchMode yes\n  LogLevel ERROR\n' \
+      "$h" "$addr" "$d/user_key" "$d/known_hosts" >> "$d/ssh_config"
+    printf 'ListenAddress %s:22\nHostKey %s\nAuthorizedKeysFile %s\nPidFile none\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nUseDNS no\nMaxStartups 100\nSetEnv STASIS_ROOT=%s PATH=%s:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n' \
+      "$addr" "$d/host_key" "$d/authorized_keys" "$W/root-m$h" "$(dirname "$S")" > "$d/sshd_$h"
+    ip netns exec "$ns" /usr/sbin/sshd -D -e -f "$d/sshd_$h" 2>"$d/sshd_$h.log" & pid=$!
+    MIG_PIDS="$MIG_PIDS $pid"
+    for k in $(seq 1 200); do grep -q "Server listening" "$d/sshd_$h.log" && break; sleep 0.05; done
+  done
+  export STASIS_SSH_COMMAND="ssh -F $d/ssh_config"
+  # CRIU's lazy page server needs 3.2 MiB pipes (README, "Live migration")
+  [ "$(cat /proc/sys/fs/pipe-max-size)" -ge 4194304 ] || echo 4194304 > /proc/sys/fs/pipe-max-size
+}
+on_a() { ip netns exec "$MA" "$S" --root "$W/root-ma" "$@"; }
+on_b() { ip netns exec "$MB" "$S" --root "$W/root-mb" "$@"; }
+mig_wait_rss() { # ROOT NAME SIZE
+  local pid child k want=$(( $3 * 1024 * 95 / 100 ))
+  pid=$(init_pid "$1" "$2")
+  for k in $(seq 1 1200); do
+    child=$(cut -d' ' -f1 "/proc/$pid/task/$pid/children" 2>/dev/null)
+    [ -n "$child" ] && [ "$(awk '/^VmRSS/{print $2}' "/proc/$child/status" 2>/dev/null || echo 0)" -ge "$want" ] && return 0
+    sleep 0.05
+  done
+  return 1
+}
+# mig_mode SIZE MODE: MIG_RUNS moves A->B->A..., medians of the JSON summaries
+mig_mode() {
+  local sz=$1 mode=$2 n=mg$1 i j out tot=() down=() bytes=()
+  on_a run -d --name "$n" -- "$W/memhog" "$sz" >/dev/null
+  mig_wait_rss "$W/root-ma" "$n" "$sz" || { rec "migrate: $mode ${sz}M" FAIL - "memhog did not reach its RSS"; return; }
+  local from=a to=b
+  for i in $(seq 1 "$MIG_RUNS"); do
+    out=$("on_$from" migrate --format json --mode "$mode" "$n" "m$to" 2>&1) || { rec "migrate: $mode ${sz}M" FAIL - "$(echo "$out" | tail -n1)"; "on_$from" rm -f "$n" >/dev/null 2>&1; "on_$to" rm -f "$n" >/dev/null 2>&1; return; }
+    tot+=("$(echo "$out" | jq .total_ms)"); down+=("$(echo "$out" | jq .downtime_ms)")
+    bytes+=("$(echo "$out" | jq '.image_bytes + .page_bytes')")
+    "on_$from" rm "$n" >/dev/null
+    j=$from; from=$to; to=$j
+  done
+  "on_$from" rm -f "$n" >/dev/null
+  rec "migrate: stasis $mode ${sz}M total" "$(printf '%s\n' "${tot[@]}" | median)" ms "median of $MIG_RUNS moves"
+  rec "migrate: stasis $mode ${sz}M downtime" "$(printf '%s\n' "${down[@]}" | median)" ms "freeze on the source to running on the target"
+  rec "migrate: stasis $mode ${sz}M bytes moved" "$(printf '%s\n' "${bytes[@]}" | median | awk '{printf "%.1f", $1/1048576}')" MiB "images + memory"
+}
+# mig_export SIZE: checkpoint --export, cp, restore --import on B (the job is down throughout)
+mig_export() {
+  local sz=$1 n=mx$1 i t0 t1 xs=() b=0
+  for i in $(seq 1 "$MIG_RUNS"); do
+    on_a run -d --name "$n" -- "$W/memhog" "$sz" >/dev/null
+    mig_wait_rss "$W/root-ma" "$n" "$sz" || { rec "migrate: export+copy+import ${sz}M" FAIL - "memhog did not reach its RSS"; return; }
+    t0=$(now_us)
+    on_a checkpoint --export "$W/mig/x.tar" "$n" >/dev/null 2>&1 && cp "$W/mig/x.tar" "$W/mig/y.tar" \
+      && on_b restore --import "$W/mig/y.tar" "$n" >/dev/null 2>&1 || { rec "migrate: export+copy+import ${sz}M" FAIL - "see stasis"; on_a rm -f "$n" >/dev/null 2>&1; return; }
+    t1=$(now_us)
+    xs+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')"); b=$(stat -c %s "$W/mig/x.tar")
+    on_a rm -f "$n" >/dev/null; on_b rm -f "$n" >/dev/null; rm -f "$W/mig/x.tar" "$W/mig/y.tar"
+  done
+  rec "migrate: export+copy+import ${sz}M total = downtime" "$(printf '%s\n' "${xs[@]}" | median)" ms "median of $MIG_RUNS; archive $(awk -v b="$b" 'BEGIN{printf "%.1f", b/1048576}') MiB"
+}
+# mig_raw SIZE: criu dump, cp -r, criu restore -d (same machine; the job is down throughout)
+mig_raw() {
+  local sz=$1 i pid t0 t1 xs=() b=0 img=$W/mig/raw src
+  for i in $(seq 1 "$MIG_RUNS"); do
+    setsid "$W/memhog" "$sz" </dev/null >/dev/null 2>&1 & pid=$!
+    for src in $(seq 1 1200); do [ "$(awk '/^VmRSS/{print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)" -ge $(( sz*1024*95/100 )) ] && break; sleep 0.05; done
+    rm -rf "$img" "$img.copy"; mkdir -p "$img"
+    t0=$(now_us)
+    criu dump -t "$pid" -D "$img" -o dump.log >/dev/null 2>&1 || { rec "migrate: raw criu ${sz}M" FAIL - "$(grep -m1 Error "$img/dump.log")"; kill -9 "$pid"; return; }
+    wait "$pid" 2>/dev/null
+    cp -r "$img" "$img.copy"
+    criu restore -D "$img.copy" -d -o restore.log >/dev/null 2>&1 || { rec "migrate: raw criu ${sz}M" FAIL - "$(grep Error "$img.copy/restore.log" | grep -v RLIMIT | head -n1)"; return; }
+    t1=$(now_us)
+    xs+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')"); b=$(du -sb "$img" | cut -f1)
+    kill -9 "$pid" 2>/dev/null
+    rm -rf "$img" "$img.copy"
+  done
+  rec "migrate: raw criu dump+copy+restore ${sz}M total = downtime" "$(printf '%s\n' "${xs[@]}" | median)" ms "median of $MIG_RUNS; images $(awk -v b="$b" 'BEGIN{printf "%.1f", b/1048576}') MiB"
+}
+# lazy SIZE: `restore --lazy` vs a full restore of the same generation (CLI wall time: the job
+# runs when it returns), MIG_RUNS each
+lazy_one() {
+  local sz=$1 n=lz$1 i t0 t1 full=() lazy=() out
+  st run -d --name "$n" -- "$W/memhog" "$sz" >/dev/null
+  mig_wait_rss "$R" "$n" "$sz" || { rec "lazy: restore ${sz}M" FAIL - "memhog did not reach its RSS"; return; }
+  for i in $(seq 1 "$MIG_RUNS"); do
+    st checkpoint --keep 1 "$n" >/dev/null
+    t0=$(now_us); out=$(st restore "$n" 2>&1) || { rec "lazy: restore ${sz}M" FAIL - "$out"; return; }; t1=$(now_us)
+    full+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')")
+    st checkpoint --keep 1 "$n" >/dev/null
+    t0=$(now_us); out=$(st restore --lazy "$n" 2>&1) || { rec "lazy: restore --lazy ${sz}M" FAIL - "$out"; return; }; t1=$(now_us)
+    lazy+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')")
+    # the next checkpoint waits until every page is back
+    for t0 in $(seq 1 600); do st checkpoint --keep 1 "$n" >/dev/null 2>&1 && break; sleep 0.05; done
+    st restore "$n" >/dev/null
+  done
+  rec "lazy: stasis restore ${sz}M" "$(printf '%s\n' "${full[@]}" | median)" ms "median of $MIG_RUNS (CLI wall time)"
+  rec "lazy: stasis restore --lazy ${sz}M" "$(printf '%s\n' "${lazy[@]}" | median)" ms "median of $MIG_RUNS; running when it returns"
+  st rm -f "$n" >/dev/null
+}
+bench_lazy() {
+  local sz
+  for sz in $SIZES; do lazy_one "$sz"; done
+}
+bench_migrate() {
+  command -v /usr/sbin/sshd >/dev/null || { rec "migrate" FAIL - "no sshd (scripts/install-deps.sh installs openssh-server)"; return; }
+  mig_bed || { rec "migrate" FAIL - "could not make the two-host bed"; return; }
+  local sz
+  for sz in $MIG_SIZES; do
+    mig_mode "$sz" post-copy
+    mig_mode "$sz" stream
+    mig_export "$sz"
+    mig_raw "$sz"
+  done
 }
 
 # ------------------------------------------------------------------------------ peers

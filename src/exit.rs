@@ -16,6 +16,9 @@ pub const CODE_NOT_FOUND: i32 = 127;
 /// Exit code of `stasis check NAME` when the job will not checkpoint (0: it will; 125: the
 /// check itself failed). Like `grep` or `cmp`, 1 answers "no" rather than reporting an error.
 pub const CODE_WILL_NOT_CHECKPOINT: i32 = 1;
+/// Exit code of a client attached to a job that moved to another host (`stasis migrate`):
+/// the job did not end; its end is reported where it runs now.
+pub const CODE_MIGRATED: i32 = 124;
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,6 +17,7 @@ pub mod criu;
 pub mod cuda;
 pub mod exit;
 pub mod init;
+pub mod migrate;
 pub mod monitor;
 pub mod precheck;
 pub mod protocol;

@@ -3,8 +3,9 @@
 
 mod common;
 
-use common::hosts::Bed;
+use common::hosts::{Bed, Host};
 use common::*;
+use std::time::{Duration, Instant};
 
 /// The bed itself: each host's sshd runs the stasis under test with that host's state root,
 /// so a job started on B is what `ssh B stasis ps` lists, seen from A.
@@ -24,4 +25,578 @@ fn the_bed_reaches_each_host_over_ssh() {
     let o = bed.a.ssh_from(&bed.b, "stasis ps").output().expect("ssh");
     assert!(o.status.success(), "ssh to A: {}", stderr(&o));
     assert!(!stdout(&o).contains("bedjob"), "A has its own root");
+}
+
+/// Waits until `f` holds (30 s at most).
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the counter's log on `h` holds more than `n` values; returns them.
+fn wait_counter(h: &Host, name: &str, n: usize) -> Vec<u64> {
+    let mut vals = vec![];
+    wait_for(&format!("{name} to count past {n} on {}", h.alias), || {
+        vals = counter_values(&h.logs(name));
+        vals.len() > n
+    });
+    vals
+}
+
+/// `stasis migrate` from `from` to `to`; returns the JSON summary.
+fn migrate(from: &Host, to: &Host, name: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["migrate", "--format", "json"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[name, to.alias.as_str()]);
+    let o = from.run(&args);
+    if !o.status.success() {
+        dump_criu_logs(to, name);
+        panic!("migrate {name} to {}: {}", to.alias, stderr(&o));
+    }
+    let out = stdout(&o);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("summary {out}: {e}"))
+}
+
+/// Prints the tails of CRIU's logs and the monitor's log of `name` on `h` (for a failure).
+fn dump_criu_logs(h: &Host, name: &str) {
+    let d = h.root.join("workloads").join(name);
+    let mut files = vec![d.join("monitor.log")];
+    if let Ok(rd) = std::fs::read_dir(d.join("criu")) {
+        files.extend(rd.flatten().map(|e| e.path()));
+    }
+    for f in files {
+        if let Ok(t) = std::fs::read_to_string(&f) {
+            let lines: Vec<&str> = t.lines().collect();
+            let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+            eprintln!("== {} ==\n{tail}", f.display());
+        }
+    }
+}
+
+/// The job runs on exactly one side, and each side's record says which.
+fn assert_runs_on(on: &Host, off: &Host, name: &str) {
+    assert_eq!(on.status(name), "running", "{name} on {}", on.alias);
+    let pid = on.init_pid(name).expect("init pid");
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    let there = off.status(name);
+    assert!(
+        there.is_empty() || there == "migrated",
+        "{name} on {} is {there:?}",
+        off.alias
+    );
+}
+
+fn counter_moves(mode: &str) {
+    let bed = Bed::new();
+    let name = format!("cnt-{mode}");
+    bed.a
+        .ok(&["run", "-d", "--name", &name, "--", "sh", "-c", COUNTER]);
+    wait_counter(&bed.a, &name, 3);
+    let mut here = &bed.a;
+    let mut there = &bed.b;
+    for round in 0..3 {
+        let s = migrate(here, there, &name, &["--mode", mode]);
+        assert_eq!(s["mode"], mode, "{s}");
+        assert!(s["downtime_ms"].as_f64().unwrap_or(-1.0) >= 0.0, "{s}");
+        assert_runs_on(there, here, &name);
+        let before = counter_values(&there.logs(&name)).len();
+        let vals = wait_counter(there, &name, before + 3);
+        assert_counter_continuous(&vals);
+        eprintln!("round {round}: {s}");
+        // The record left behind says where the job went.
+        let note = here.inspect(&name)["state"]["note"].to_string();
+        assert!(note.contains("migrated to"), "{note}");
+        here.ok(&["rm", &name]);
+        std::mem::swap(&mut here, &mut there);
+    }
+}
+
+/// A counter moves three times (A→B→A→B) with its log whole: no gap, no repeat.
+#[test]
+fn a_counter_moves_back_and_forth_streamed() {
+    counter_moves("stream");
+}
+
+/// The same with post-copy (lazy pages over the page channel).
+#[test]
+fn a_counter_moves_back_and_forth_post_copy() {
+    counter_moves("post-copy");
+}
+
+/// Writes an executable script.
+fn script(path: &std::path::Path, text: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).expect("script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path.display().to_string()
+}
+
+/// Each bad destination gives one clear line and exit 125, and the job goes on untouched:
+/// same init, still counting, nothing left on the target.
+#[test]
+fn bad_destinations_leave_the_job_untouched() {
+    let bed = Bed::new();
+    let (a, b) = (&bed.a, &bed.b);
+    a.ok(&["run", "-d", "--name", "stay", "--", "sh", "-c", COUNTER]);
+    wait_counter(a, "stay", 2);
+    let pid = a.init_pid("stay").expect("pid");
+    let d = bed.dir.path();
+    // A key the target does not know.
+    let o = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(d.join("stranger"))
+        .output()
+        .expect("ssh-keygen");
+    assert!(o.status.success());
+    let cfg = std::fs::read_to_string(&bed.ssh_config)
+        .expect("config")
+        .replace(
+            &d.join("user_key").display().to_string(),
+            &d.join("stranger").display().to_string(),
+        );
+    std::fs::write(d.join("stranger_config"), cfg).expect("config");
+    let stranger = format!("ssh -F {}", d.join("stranger_config").display());
+    let old = script(
+        &d.join("old-stasis"),
+        "#!/bin/sh\necho \"error: unrecognized subcommand '$1'\" >&2\nexit 2\n",
+    );
+    let other_proto = script(
+        &d.join("proto99"),
+        "#!/usr/bin/python3\nimport sys,struct,json\nn=struct.unpack('>I',sys.stdin.buffer.read(4))[0]\nsys.stdin.buffer.read(n)\nb=json.dumps({'t':'welcome','proto':99,'criu':'4.2.1','uffd':True,'dirty_track':False,'has_init':True,'from':'x'}).encode()\nsys.stdout.buffer.write(struct.pack('>I',len(b))+b)\nsys.stdout.flush()\n",
+    );
+    let old_criu = script(
+        &d.join("old-criu"),
+        "#!/bin/sh\ncase \"$1\" in --version) echo 'Version: 4.1.1';; check) echo 'Looks good.';; esac\nexit 0\n",
+    );
+    b.ok(&["run", "-d", "--name", "taken", "--", "sleep", "1000"]);
+    let bin = bin().display().to_string();
+    let no_criu = format!("env STASIS_CRIU=/nonexistent/criu {bin}");
+    let with_old_criu = format!("env STASIS_CRIU={old_criu} {bin}");
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        (
+            "unknown host",
+            vec!["stay".into(), "nosuchhost.invalid".into()],
+            "ssh to nosuchhost.invalid failed",
+        ),
+        (
+            "auth refused",
+            vec!["--ssh".into(), stranger, "stay".into(), b.alias.clone()],
+            "Permission denied",
+        ),
+        (
+            "no stasis",
+            vec![
+                "--remote-stasis".into(),
+                "/nonexistent/stasis".into(),
+                "stay".into(),
+                b.alias.clone(),
+            ],
+            "stasis is not installed",
+        ),
+        (
+            "old stasis",
+            vec![
+                "--remote-stasis".into(),
+                old,
+                "stay".into(),
+                b.alias.clone(),
+            ],
+            "too old for migration",
+        ),
+        (
+            "other protocol",
+            vec![
+                "--remote-stasis".into(),
+                other_proto,
+                "stay".into(),
+                b.alias.clone(),
+            ],
+            "protocol 99",
+        ),
+        (
+            "no criu",
+            vec![
+                "--remote-stasis".into(),
+                no_criu,
+                "stay".into(),
+                b.alias.clone(),
+            ],
+            "criu",
+        ),
+        (
+            "old criu",
+            vec![
+                "--remote-stasis".into(),
+                with_old_criu,
+                "stay".into(),
+                b.alias.clone(),
+            ],
+            "criu 4.1.1 on vm is older than 4.2",
+        ),
+        (
+            "name taken",
+            vec!["taken".into(), b.alias.clone()],
+            "already exists",
+        ),
+    ];
+    // "taken" must run on A too for the last case.
+    a.ok(&["run", "-d", "--name", "taken", "--", "sleep", "1000"]);
+    for (what, args, want) in cases {
+        let mut v = vec!["migrate"];
+        v.extend(args.iter().map(String::as_str));
+        let o = a.run(&v);
+        let err = stderr(&o);
+        assert_eq!(code(&o), 125, "{what}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{what}: not one line: {err}");
+        assert!(err.contains(want), "{what}: {err:?} lacks {want:?}");
+        assert!(err.contains("keeps running here"), "{what}: {err}");
+        eprintln!("{what}: {}", err.trim());
+        assert_eq!(a.status("stay"), "running", "{what}");
+        assert_eq!(a.init_pid("stay"), Some(pid), "{what}: the job was touched");
+        assert_eq!(b.status("stay"), "", "{what}: the target kept a record");
+    }
+    let ev = a.ok(&["events", "--format", "json", "stay"]);
+    assert!(
+        ev.matches("migrate-failed").count() >= 7,
+        "the failures are not in the events: {ev}"
+    );
+    assert_eq!(b.status("taken"), "running");
+    assert_eq!(a.status("taken"), "running");
+    assert_counter_continuous(&wait_counter(
+        a,
+        "stay",
+        counter_values(&a.logs("stay")).len() + 2,
+    ));
+}
+
+/// A `-t` job with a live exec session moves (post-copy, the default here): both keep
+/// counting on the target without a gap, and `attach` there reaches the job.
+#[test]
+fn a_tty_job_with_a_live_exec_session_moves() {
+    let bed = Bed::new();
+    let (a, b) = (&bed.a, &bed.b);
+    a.ok(&["run", "-d", "-t", "--name", "tj", "--", "sh", "-c", COUNTER]);
+    wait_counter(a, "tj", 2);
+    let sess = a
+        .ok(&["exec", "-d", "tj", "--", "sh", "-c", COUNTER])
+        .trim()
+        .to_string();
+    let exec_vals = |h: &Host| {
+        counter_values(
+            &h.cmd(&["logs", "--exec", &sess, "tj"])
+                .output()
+                .expect("logs")
+                .stdout,
+        )
+    };
+    wait_for("the session to count", || exec_vals(a).len() > 2);
+    // A client attached on the source is told where the job went.
+    let watcher = a
+        .cmd(&["attach", "--no-stdin", "tj"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("attach on A");
+    let s = migrate(a, b, "tj", &[]);
+    let o = wait_output(watcher, Duration::from_secs(20), "attach on the source");
+    assert_eq!(code(&o), 124, "attached client: {}", stderr(&o));
+    assert!(stderr(&o).contains(&b.alias), "{}", stderr(&o));
+    assert_eq!(s["mode"], "post-copy", "{s}");
+    assert_runs_on(b, a, "tj");
+    let n = counter_values(&b.logs("tj")).len();
+    assert_counter_continuous(&wait_counter(b, "tj", n + 3));
+    let n = exec_vals(b).len();
+    wait_for("the session to count on the target", || {
+        exec_vals(b).len() > n + 3
+    });
+    assert_counter_continuous(&exec_vals(b));
+    // attach on the target reaches the job (it prints what the job prints next).
+    let child = b
+        .cmd(&["attach", "--no-stdin", "tj"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("attach");
+    let pid = child.id() as i32;
+    let at = counter_values(&b.logs("tj")).len();
+    let out = std::thread::spawn(move || child.wait_with_output().expect("attach output"));
+    wait_for("attach to show output", || {
+        // The attach client prints the job's live output; give it a few values.
+        counter_values(&b.logs("tj")).len() > at + 6
+    });
+    // SIGKILL: the client cannot forward it to the job.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let o = out.join().expect("attach thread");
+    assert!(
+        !counter_values(&o.stdout).is_empty(),
+        "attach on the target showed nothing: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A small random number generator (the trials print their seed).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n.max(1)
+    }
+}
+
+/// Every process on this machine: (pid, ppid, comm, cmdline).
+fn procs() -> Vec<(i32, i32, String, String)> {
+    let mut v = vec![];
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return v;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if stat[close + 2..].starts_with('Z') {
+            continue;
+        }
+        let comm = stat[open + 1..close].to_string();
+        let ppid = stat[close + 2..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        v.push((pid, ppid, comm, cmd));
+    }
+    v
+}
+
+/// What a fault trial kills.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// One of the migrating command's ssh processes (control or page channel).
+    Ssh,
+    /// The target's stasis: `__migrate-target`, `__migrate-pages` or the new monitor.
+    TargetStasis,
+    /// The target's CRIU (restore, lazy-pages or page-server).
+    TargetCriu,
+}
+
+/// This trial's candidates to kill (all of them the bed's own processes).
+fn victims(f: Fault, migrate_pid: i32, b: &Host) -> Vec<i32> {
+    let root_b = b.root.display().to_string();
+    let ps = procs();
+    let sshd_b = b.sshd_pid().unwrap_or(-1);
+    // Processes under B's sshd.
+    let mut under_b = vec![sshd_b];
+    let mut i = 0;
+    while i < under_b.len() {
+        let p = under_b[i];
+        under_b.extend(ps.iter().filter(|x| x.1 == p).map(|x| x.0));
+        i += 1;
+    }
+    ps.iter()
+        .filter(|(pid, ppid, comm, cmd)| match f {
+            Fault::Ssh => *ppid == migrate_pid && comm == "ssh",
+            Fault::TargetStasis => {
+                (under_b.contains(pid) && cmd.contains("__migrate-"))
+                    || (comm == "stasis-monitor"
+                        && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok()
+                        && under_b.contains(ppid))
+            }
+            Fault::TargetCriu => comm == "criu" && cmd.contains(&root_b),
+        })
+        .map(|x| x.0)
+        .collect()
+}
+
+/// The job runs on exactly one side (or, post-copy only, was lost after the hand-over with
+/// both sides saying so), and each side's record tells the truth. Returns where it runs.
+fn settled(a: &Host, b: &Host, name: &str) -> Option<&'static str> {
+    let alive = |h: &Host| {
+        h.status(name) == "running"
+            && h.init_pid(name)
+                .is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+    };
+    let (on_a, on_b) = (alive(a), alive(b));
+    match (on_a, on_b) {
+        (true, false) if b.status(name) != "running" && b.status(name) != "restoring" => Some("a"),
+        (false, true) if a.status(name) == "migrated" => Some("b"),
+        _ => None,
+    }
+}
+
+fn fault_trials(f: Fault, trials: u32) {
+    let bed = Bed::new();
+    let (a, b) = (&bed.a, &bed.b);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    eprintln!("{f:?}: seed {seed}");
+    let mut rng = Lcg(seed);
+    // How long a migration takes here: the faults fall anywhere inside it.
+    a.ok(&["run", "-d", "--name", "calib", "--", "sh", "-c", COUNTER]);
+    wait_counter(a, "calib", 1);
+    let span = migrate(a, b, "calib", &[])["total_ms"]
+        .as_f64()
+        .unwrap_or(2000.0) as u64;
+    eprintln!("a migration takes {span} ms");
+    let (mut on_a, mut on_b, mut lost) = (0, 0, 0);
+    for t in 0..trials {
+        let name = format!("f{t}");
+        let mode = if t % 2 == 0 { "post-copy" } else { "stream" };
+        a.ok(&["run", "-d", "--name", &name, "--", "sh", "-c", COUNTER]);
+        wait_counter(a, &name, 1);
+        let child = a
+            .cmd(&["migrate", "-q", "--mode", mode, &name, &b.alias])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("migrate");
+        let mpid = child.id() as i32;
+        let delay = Duration::from_millis(rng.below(span));
+        let t0 = Instant::now();
+        let mut killed = None;
+        while t0.elapsed() < Duration::from_secs(20) {
+            if std::fs::read_to_string(format!("/proc/{mpid}/stat"))
+                .map(|s| s.contains(") Z"))
+                .unwrap_or(true)
+            {
+                break;
+            }
+            if t0.elapsed() >= delay {
+                let v = victims(f, mpid, b);
+                if !v.is_empty() {
+                    let p = v[rng.below(v.len() as u64) as usize];
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(p),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    killed = Some(p);
+                    break;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let o = wait_output(child, Duration::from_secs(90), "migrate under a fault");
+        let err = stderr(&o);
+        assert!(err.trim().lines().count() <= 1, "trial {t}: {err}");
+        let mut at = None;
+        let t1 = Instant::now();
+        while t1.elapsed() < Duration::from_secs(60) {
+            at = settled(a, b, &name);
+            if at.is_some() {
+                break;
+            }
+            // Post-copy's window: handed over, then lost; both sides must say so.
+            if mode == "post-copy"
+                && code(&o) == 3
+                && a.status(&name) == "migrated"
+                && b.status(&name) != "running"
+            {
+                at = Some("lost");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!(
+            "trial {t} ({mode}, killed {killed:?} after {delay:?}): exit {}, {} -> {at:?}",
+            code(&o),
+            err.trim()
+        );
+        match at {
+            Some("a") => {
+                on_a += 1;
+                assert_ne!(code(&o), 0, "trial {t}: exit 0 but the job is on A");
+            }
+            Some("b") => on_b += 1,
+            Some(_) => lost += 1,
+            None => panic!(
+                "trial {t}: not settled: A {:?} {:?}, B {:?} {:?}",
+                a.status(&name),
+                a.init_pid(&name),
+                b.status(&name),
+                b.init_pid(&name)
+            ),
+        }
+        for h in [a, b] {
+            let _ = h.run(&["rm", "-f", &name]);
+        }
+    }
+    eprintln!(
+        "{f:?}: {trials} trials: on A {on_a}, on B {on_b}, lost in post-copy's window {lost}"
+    );
+}
+
+fn trials() -> u32 {
+    std::env::var("STASIS_FAULT_TRIALS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20)
+}
+
+/// ssh killed at a random moment: the job ends up on exactly one side.
+#[test]
+fn faults_ssh_killed() {
+    fault_trials(Fault::Ssh, trials());
+}
+
+/// The target's stasis killed at a random moment.
+#[test]
+fn faults_target_stasis_killed() {
+    fault_trials(Fault::TargetStasis, trials());
+}
+
+/// The target's CRIU killed at a random moment.
+#[test]
+fn faults_target_criu_killed() {
+    fault_trials(Fault::TargetCriu, trials());
+}
+
+/// A job in `--network none` whose own server and client talk over loopback keeps talking
+/// after a move with `--tcp-established` (both modes).
+#[test]
+fn tcp_over_loopback_keeps_talking_after_the_move() {
+    const TALK: &str = "import socket,threading,time\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('127.0.0.1',7000))\ns.listen(1)\ndef srv():\n    c,_=s.accept()\n    while True:\n        d=c.recv(64)\n        if not d: break\n        c.sendall(d)\nthreading.Thread(target=srv,daemon=True).start()\nc=socket.create_connection(('127.0.0.1',7000))\ni=0\nwhile True:\n    c.sendall(b'%d\\n'%i)\n    print(int(c.recv(64)),flush=True)\n    i+=1\n    time.sleep(0.05)\n";
+    let bed = Bed::new();
+    let (a, b) = (&bed.a, &bed.b);
+    a.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        "talk",
+        "--",
+        "python3",
+        "-c",
+        TALK,
+    ]);
+    wait_counter(a, "talk", 2);
+    for (from, to, mode) in [(a, b, "post-copy"), (b, a, "stream")] {
+        migrate(from, to, "talk", &["--tcp-established", "--mode", mode]);
+        assert_runs_on(to, from, "talk");
+        let n = counter_values(&to.logs("talk")).len();
+        assert_counter_continuous(&wait_counter(to, "talk", n + 5));
+        from.ok(&["rm", "talk"]);
+    }
 }

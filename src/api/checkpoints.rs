@@ -79,6 +79,16 @@ pub fn start_restore(
     if o.state.status == Status::Running {
         return Err(not_running_or_orphan(&o, name));
     }
+    if o.state.status == Status::Migrated {
+        // Its generations stay here, but the job runs elsewhere: a restore would double it.
+        return Err(ApiError::Monitor {
+            code: CODE_STASIS_ERROR,
+            message: format!(
+                "{name} was {}: restoring it here would make a second copy (remove it with `stasis rm {name}`)",
+                o.state.note.as_deref().unwrap_or("migrated")
+            ),
+        });
+    }
     // Check before starting a monitor, so a refusal leaves nothing changed.
     let g = generations::pick(&wd, opts.generation)?;
     g.verify(name.as_str())?;

@@ -122,12 +122,24 @@ pub fn load_spec(wd: &WorkloadDir) -> Result<Spec, ApiError> {
 ///
 /// `lock` is the workload lock, held by the caller (see [`create`] and [`lock_existing`]).
 /// The caller must be single-threaded.
-#[allow(unsafe_code)]
 pub fn spawn_monitor(
     root: &StateRoot,
     wd: &WorkloadDir,
     lock: std::fs::File,
     preloaded: Option<(Spec, WorkloadState)>,
+) -> Result<OwnedFd, ApiError> {
+    spawn_monitor_closing(root, wd, lock, preloaded, &[])
+}
+
+/// [`spawn_monitor`], with the fds `close` closed in the monitor: descriptors of the caller's
+/// that the monitor must not hold (it keeps a copy of everything else that was open).
+#[allow(unsafe_code)]
+pub fn spawn_monitor_closing(
+    root: &StateRoot,
+    wd: &WorkloadDir,
+    lock: std::fs::File,
+    preloaded: Option<(Spec, WorkloadState)>,
+    close: &[std::os::fd::RawFd],
 ) -> Result<OwnedFd, ApiError> {
     // Forking a multi-threaded process can leave the child stuck on a lock another thread held.
     let threads = std::fs::read_dir("/proc/self/task")
@@ -151,6 +163,9 @@ pub fn spawn_monitor(
     match unsafe { sys::fork() }.map_err(io_err("fork"))? {
         None => {
             drop(cli);
+            for fd in close {
+                let _ = nix::unistd::close(*fd);
+            }
             let _ = nix::unistd::setsid();
             crate::monitor::run(crate::monitor::Launch {
                 root: root.clone(),

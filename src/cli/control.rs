@@ -83,7 +83,14 @@ pub fn attach(root: &StateRoot, a: AttachArgs) -> Result<i32, Failure> {
         attach: relays.spec.clone(),
     };
     match attach::attach(&conn, &first, relays, &opts, |_| {})? {
-        Outcome::Ended(Reply::Exit { code, .. }) => Ok(code),
+        Outcome::Ended(Reply::Exit { code, reason, .. }) => {
+            // The job did not end: it moved (`stasis migrate`), and runs on where it went.
+            if code == stasis::exit::CODE_MIGRATED {
+                let r = reason.unwrap_or_else(|| "moved to another host".into());
+                eprintln!("stasis: {} {r}: `stasis attach {}` there", a.name, a.name);
+            }
+            Ok(code)
+        }
         Outcome::Ended(_) => Ok(0),
         Outcome::Detached => {
             eprintln!("stasis: detached from {}", a.name);

@@ -113,6 +113,10 @@ pub struct RestoreArgs {
     /// Restore every checkpointed workload.
     #[arg(long)]
     pub all: bool,
+    /// Run at once and bring the memory back on fault and in the background (CRIU's lazy
+    /// pages through userfaultfd); falls back to a full restore where that cannot work.
+    #[arg(long)]
+    pub lazy: bool,
     /// With --all: how many at once.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
@@ -432,6 +436,9 @@ fn restore_in_child(
     if let Some(g) = opts.generation {
         cmd.args(["--generation", &g.to_string()]);
     }
+    if opts.lazy {
+        cmd.arg("--lazy");
+    }
     let out = cmd
         .arg(name.as_str())
         .stdin(std::process::Stdio::null())
@@ -465,6 +472,7 @@ pub fn restore(root: &StateRoot, a: RestoreArgs) -> Result<i32, Failure> {
         generation: a.generation,
         criu: None,
         reason: String::new(),
+        lazy: a.lazy,
     };
     if a.all {
         let names: Vec<WorkloadName> = api::list(root)

@@ -7,6 +7,7 @@ mod cr;
 mod exec;
 mod logs;
 mod man;
+mod migrate;
 mod precheck;
 mod progress;
 mod query;
@@ -72,6 +73,18 @@ pub enum Cmd {
     /// Take over running workloads whose monitor is gone (or, with --replace, hand them from
     /// their monitor to this version of stasis).
     Adopt(control::AdoptArgs),
+    /// Move a running workload to another host over ssh (post-copy or streamed; rolls back
+    /// on failure).
+    Migrate(Box<migrate::MigrateArgs>),
+    /// (internal) The target's side of a migration, run by ssh.
+    #[command(name = "__migrate-target", hide = true)]
+    MigrateTarget,
+    /// (internal) The page channel of a migration, run by ssh.
+    #[command(name = "__migrate-pages", hide = true)]
+    MigratePages(migrate::PagesArgs),
+    /// (internal) A source's late commit, run by ssh.
+    #[command(name = "__migrate-resume", hide = true)]
+    MigrateResume(control::NameArg),
     /// Print a shell completion script (bash, zsh, fish).
     Completion(complete::CompletionArgs),
     /// Write the man pages (stasis.1, stasis-COMMAND.1) into a directory.
@@ -196,6 +209,10 @@ pub fn main() -> i32 {
         Cmd::Stats(a) => stats::stats(&root, a),
         Cmd::Check(a) => query::check(&root, a),
         Cmd::Adopt(a) => control::adopt(&root, a),
+        Cmd::Migrate(a) => migrate::migrate(&root, *a),
+        Cmd::MigrateTarget => Ok(stasis::migrate::target::serve(&root)),
+        Cmd::MigratePages(a) => Ok(stasis::migrate::target::pages(&root, &a.name, &a.token)),
+        Cmd::MigrateResume(a) => Ok(stasis::migrate::target::resume(&root, &a.name)),
         Cmd::Completion(a) => complete::completion(a),
         Cmd::Man(a) => man::man(a),
         Cmd::HostFacts(a) => precheck::host_facts(&root, a),

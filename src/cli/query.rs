@@ -82,6 +82,7 @@ fn status_text(st: &state::WorkloadState) -> String {
         Status::Running => format!("running {}", ago(st.started_at.unwrap_or(st.created_at))),
         Status::Restoring => "restoring".into(),
         Status::Created => "created".into(),
+        Status::Migrated => st.note.clone().unwrap_or_else(|| "migrated".into()),
     }
 }
 

@@ -16,7 +16,8 @@ pub struct DumpOpts {
     pub flags: Flags,
     /// `--action-script`: run by CRIU at each stage, while the tree is frozen at post-dump.
     pub action_script: Option<String>,
-    /// What a plugin needs (`--libdir` of the cuda plugin for a GPU job).
+    /// Extra flags: a plugin's (`--libdir` of the cuda plugin for a GPU job) or a
+    /// migration's (see `lazy::dump_extra`).
     pub extra: Vec<String>,
 }
 
@@ -86,7 +87,8 @@ pub struct RestoreOpts {
     pub ext_mounts: Vec<(String, PathBuf)>,
     pub cgroup_args: Vec<String>,
     pub flags: Flags,
-    /// What a plugin needs (`--libdir` of the cuda plugin for a GPU job).
+    /// Extra flags: a plugin's (`--libdir` of the cuda plugin for a GPU job) or a lazy or
+    /// gated restore's (`--lazy-pages`, `--action-script`).
     pub extra: Vec<String>,
 }
 
@@ -174,7 +176,7 @@ mod tests {
                 ext_unix_sk: true,
                 ..Default::default()
             },
-            extra: vec![],
+            extra: vec!["--lazy-pages".into()],
         };
         let a = o.argv().join(" ");
         for want in [
@@ -183,6 +185,7 @@ mod tests {
             "--manage-cgroups=soft",
             "--file-locks",
             "--ext-unix-sk",
+            "--lazy-pages",
         ] {
             assert!(a.contains(want), "{want} missing in {a}");
         }

@@ -3,7 +3,8 @@
 //! `CRTOOLS_SCRIPT_ACTION` set. At `post-dump` every image is written and the tree is
 //! still frozen: the hook marks the images complete (so a CRIU killed after that point leaves
 //! a generation stasis can keep), copies the files declared for snapshot and records the state
-//! of the files the job may write, consistent with the memory just dumped.
+//! of the files the job may write, consistent with the memory just dumped. A migration's runs
+//! are gated instead (see [`super::gate`]).
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +35,13 @@ pub fn invoked_as_hook(argv0: &std::ffi::OsStr) -> bool {
 /// Runs the hook; returns the exit code CRIU sees (non-zero fails the dump).
 pub fn run() -> i32 {
     let action = std::env::var("CRTOOLS_SCRIPT_ACTION").unwrap_or_default();
+    // A migration's dump or restore waits here for the monitor's verdict.
+    if let Some(sock) = std::env::var_os(super::gate::ENV_GATE) {
+        if super::gate::gated(&action) {
+            return super::gate::wait(Path::new(&sock), &action);
+        }
+        return 0;
+    }
     if action != "post-dump" {
         return 0;
     }

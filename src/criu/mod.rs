@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub mod argv;
+pub mod gate;
 pub mod hook;
+pub mod lazy;
 pub mod log;
 pub mod options;
 pub mod stats;

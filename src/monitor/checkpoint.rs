@@ -161,6 +161,12 @@ impl Monitor {
                 format!("{} is not running", self.wd.name),
             );
         };
+        if self.lazy.busy() {
+            return err_reply(
+                CODE_STASIS_ERROR,
+                format!("{} is still receiving its memory after a lazy restore: checkpoint it once that is done", self.wd.name),
+            );
+        }
         let gen = generations::next_number(
             &self.wd,
             self.st
@@ -458,7 +464,7 @@ impl Monitor {
     /// After a failed dump: is the job still running? CRIU resumes the tree (or its death
     /// detaches it) at once, but a task a half-injected parasite broke dies a moment later:
     /// give the tree a second to show which.
-    async fn job_survived(&mut self) -> bool {
+    pub(crate) async fn job_survived(&mut self) -> bool {
         let Some(init) = self.live.as_ref().map(|l| l.init) else {
             return false;
         };
@@ -518,7 +524,7 @@ impl Monitor {
 
     /// After a dump that stopped the job: collect init; the pumps stop where they are (what
     /// the pipes held is in the images).
-    async fn stopped_by_dump(&mut self) {
+    pub(crate) async fn stopped_by_dump(&mut self) {
         if let Some(live) = self.live.take() {
             let _ = tokio::time::timeout(Duration::from_secs(5), live.exit_rx).await;
             live.link.reader.abort();

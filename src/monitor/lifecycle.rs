@@ -36,6 +36,7 @@ pub enum Op {
     Stop,
     Release,
     Shutdown,
+    Migrate,
 }
 
 /// Why a request is refused in this phase, in words that follow the workload's name.
@@ -47,17 +48,17 @@ pub fn admit(phase: Phase, op: Op) -> Result<(), Refusal> {
     use Op::*;
     use Phase::*;
     match (phase, op) {
-        (Running, Checkpoint | Exec | Signal | Stop | Release | Attach) => Ok(()),
+        (Running, Checkpoint | Exec | Signal | Stop | Release | Attach | Migrate) => Ok(()),
         (Stopping, Signal | Stop | Attach) => Ok(()),
         (Checkpointed | Retrying, Restore | Stop | Attach) => Ok(()),
-        (Checkpointed | Retrying, Checkpoint | Exec | Signal | Release) => {
+        (Checkpointed | Retrying, Checkpoint | Exec | Signal | Release | Migrate) => {
             Err(Refusal("is checkpointed"))
         }
         (Ended | Released | New | Draining, Shutdown) => Ok(()),
         (Checkpointed, Shutdown) => Ok(()),
         (Running | Stopping, Restore) => Err(Refusal("is running")),
         (Running | Stopping | Retrying, Shutdown) => Err(Refusal("is running")),
-        (Stopping, Checkpoint | Exec | Release) => Err(Refusal("is stopping")),
+        (Stopping, Checkpoint | Exec | Release | Migrate) => Err(Refusal("is stopping")),
         (Draining, _) => Err(Refusal("is ending")),
         (Ended, _) => Err(Refusal("is not running")),
         (Released, _) => Err(Refusal("was handed over to another monitor")),

@@ -15,8 +15,10 @@ mod diag;
 pub(crate) mod fd;
 mod files;
 mod gpu;
+mod lazy;
 mod lifecycle;
 mod link;
+mod migrate;
 mod policy;
 mod reaper;
 mod restore;
@@ -211,6 +213,10 @@ pub(crate) struct Monitor {
     pub policy: policy::PolicyState,
     /// spec.json exists (a new workload's is written by its monitor, off the CLI's path).
     pub spec_on_disk: bool,
+    /// Flags and environment the next restore adds (a lazy or gated one).
+    pub restore_extra: Option<migrate::RestoreExtra>,
+    /// Lazy restores under way.
+    pub lazy: lazy::LazyState,
 }
 
 async fn main(l: Launch) -> i32 {
@@ -289,6 +295,8 @@ async fn main(l: Launch) -> i32 {
         winsize: None,
         policy: policy::PolicyState::default(),
         spec_on_disk,
+        restore_extra: None,
+        lazy: lazy::LazyState::default(),
     };
     // Recorded with the next state change (the start, restore or adoption that follows).
     m.st.monitor = ProcRef::of(std::process::id() as i32);
@@ -570,6 +578,17 @@ impl Monitor {
                 }
                 let reply = r.unwrap_or_else(|e| e);
                 self.reply(cid, reply);
+            }
+            Request::MigrateOut { opts } => {
+                let r = match admitted(self, Op::Migrate) {
+                    Ok(()) => self.migrate_out(opts, fds).await,
+                    Err(e) => e,
+                };
+                self.reply(cid, r);
+            }
+            Request::StartMigrateIn { opts } => {
+                let r = self.migrate_in(*opts, fds).await;
+                self.reply(cid, r);
             }
             Request::Adopt => {
                 let r = self.adopt().await;

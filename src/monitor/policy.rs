@@ -262,11 +262,13 @@ impl Monitor {
                 } else {
                     reason.clone()
                 };
+                let lazy = self.lazy_on_crash();
                 match self
                     .restore(
                         RestoreOpts {
                             generation: Some(g),
                             reason,
+                            lazy,
                             ..Default::default()
                         },
                         true,

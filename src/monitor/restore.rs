@@ -38,6 +38,11 @@ impl Monitor {
                 format!("restore of {} refused: {e}", self.wd.name),
             )
         })?;
+        if opts.lazy {
+            return self
+                .restore_lazily(gen.dir.clone(), manifest, opts, number, count_it)
+                .await;
+        }
         self.restore_images(gen.dir.clone(), manifest, opts, number, count_it)
             .await
     }
@@ -89,6 +94,8 @@ impl Monitor {
         let log = self.criu_log("restore", number);
         let mut placeholders = Placeholders::default();
         let (ext_mounts, live) = self.map_mounts(&manifest, number, &mut placeholders)?;
+        // A lazy or gated restore (see `lazy` and `migrate`) adds its flags and environment.
+        let extra = self.restore_extra.take().unwrap_or_default();
         let ropts = criu::RestoreOpts {
             images: dir.clone(),
             log: log.clone(),
@@ -97,14 +104,16 @@ impl Monitor {
             ext_mounts,
             cgroup_args: self.cgroup.criu_restore_args(),
             flags: manifest.criu.clone(),
-            extra: gpu.args,
+            extra: gpu.args.into_iter().chain(extra.argv).collect(),
         };
         let was = self.st.status;
         self.st.status = Status::Restoring;
         self.st.restoring_since = Some(crate::store::state::now_ms());
         self.save();
         let t0 = Instant::now();
-        let env = (!gpu.env.is_empty()).then_some(gpu.env.as_slice());
+        let mut all_env = gpu.env;
+        all_env.extend(extra.env);
+        let env = (!all_env.is_empty()).then_some(all_env.as_slice());
         let mut run = self.run_criu(&criu, &ropts.argv(), &[], env, true).await;
         placeholders.remove();
         // A host mount that vanished while CRIU worked (after the check above) fails the

@@ -16,6 +16,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 
 pub mod init;
+pub mod migrate;
 
 /// Version of the protocol on both links (CLI↔monitor and monitor↔init). 2: the container's
 /// init keeps its stdio and control socket, which a monitor takes with pidfd_getfd.
@@ -70,6 +71,10 @@ pub struct RestoreOpts {
     /// Why (recorded in the events): empty for a user's restore, "crash: …" for a policy's.
     #[serde(default)]
     pub reason: String,
+    /// Restore lazily: the job runs at once, its memory follows on fault and in the
+    /// background (`criu lazy-pages`).
+    #[serde(default)]
+    pub lazy: bool,
 }
 
 /// An exec session to start.
@@ -150,6 +155,15 @@ pub enum Request {
     Shutdown,
     /// The monitor's live view of the workload (counters a full disk keeps from state.json).
     Status,
+    /// Move the running job to another host (fds: the page channel, the step link).
+    MigrateOut {
+        opts: migrate::OutOpts,
+    },
+    /// Only on a new monitor's first connection: take in a job migrating here (fds: the step
+    /// link, then the page channel for post-copy).
+    StartMigrateIn {
+        opts: Box<migrate::InOpts>,
+    },
 }
 
 /// Statistics of one checkpoint.
@@ -192,6 +206,10 @@ pub enum Reply {
         /// Files the job writes that moved on since the generation was taken.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         diverged: Vec<crate::store::divergence::Diverged>,
+    },
+    /// The job moved to another host (`lazy_bytes`: memory it fetches from here, post-copy).
+    Migrated {
+        lazy_bytes: u64,
     },
     ExecStarted {
         id: SessionId,

@@ -295,12 +295,14 @@ pub enum Status {
     Exited,
     /// Ended and the exit policy gave up on it (see `error`).
     Failed,
+    /// Moved to another host by `stasis migrate` (`note` says where); nothing runs here.
+    Migrated,
 }
 
 impl Status {
     /// True for states in which no process of the workload runs or will run by itself.
     pub fn is_final(&self) -> bool {
-        matches!(self, Status::Exited | Status::Failed)
+        matches!(self, Status::Exited | Status::Failed | Status::Migrated)
     }
 }
 
@@ -564,7 +566,7 @@ pub fn reconcile_dead_monitor(st: &mut WorkloadState, restored: Option<ProcRef>)
             st.monitor = None;
             true
         }
-        Status::Checkpointed | Status::Exited | Status::Failed => {
+        Status::Checkpointed | Status::Exited | Status::Failed | Status::Migrated => {
             if st.monitor.is_some() {
                 st.monitor = None;
                 return true;

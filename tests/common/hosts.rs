@@ -8,7 +8,9 @@
 //! which `bed.a.alias` and `bed.b.alias` are the two hosts (`root@` with the bed's key). Over
 //! ssh, each sshd gives its sessions that host's `STASIS_ROOT` and a PATH that finds the
 //! stasis under test first, so `ssh HOST stasis …` is stasis on that host. A client may send
-//! `STASIS_CRIU` (`ssh -o SetEnv=STASIS_CRIU=…`), to give that host another CRIU or none.
+//! `STASIS_CRIU` (`ssh -o SetEnv=STASIS_CRIU=…`), to give that host another CRIU or none. A
+//! target holds a restored job 3 s (not 20) for a late commit (`STASIS_MIGRATE_GRACE`), so
+//! fault trials settle quickly.
 //!
 //! Everything is torn down on drop, also after a failed assertion: the workloads of both
 //! roots, the sshds and their sessions (by pid: only what the bed started), the namespaces
@@ -148,6 +150,7 @@ impl Bed {
         bed.a.ssh = ssh.clone();
         bed.b.ssh = ssh;
         std::fs::create_dir_all("/run/sshd").expect("/run/sshd");
+        raise_pipe_max_size();
         let bin_dir = bin().parent().expect("bin dir").to_path_buf();
         for h in [&mut bed.a, &mut bed.b] {
             std::fs::create_dir_all(&h.root).expect("state root");
@@ -159,6 +162,20 @@ impl Bed {
     /// Both hosts.
     pub fn hosts(&self) -> [&Host; 2] {
         [&self.a, &self.b]
+    }
+}
+
+/// CRIU's lazy page server (post-copy's source) needs pipes of 3.2 MiB, above the default
+/// `fs.pipe-max-size` of 1 MiB for a root without CAP_SYS_RESOURCE (as here): the bed raises
+/// the limit, as the README tells users to. Raising it is harmless to everything else.
+pub fn raise_pipe_max_size() {
+    let p = "/proc/sys/fs/pipe-max-size";
+    let cur: u64 = std::fs::read_to_string(p)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if cur < 4 << 20 {
+        std::fs::write(p, "4194304").expect("raise fs.pipe-max-size");
     }
 }
 
@@ -180,7 +197,7 @@ impl Host {
         std::fs::write(
             &cfg,
             format!(
-                "ListenAddress {addr}:22\nHostKey {hk}\nAuthorizedKeysFile {ak}\nPidFile none\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDNS no\nMaxStartups 100\nMaxSessions 100\nAcceptEnv STASIS_CRIU\nSetEnv STASIS_ROOT={root} PATH={bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n",
+                "ListenAddress {addr}:22\nHostKey {hk}\nAuthorizedKeysFile {ak}\nPidFile none\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUseDNS no\nMaxStartups 100\nMaxSessions 100\nAcceptEnv STASIS_CRIU\nSetEnv STASIS_MIGRATE_GRACE=3 STASIS_ROOT={root} PATH={bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n",
                 addr = self.addr,
                 hk = d.join("host_key").display(),
                 ak = d.join("authorized_keys").display(),
