@@ -600,3 +600,48 @@ fn tcp_over_loopback_keeps_talking_after_the_move() {
         from.ok(&["rm", "talk"]);
     }
 }
+
+/// On a terminal `migrate` shows its phase, MiB and rate as it goes; in a pipe, nothing but
+/// its result.
+#[test]
+fn migrate_shows_progress_on_a_terminal_and_never_in_a_pipe() {
+    let bed = Bed::new();
+    bed.a
+        .ok(&["run", "-d", "--name", "bar", "--", "sh", "-c", COUNTER]);
+    wait_counter(&bed.a, "bar", 3);
+    // `script` gives the command a pty of its own and copies what it draws to stdout
+    let inner = bed
+        .a
+        .cmd(&["migrate", "--mode", "stream", "bar", bed.b.alias.as_str()]);
+    let line: Vec<String> = std::iter::once(inner.get_program())
+        .chain(inner.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy().replace('\'', "'\\''")))
+        .collect();
+    let mut c = std::process::Command::new("script");
+    c.args(["-qec", &line.join(" "), "/dev/null"]);
+    c.env_clear();
+    for (k, v) in inner.get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
+    let o = c
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}");
+    assert!(
+        text.contains("MiB/s"),
+        "no progress on a terminal: {text:?}"
+    );
+    assert!(text.contains("migrated bar"), "{text:?}");
+    assert_runs_on(&bed.b, &bed.a, "bar");
+    bed.a.ok(&["rm", "bar"]);
+    let o = bed
+        .b
+        .run(&["migrate", "--mode", "stream", "bar", bed.a.alias.as_str()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(o.stderr.is_empty(), "progress in a pipe: {:?}", stderr(&o));
+    assert_runs_on(&bed.a, &bed.b, "bar");
+}

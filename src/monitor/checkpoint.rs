@@ -74,6 +74,22 @@ impl Monitor {
         env: Option<&[(String, String)]>,
         keep_lock: bool,
     ) -> Result<(), String> {
+        self.run_criu_bounded(criu, argv, fds, env, keep_lock, None)
+            .await
+    }
+
+    /// As [`Self::run_criu`]; past `deadline` CRIU and the tree it was restoring are killed
+    /// (by pid: CRIU's children, whose pid namespace goes with them, then CRIU) and the run
+    /// fails. CRIU 4.2 can wait forever once a task it restores is killed mid-way.
+    pub(crate) async fn run_criu_bounded(
+        &self,
+        criu: &Criu,
+        argv: &[String],
+        fds: &[(i32, i32)],
+        env: Option<&[(String, String)]>,
+        keep_lock: bool,
+        deadline: Option<Duration>,
+    ) -> Result<(), String> {
         let mut cmd = std::process::Command::new(&criu.path);
         cmd.args(argv)
             .stdin(std::process::Stdio::null())
@@ -88,9 +104,31 @@ impl Monitor {
         }
         let child = sys::spawn_with_fds(&mut cmd, &all)
             .map_err(|e| format!("run {}: {e}", criu.path.display()))?;
-        let rx = self.reaper.watch(child.id() as i32);
+        let pid = child.id() as i32;
+        let mut rx = self.reaper.watch(pid);
         drop(child);
-        match rx.await {
+        let ended = match deadline {
+            None => rx.await,
+            Some(d) => match tokio::time::timeout(d, &mut rx).await {
+                Ok(r) => r,
+                Err(_) => {
+                    for p in tree::pids(pid).into_iter().rev() {
+                        if let Err(e) = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(p),
+                            nix::sys::signal::Signal::SIGKILL,
+                        ) {
+                            diag(&format!("kill {p} (a stuck CRIU run): {e}"));
+                        }
+                    }
+                    let _ = rx.await;
+                    return Err(format!(
+                        "did not finish in {} s and was killed",
+                        d.as_secs()
+                    ));
+                }
+            },
+        };
+        match ended {
             Ok(st) if st.success() => Ok(()),
             Ok(st) => Err(format!("{st}")),
             Err(_) => Err("criu vanished".into()),

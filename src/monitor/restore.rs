@@ -95,7 +95,11 @@ impl Monitor {
         let mut placeholders = Placeholders::default();
         let (ext_mounts, live) = self.map_mounts(&manifest, number, &mut placeholders)?;
         // A lazy or gated restore (see `lazy` and `migrate`) adds its flags and environment.
-        let extra = self.restore_extra.take().unwrap_or_default();
+        let extra = self.restore_extra.take();
+        // A lazy or gated restore (a migration's) must not hang the target forever should
+        // a task it restores be killed mid-way; a plain restore is the user's to interrupt.
+        let deadline = extra.as_ref().map(|_| RESTORE_DEADLINE);
+        let extra = extra.unwrap_or_default();
         let ropts = criu::RestoreOpts {
             images: dir.clone(),
             log: log.clone(),
@@ -114,7 +118,9 @@ impl Monitor {
         let mut all_env = gpu.env;
         all_env.extend(extra.env);
         let env = (!all_env.is_empty()).then_some(all_env.as_slice());
-        let mut run = self.run_criu(&criu, &ropts.argv(), &[], env, true).await;
+        let mut run = self
+            .run_criu_bounded(&criu, &ropts.argv(), &[], env, true, deadline)
+            .await;
         placeholders.remove();
         // A host mount that vanished while CRIU worked (after the check above) fails the
         // restore; once more, it gets its stand-in like one gone before.
@@ -125,7 +131,9 @@ impl Monitor {
                 ext_mounts: again,
                 ..ropts
             };
-            run = self.run_criu(&criu, &ropts.argv(), &[], env, true).await;
+            run = self
+                .run_criu_bounded(&criu, &ropts.argv(), &[], env, true, deadline)
+                .await;
             placeholders.remove();
         }
         if let Err(status) = run {
@@ -313,6 +321,10 @@ impl Monitor {
         }
     }
 }
+
+/// How long a lazy or gated restore may take, gates included: far above a move's hand-over
+/// (seconds) and its grace for a late commit (20 s).
+const RESTORE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Directories made on the host to stand in for mount points it no longer has, removed (and
 /// with them the stand-in mounts in the restored container) once CRIU is done.
