@@ -54,7 +54,14 @@ pub struct Bed {
     pub ssh_config: PathBuf,
     /// Keys, configurations, logs and both state roots; removed last (fields drop in order).
     pub dir: tempfile::TempDir,
+    /// One bed at a time in a test binary: each holds two sshds, two roots and CRIU runs on
+    /// both sides, and several at once on two cores starve each other. (Under that load a
+    /// post-copy move was once seen to fail cleanly with "the page channel closed before the
+    /// target was ready"; the job stayed on the source.)
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+static BED_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn sh(cmd: &mut Command, what: &str) {
     let o = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -83,6 +90,8 @@ pub fn require_sshd() {
 impl Bed {
     /// Makes the namespaces, the veth pair, the keys, both sshds and both state roots.
     pub fn new() -> Bed {
+        // A test that panicked with its bed still tore it down: the lock is free to take.
+        let one_at_a_time = BED_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         require_root();
         require_sshd();
         let n = BEDS.fetch_add(1, Ordering::SeqCst);
@@ -100,6 +109,7 @@ impl Bed {
             b: Host::new(&format!("hostb-{tag}"), &ns_b, ADDR_B, d.join("root-b")),
             ssh_config: d.join("ssh_config"),
             dir,
+            _one_at_a_time: one_at_a_time,
         };
         for ns in [&ns_a, &ns_b] {
             ip(&["netns", "add", ns]);
