@@ -135,6 +135,27 @@ impl Monitor {
         }
     }
 
+    /// The exec sessions a dump carries, each record saved first: a restore by a new monitor
+    /// finds sessions through their records, and without one it could not give the session
+    /// back its stdio, so a record that cannot be saved refuses the dump.
+    pub(crate) fn dump_sessions(&mut self) -> Result<Vec<SessionEntry>, String> {
+        let ids: Vec<_> = self.sessions.keys().cloned().collect();
+        for id in &ids {
+            self.session_persist(id)?;
+        }
+        Ok(self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.stdio.is_some())
+            .map(|(id, s)| SessionEntry {
+                id: id.clone(),
+                tty: s.rec.tty,
+                stdin: s.stdin_tx.borrow().is_some(),
+                record: Some(s.rec.clone()),
+            })
+            .collect())
+    }
+
     /// The mounts of the running container CRIU must treat as external, read from its mount
     /// table (so whatever the host had mounted when it started is covered).
     pub(crate) fn external_mounts(
@@ -216,26 +237,10 @@ impl Monitor {
             Ok(t) => t,
             Err(e) => return self.checkpoint_failed(gen, None, e.to_string(), e.is_no_space()),
         };
-        // A restore by a new monitor finds sessions through their records.
-        let ids: Vec<_> = self.sessions.keys().cloned().collect();
-        for id in &ids {
-            // Without its record, a restore by another monitor could not give the session back
-            // its stdio: refuse rather than dump a generation that loses it.
-            if let Err(e) = self.session_persist(id) {
-                return self.checkpoint_failed(gen, Some(&tmp), e, false);
-            }
-        }
-        let sessions: Vec<SessionEntry> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.stdio.is_some())
-            .map(|(id, s)| SessionEntry {
-                id: id.clone(),
-                tty: s.rec.tty,
-                stdin: s.stdin_tx.borrow().is_some(),
-                record: Some(s.rec.clone()),
-            })
-            .collect();
+        let sessions = match self.dump_sessions() {
+            Ok(s) => s,
+            Err(e) => return self.checkpoint_failed(gen, Some(&tmp), e, false),
+        };
         let (table, ext) = match self.external_mounts(init.pid) {
             Ok(m) => m,
             Err(e) => return self.checkpoint_failed(gen, Some(&tmp), e, false),

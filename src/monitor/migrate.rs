@@ -21,7 +21,7 @@ use crate::exit::{CODE_MIGRATED, CODE_STASIS_ERROR};
 use crate::protocol::migrate::{GateMsg, InOpts, Mode, OutOpts, Step};
 use crate::protocol::{Reply, RestoreOpts};
 use crate::store::events::Event as HistEvent;
-use crate::store::generations::{self, Manifest, SessionEntry, MANIFEST_VERSION};
+use crate::store::generations::{self, Manifest, MANIFEST_VERSION};
 use crate::store::state::{now_ms, Status};
 use crate::sys;
 use std::cell::Cell;
@@ -292,21 +292,7 @@ impl Monitor {
         tmp: &Path,
         opts: &OutOpts,
     ) -> Result<(criu::DumpOpts, Manifest), String> {
-        let ids: Vec<_> = self.sessions.keys().cloned().collect();
-        for id in &ids {
-            self.session_persist(id)?;
-        }
-        let sessions: Vec<SessionEntry> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.stdio.is_some())
-            .map(|(id, s)| SessionEntry {
-                id: id.clone(),
-                tty: s.rec.tty,
-                stdin: s.stdin_tx.borrow().is_some(),
-                record: Some(s.rec.clone()),
-            })
-            .collect();
+        let sessions = self.dump_sessions()?;
         let (_, ext) = self.external_mounts(pid)?;
         // The cuda plugin's lock, checkpoint and restore around a move are not wired yet: a GPU
         // job is refused before anything is dumped.
