@@ -705,3 +705,78 @@ fn host_mounts_gone_by_the_restore_are_left_out() {
     assert_counter_continuous(&counter_values(&env.logs("g")));
     assert!(!point.exists(), "the stand-in was left on the host");
 }
+
+/// The manifest of generation `gen` of `name`.
+fn manifest(env: &Env, name: &str, gen: u32) -> serde_json::Value {
+    let p = env
+        .root()
+        .join(format!("workloads/{name}/checkpoints/{gen}/manifest.json"));
+    serde_json::from_slice(&std::fs::read(&p).expect("manifest")).expect("json")
+}
+
+#[test]
+fn dev_shm_is_made_afresh_when_empty_and_dumped_when_used() {
+    let env = setup();
+    for (name, extra) in [("shm-host", vec![]), ("shm-rootfs", vec!["--rootfs"])] {
+        let mut args = vec!["run", "-d", "--name", name];
+        let rootfs;
+        if !extra.is_empty() {
+            rootfs = busybox_rootfs(&env.root().join(format!("{name}-fs")));
+            args.extend(["--rootfs", rootfs.to_str().expect("utf-8")]);
+        }
+        args.extend(["--", "sh", "-c", "while :; do sleep 0.1; done"]);
+        env.ok(&args);
+        // Empty: left out of the images, and the restored container has a fresh tmpfs there.
+        env.ok(&["checkpoint", name]);
+        assert!(manifest(&env, name, 1)["shm"].is_object(), "{name}");
+        env.ok(&["restore", name]);
+        let mounts = env.ok(&["exec", name, "cat", "/proc/self/mountinfo"]);
+        assert!(
+            mounts
+                .lines()
+                .any(|l| l.contains(" /dev/shm ") && l.contains(" - tmpfs ")),
+            "{name}: {mounts}"
+        );
+        env.ok(&["exec", name, "sh", "-c", "echo kept > /dev/shm/seg"]);
+        // In use: CRIU dumps its content, and it comes back.
+        env.ok(&["checkpoint", name]);
+        assert!(manifest(&env, name, 2)["shm"].is_null(), "{name}");
+        env.ok(&["restore", name]);
+        assert_eq!(
+            env.ok(&["exec", name, "cat", "/dev/shm/seg"]).trim(),
+            "kept"
+        );
+        env.ok(&["rm", "-f", name]);
+    }
+    // No staging mount is left on the host.
+    let host = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let root = env.root().to_string_lossy().into_owned();
+    assert!(
+        !host.lines().any(|l| l.contains(&root)),
+        "mounts left under {root}"
+    );
+}
+
+#[test]
+fn a_job_busy_in_dev_shm_always_checkpoints_with_its_content() {
+    let env = setup();
+    // It creates and removes a segment without pause: some dumps find /dev/shm empty when
+    // stasis looks and not when CRIU has frozen the job, and must then dump it with it.
+    env.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "busy",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while :; do i=$((i+1)); echo $i > /dev/shm/n; rm -f /dev/shm/n; done",
+    ]);
+    for _ in 0..10 {
+        env.ok(&["checkpoint", "--leave-running", "busy"]);
+    }
+    env.ok(&["checkpoint", "busy"]);
+    env.ok(&["restore", "busy"]);
+    assert_eq!(env.status("busy"), "running");
+    env.ok(&["rm", "-f", "busy"]);
+}

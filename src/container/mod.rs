@@ -10,6 +10,7 @@
 
 pub mod cgroup;
 pub mod mounts;
+pub mod shm;
 pub mod tree;
 pub mod usage;
 
@@ -283,6 +284,7 @@ fn setup_host_tree(volumes: &[Volume], init_path: &Path) -> Result<(), String> {
     use nix::mount::MsFlags as F;
     // Private: nothing mounted here reaches the host, and CRIU sees no peer groups to follow.
     mount(None, Path::new("/"), None, F::MS_REC | F::MS_PRIVATE, None)?;
+    let shm = shm::ShmMount::host_tree();
     let fresh: [(&str, &str, F, Option<&str>); 4] = [
         (
             "/proc",
@@ -296,12 +298,7 @@ fn setup_host_tree(volumes: &[Volume], init_path: &Path) -> Result<(), String> {
             F::MS_NOSUID | F::MS_NOEXEC,
             Some("newinstance,ptmxmode=0666,mode=0620"),
         ),
-        (
-            "/dev/shm",
-            "tmpfs",
-            F::MS_NOSUID | F::MS_NODEV,
-            Some("mode=1777"),
-        ),
+        (shm::POINT, "tmpfs", shm.flags(), Some(shm.data.as_str())),
         (
             "/dev/mqueue",
             "mqueue",
@@ -406,12 +403,13 @@ fn setup_rootfs(root: &Path, volumes: &[Volume], init_path: &Path) -> Result<(),
         F::MS_NOSUID | F::MS_NOEXEC,
         Some("newinstance,ptmxmode=0666,mode=0620"),
     )?;
+    let shm = shm::ShmMount::rootfs();
     mount(
         Some("shm"),
         &sub("dev/shm"),
         Some("tmpfs"),
-        F::MS_NOSUID | F::MS_NODEV | F::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
+        shm.flags(),
+        Some(shm.data.as_str()),
     )?;
     mount(
         Some("tmpfs"),

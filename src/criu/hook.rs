@@ -17,6 +17,9 @@ pub const ENV_SNAPSHOT: &str = "STASIS_SNAPSHOT";
 /// Environment: files whose state to record for the restore's comparison, `INSIDE\tHOST` per
 /// line (see `crate::store::divergence`).
 pub const ENV_WATCH: &str = "STASIS_WATCH";
+/// Environment: the container's /dev/shm (seen from the host), declared external because it
+/// was empty; the hook fails the dump if it is no longer (see `crate::container::shm`).
+pub const ENV_SHM_EMPTY: &str = "STASIS_SHM_EMPTY";
 
 /// True when the post-dump hook ran for `dir`: CRIU wrote every image there.
 pub fn images_complete(dir: &Path) -> bool {
@@ -48,6 +51,20 @@ pub fn run() -> i32 {
     let Some(dir) = std::env::var_os(ENV_DIR).map(PathBuf::from) else {
         return 0;
     };
+    if let Some(shm) = std::env::var_os(ENV_SHM_EMPTY).map(PathBuf::from) {
+        if !crate::container::shm::is_empty(&shm) {
+            // Its content is not in the images: the monitor dumps once more with it.
+            let busy = dir.join(crate::container::shm::BUSY);
+            if let Err(e) = std::fs::write(&busy, b"") {
+                eprintln!("stasis criu-hook: {}: {e}", busy.display());
+            }
+            eprintln!(
+                "stasis criu-hook: {} is no longer empty: dumping again with its content",
+                shm.display()
+            );
+            return 1;
+        }
+    }
     if let Ok(list) = std::env::var(ENV_SNAPSHOT) {
         for line in list.lines().filter(|l| !l.is_empty()) {
             let Some((src, dst)) = line.split_once('\t') else {

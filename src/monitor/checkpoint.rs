@@ -11,7 +11,7 @@
 use super::lifecycle::{Ev, Phase};
 use super::{diag, err_reply, Monitor};
 use crate::container::mounts::{self, ExtMount, Layout};
-use crate::container::{tree, INIT_MOUNT};
+use crate::container::{shm, tree, INIT_MOUNT};
 use crate::criu::{self, Criu};
 use crate::exit::CODE_STASIS_ERROR;
 use crate::protocol::{CheckpointOpts, DumpStats, Reply};
@@ -269,18 +269,32 @@ impl Monitor {
             Err(e) => return self.checkpoint_failed(gen, Some(&tmp), e, false),
         };
         let log = self.criu_log("dump", gen);
-        let dump = criu::DumpOpts {
+        // An empty /dev/shm is left to the restore to make afresh (see `container::shm`).
+        let shm_dir = PathBuf::from(format!("/proc/{}/root{}", init.pid, shm::POINT));
+        let own_shm = table
+            .iter()
+            .any(|m| m.point == Path::new(shm::POINT) && m.fstype == "tmpfs");
+        let mut shm = (own_shm && shm::is_empty(&shm_dir)).then(|| match self.spec.rootfs {
+            Some(_) => shm::ShmMount::rootfs(),
+            None => shm::ShmMount::host_tree(),
+        });
+        let ext_args: Vec<(String, String)> = ext
+            .iter()
+            .map(|m| (m.inside.display().to_string(), m.key.clone()))
+            .collect();
+        let dump_opts = |shm: bool| criu::DumpOpts {
             pid: init.pid,
             images: tmp.clone(),
             log: log.clone(),
-            ext_mounts: ext
+            ext_mounts: ext_args
                 .iter()
-                .map(|m| (m.inside.display().to_string(), m.key.clone()))
+                .cloned()
+                .chain(shm.then(|| (shm::POINT.to_string(), shm::KEY.to_string())))
                 .collect(),
             leave_running: opts.leave_running,
             flags: flags.clone(),
             action_script: Some(hook.display().to_string()),
-            extra: gpu.args,
+            extra: gpu.args.clone(),
         };
         let mut env = vec![(criu::hook::ENV_DIR.to_string(), tmp.display().to_string())];
         env.extend(files.hook_env(&tmp));
@@ -307,20 +321,50 @@ impl Monitor {
             stats: DumpStats::default(),
             gpu: gpu_facts,
             snapshot: files.snapshot.clone(),
+            shm: None,
         };
-        // Should this monitor die while CRIU works, the next one finishes the generation.
-        // (Without waiting for the disk: it serves a monitor's death, not a power cut.)
-        let pending = tmp.join(generations::PENDING);
-        let written = crate::store::atomic::to_json(&pending, &manifest)
-            .and_then(|d| crate::store::atomic::write_atomic_quick(&pending, &d));
-        if let Err(e) = written {
-            self.gate.open();
-            return self.checkpoint_failed(gen, Some(&tmp), e.to_string(), e.is_no_space());
-        }
-        let t0 = Instant::now();
-        let ran = self
-            .run_criu(&criu, &dump.argv(), &[], Some(&env), true)
-            .await;
+        let (t0, ran) = loop {
+            manifest.shm = shm.clone();
+            let mut env = env.clone();
+            if shm.is_some() {
+                env.push((
+                    criu::hook::ENV_SHM_EMPTY.to_string(),
+                    shm_dir.display().to_string(),
+                ));
+            }
+            // Should this monitor die while CRIU works, the next one finishes the generation.
+            // (Without waiting for the disk: it serves a monitor's death, not a power cut.)
+            let pending = tmp.join(generations::PENDING);
+            let written = crate::store::atomic::to_json(&pending, &manifest)
+                .and_then(|d| crate::store::atomic::write_atomic_quick(&pending, &d));
+            if let Err(e) = written {
+                self.gate.open();
+                return self.checkpoint_failed(gen, Some(&tmp), e.to_string(), e.is_no_space());
+            }
+            let t0 = Instant::now();
+            let ran = self
+                .run_criu(
+                    &criu,
+                    &dump_opts(shm.is_some()).argv(),
+                    &[],
+                    Some(&env),
+                    true,
+                )
+                .await;
+            if ran.is_err() && shm.is_some() && tmp.join(shm::BUSY).exists() {
+                // The job wrote to /dev/shm between the look and the freeze; CRIU resumed it.
+                diag(
+                    "the job created files in /dev/shm as the dump began: dumping again with them",
+                );
+                shm = None;
+                if let Err(e) = clear_dir(&tmp) {
+                    self.gate.open();
+                    return self.checkpoint_failed(gen, Some(&tmp), e, false);
+                }
+                continue;
+            }
+            break (t0, ran);
+        };
         let dump_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let complete = criu::hook::images_complete(&tmp);
         if let Err(status) = &ran {
@@ -584,4 +628,20 @@ impl Monitor {
         }
         self.gate.open();
     }
+}
+
+/// Empties an image directory for another try of the same dump.
+fn clear_dir(dir: &Path) -> Result<(), String> {
+    let rd = std::fs::read_dir(dir).map_err(|e| format!("read {}: {e}", dir.display()))?;
+    for e in rd {
+        let e = e.map_err(|e| format!("read {}: {e}", dir.display()))?;
+        let p = e.path();
+        let r = if e.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.map_err(|e| format!("remove {}: {e}", p.display()))?;
+    }
+    Ok(())
 }

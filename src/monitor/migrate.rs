@@ -346,6 +346,7 @@ impl Monitor {
             gpu: None,
             // A move stops the job on the source: nothing there writes on after the dump.
             snapshot: vec![],
+            shm: None,
         };
         Ok((dump, manifest))
     }

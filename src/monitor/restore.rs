@@ -10,6 +10,7 @@
 
 use super::lifecycle::Ev;
 use super::{diag, err_reply, Monitor};
+use crate::container::shm;
 use crate::criu;
 use crate::exit::CODE_STASIS_ERROR;
 use crate::protocol::{Reply, RestoreOpts};
@@ -93,7 +94,24 @@ impl Monitor {
         let _ = std::fs::remove_file(&pidfile);
         let log = self.criu_log("restore", number);
         let mut placeholders = Placeholders::default();
-        let (ext_mounts, live) = self.map_mounts(&manifest, number, &mut placeholders)?;
+        let (mut ext_mounts, live) = self.map_mounts(&manifest, number, &mut placeholders)?;
+        // An external /dev/shm (empty at the dump) gets a fresh tmpfs, detached from the host
+        // once CRIU has bound it into the container.
+        let shm = match &manifest.shm {
+            Some(m) => Some(
+                shm::stage(&self.root.runtime, self.wd.name.as_str(), m).map_err(|e| {
+                    err_reply(
+                        CODE_STASIS_ERROR,
+                        format!("restore of {} from generation {number}: {e}", self.wd.name),
+                    )
+                })?,
+            ),
+            None => None,
+        };
+        let shm_ext = shm
+            .as_ref()
+            .map(|s| (shm::KEY.to_string(), s.path().to_path_buf()));
+        ext_mounts.extend(shm_ext.clone());
         // A lazy or gated restore (see `lazy` and `migrate`) adds its flags and environment.
         let extra = self.restore_extra.take();
         // A lazy or gated restore (a migration's) must not hang the target forever should
@@ -126,7 +144,8 @@ impl Monitor {
         // restore; once more, it gets its stand-in like one gone before.
         if run.is_err() && live.iter().any(|p| !p.exists()) {
             diag("a host mount the container carried vanished during the restore: once more");
-            let (again, _) = self.map_mounts(&manifest, number, &mut placeholders)?;
+            let (mut again, _) = self.map_mounts(&manifest, number, &mut placeholders)?;
+            again.extend(shm_ext.clone());
             let ropts = criu::RestoreOpts {
                 ext_mounts: again,
                 ..ropts
@@ -136,6 +155,7 @@ impl Monitor {
                 .await;
             placeholders.remove();
         }
+        drop(shm);
         if let Err(status) = run {
             let reasons = criu::failure_reasons(&log);
             let mut why = format!(

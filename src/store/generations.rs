@@ -25,10 +25,12 @@ use std::path::{Path, PathBuf};
 
 /// Manifest file name inside a generation.
 pub const MANIFEST: &str = "manifest.json";
-/// Current manifest format.
 /// Current manifest format. 2: the container holds its own stdio (nothing but mounts is
-/// external), every container has a mount namespace.
-pub const MANIFEST_VERSION: u32 = 2;
+/// external), every container has a mount namespace. 3: /dev/shm may be external (`shm`),
+/// which an older stasis would not bind back.
+pub const MANIFEST_VERSION: u32 = 3;
+/// The oldest manifest format this stasis restores.
+pub const MIN_MANIFEST_VERSION: u32 = 2;
 
 /// Errors about generations.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +107,10 @@ pub struct Manifest {
     /// Files copied into the generation's `snapshot/` while the tree was frozen.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshot: Vec<SnapshotEntry>,
+    /// The container's /dev/shm was empty and declared external: a restore binds a fresh
+    /// tmpfs made this way (see `crate::container::shm`). None: CRIU dumped its content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm: Option<crate::container::shm::ShmMount>,
 }
 
 /// One snapshot copy in a generation.
@@ -143,7 +149,7 @@ impl Generation {
             version: u32,
         }
         if let Ok(V { version }) = serde_json::from_slice::<V>(&data) {
-            if version < MANIFEST_VERSION {
+            if version < MIN_MANIFEST_VERSION {
                 return Err(CheckpointError::Corrupt {
                     name: name.into(),
                     gen: self.number,
@@ -421,6 +427,7 @@ pub(crate) mod tests {
             stats: DumpStats::default(),
             gpu: None,
             snapshot: vec![],
+            shm: None,
         }
     }
 
