@@ -35,7 +35,9 @@ use crate::store::events::{self, Event as HistEvent};
 use crate::store::log::LogWriter;
 use crate::store::name::WorkloadName;
 use crate::store::sessions::SessionId;
-use crate::store::state::{now_ms, ExitInfo, ProcRef, StateRoot, WorkloadDir, WorkloadState};
+use crate::store::state::{
+    now_ms, ExitInfo, ProcRef, StateRoot, Status, WorkloadDir, WorkloadState,
+};
 use crate::sys;
 use fd::{Fd, Gate};
 use lifecycle::{Ev, Op, Phase};
@@ -434,11 +436,18 @@ impl Monitor {
     /// truth the monitor acts on, and the next save retries.
     pub fn save(&mut self) {
         self.st.log_dropped = self.log_dropped.get();
+        // What must outlive a power cut is what outlives the job's processes: that the job
+        // exists (the start's durable write), how it ended, that it is checkpointed or has
+        // moved. A state naming live processes (running, restoring) is ended by a power cut
+        // anyway, and readers reconcile whichever older state the disk kept with the dead
+        // monitor (`store::state::observe`): it is written whole, without waiting for the
+        // disk (a journal commit, 1 to 8 ms here, twice on every restore).
         // The end of a `--rm` job is about to remove its whole record: its final state is
         // for readers in the meantime, and waiting for the disk would only delay the client's
         // exit. A power cut before the removal leaves an older state with a dead monitor,
         // which readers already report as such and `rm -f` clears.
-        let saved = if self.spec.rm && self.st.status.is_final() {
+        let transient = matches!(self.st.status, Status::Running | Status::Restoring);
+        let saved = if transient || (self.spec.rm && self.st.status.is_final()) {
             self.wd.save_quick(&self.st)
         } else {
             self.wd.save(&self.st)
