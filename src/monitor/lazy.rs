@@ -67,7 +67,9 @@ impl Monitor {
         count_it: bool,
     ) -> Result<Reply, Reply> {
         let criu = self.criu(opts.criu.as_ref()).await?;
-        let daemon = match self.start_lazy_daemon(&criu, &dir, None).await {
+        // The daemon starts while the restore prepares; the restore waits for it to listen
+        // just before CRIU runs (and fails, so the full restore below runs, if it never does).
+        let (daemon, status) = match self.spawn_lazy_daemon(&criu, &dir, None) {
             Ok(d) => d,
             Err(why) => {
                 diag(&format!(
@@ -81,6 +83,7 @@ impl Monitor {
         self.restore_extra = Some(super::migrate::RestoreExtra {
             argv: vec!["--lazy-pages".into()],
             env: vec![],
+            ready: Some((status, daemon.log.clone())),
         });
         let r = self
             .restore_images(
@@ -118,6 +121,18 @@ impl Monitor {
         images: &Path,
         pages: Option<&OwnedFd>,
     ) -> Result<LazyDaemon, String> {
+        let (d, status) = self.spawn_lazy_daemon(criu, images, pages)?;
+        daemon_listens(&status, &d.log).await?;
+        Ok(d)
+    }
+
+    /// Starts `criu lazy-pages`; returns it and its status pipe (see [`daemon_listens`]).
+    pub(crate) fn spawn_lazy_daemon(
+        &mut self,
+        criu: &criu::Criu,
+        images: &Path,
+        pages: Option<&OwnedFd>,
+    ) -> Result<(LazyDaemon, Fd), String> {
         let (status_r, status_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
         let log = self.criu_log("lazy-pages", self.st.generation.unwrap_or(0));
@@ -138,16 +153,7 @@ impl Monitor {
         let exit = self.reaper.watch(pid);
         drop(child);
         let status = Fd::new(status_r).map_err(|e| e.to_string())?;
-        let mut b = [0u8; 1];
-        // A byte: it listens. End of file without one: it failed.
-        match status.read(&mut b).await {
-            Ok(1) => Ok(LazyDaemon { pid, exit, log }),
-            _ => Err(format!(
-                "criu lazy-pages failed to start: {} (log: {})",
-                criu::failure_reasons(&log).join("; "),
-                log.display()
-            )),
-        }
+        Ok((LazyDaemon { pid, exit, log }, status))
     }
 
     /// Watches a lazy-pages daemon until every page is in. Should it fail first, the job is
@@ -204,6 +210,20 @@ impl Monitor {
                     .await;
             }
         });
+    }
+}
+
+/// Waits until a lazy-pages daemon listens: a byte on its status pipe. End of file without
+/// one: it failed.
+pub(crate) async fn daemon_listens(status: &Fd, log: &Path) -> Result<(), String> {
+    let mut b = [0u8; 1];
+    match status.read(&mut b).await {
+        Ok(1) => Ok(()),
+        _ => Err(format!(
+            "criu lazy-pages failed to start: {} (log: {})",
+            criu::failure_reasons(log).join("; "),
+            log.display()
+        )),
     }
 }
 

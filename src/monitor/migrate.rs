@@ -46,6 +46,9 @@ fn grace() -> Duration {
 pub(crate) struct RestoreExtra {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// A lazy-pages daemon's status pipe and log: the restore waits for it to listen right
+    /// before CRIU runs (see `lazy`).
+    pub ready: Option<(super::fd::Fd, std::path::PathBuf)>,
 }
 
 /// How a gate ended.
@@ -459,6 +462,7 @@ impl Monitor {
         self.restore_extra = Some(RestoreExtra {
             argv,
             env: vec![(gate::ENV_GATE.to_string(), gate_path.display().to_string())],
+            ready: None,
         });
         let daemon_pid = daemon.as_ref().map(|d| d.pid);
         let uffds: std::cell::RefCell<Vec<OwnedFd>> = Default::default();

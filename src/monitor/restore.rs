@@ -117,7 +117,8 @@ impl Monitor {
         // A lazy or gated restore (a migration's) must not hang the target forever should
         // a task it restores be killed mid-way; a plain restore is the user's to interrupt.
         let deadline = extra.as_ref().map(|_| RESTORE_DEADLINE);
-        let extra = extra.unwrap_or_default();
+        let mut extra = extra.unwrap_or_default();
+        let ready = extra.ready.take();
         let ropts = criu::RestoreOpts {
             images: dir.clone(),
             log: log.clone(),
@@ -128,6 +129,11 @@ impl Monitor {
             flags: manifest.criu.clone(),
             extra: gpu.args.into_iter().chain(extra.argv).collect(),
         };
+        if let Some((status, daemon_log)) = ready {
+            super::lazy::daemon_listens(&status, &daemon_log)
+                .await
+                .map_err(|e| err_reply(CODE_STASIS_ERROR, e))?;
+        }
         let was = self.st.status;
         self.st.status = Status::Restoring;
         self.st.restoring_since = Some(crate::store::state::now_ms());
