@@ -406,7 +406,7 @@ impl Monitor {
         manifest.files = files;
         manifest.stats = stats.clone();
         let committed = listed.and_then(|()| {
-            generations::commit(&self.wd, &tmp, &manifest)
+            generations::commit_quick(&self.wd, &tmp, &manifest)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         });
