@@ -55,6 +55,9 @@ fn counter_survives_three_rounds_without_gap_or_repeat() {
         assert!(out.contains(&format!("generation {round}")), "{out}");
         assert_eq!(env.status("c"), "checkpointed");
         let before = counter_values(&env.logs("c")).len();
+        // A window, not a wait: this checks an absence (no output while checkpointed), and the
+        // job has no process to wait on. 200 ms is four counter ticks; were the job still
+        // running, its output would show within it.
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(
             counter_values(&env.logs("c")).len(),

@@ -251,6 +251,27 @@ impl Pty {
         nix::unistd::write(&self.master, data).expect("write to the pty");
     }
 
+    /// Reads whatever comes within `t` (appended to `acc`); false once the pty is closed.
+    fn read_for(&self, t: Duration, acc: &mut String) -> bool {
+        let t0 = Instant::now();
+        let mut buf = [0u8; 1024];
+        while let Some(left) = t.checked_sub(t0.elapsed()) {
+            let mut fds = [nix::poll::PollFd::new(
+                self.master.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)).unwrap_or(0) == 0 {
+                continue;
+            }
+            match nix::unistd::read(&self.master, &mut buf) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => acc.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        true
+    }
+
     /// Reads until `needle` shows up (returns everything read).
     fn read_until(&self, needle: &str, acc: &mut String) {
         let t0 = Instant::now();
@@ -291,7 +312,9 @@ fn exec_t_gets_a_tty_term_and_window_size() {
     let env = Env::new();
     workload(&env, "w", &[]);
     let (pty, slave) = Pty::new(30, 100);
-    let script = "test -t 0 && echo is-a-tty; echo TERM=$TERM; echo size=$(stty size); read x; echo size2=$(stty size)";
+    // After the first size, it answers every line it reads with the size it sees then, and
+    // ends once that is the new one.
+    let script = "test -t 0 && echo is-a-tty; echo TERM=$TERM; echo size=$(stty size); while read x; do s=$(stty size); echo size2=$s; [ \"$s\" = '40 120' ] && exit 0; done; exit 1";
     let mut client = spawn_on_pty(
         &env,
         &slave,
@@ -309,9 +332,23 @@ fn exec_t_gets_a_tty_term_and_window_size() {
         nix::sys::signal::Signal::SIGWINCH,
     )
     .expect("winch");
-    std::thread::sleep(Duration::from_millis(200));
-    pty.write(b"go\r");
-    pty.read_until("size2=40 120", &mut acc);
+    // The resize travels client -> monitor -> the session's tty with nothing to wait on from
+    // here: ask for the size until the new one shows up (it never does if the resize is lost).
+    let t0 = Instant::now();
+    while !acc.contains("size2=40 120") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the new size never reached the session: {acc}"
+        );
+        pty.write(b"go\r");
+        if !pty.read_for(Duration::from_millis(100), &mut acc) {
+            break;
+        }
+    }
+    assert!(
+        acc.contains("size2=40 120"),
+        "the session ended without seeing the new size: {acc}"
+    );
     let st = client.wait().expect("wait");
     assert_eq!(st.code(), Some(0), "{acc}");
 }
@@ -566,24 +603,23 @@ fn sessions_survive_checkpoint_and_restore() {
         ])
         .trim()
         .to_string();
-    let attached = env
-        .cmd(&[
-            "exec",
-            "w",
-            "--",
-            "sh",
-            "-c",
-            "i=0; while [ $i -lt 40 ]; do echo a$i; i=$((i+1)); sleep 0.05; done; exit 6",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("attached session");
-    std::thread::sleep(Duration::from_millis(500));
+    let attached = Streaming::spawn(env.cmd(&[
+        "exec",
+        "w",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 40 ]; do echo a$i; i=$((i+1)); sleep 0.05; done; exit 6",
+    ]));
+    // Both sessions are under way (and the attached one exists) when the dump is taken.
+    env.wait_until("both sessions to print", Duration::from_secs(20), || {
+        attached.stdout_so_far().contains("a2\n")
+            && env.ok(&["logs", "--exec", &detached, "w"]).contains("d2\n")
+    });
     env.ok(&["checkpoint", "w"]);
-    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(env.status("w"), "checkpointed");
     env.ok(&["restore", "w"]);
-    let o = wait_output(attached, Duration::from_secs(30), "attached session");
+    let o = attached.wait(Duration::from_secs(30), "attached session");
     assert_eq!(code(&o), 6, "{}", stderr(&o));
     let want: String = (0..40).map(|i| format!("a{i}\n")).collect();
     assert_eq!(

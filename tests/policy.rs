@@ -311,11 +311,14 @@ fn user_stop_and_kill_never_trigger_a_restore() {
         env.wait_until("a checkpoint", Duration::from_secs(10), || {
             newest_generation(&env, name) >= 1
         });
+        let monitor = env.monitor(name);
         let mut args = verb.clone();
         args.push(name);
         env.ok(&args);
         env.wait_status(name, "exited");
-        std::thread::sleep(Duration::from_millis(700));
+        // "exited" is written before the policy decides; the monitor leaves only once the job
+        // is final, and stays to restore it if the policy (wrongly) schedules a restore.
+        env.wait_monitor_gone(&monitor);
         assert_eq!(
             env.status(name),
             "exited",
@@ -493,9 +496,19 @@ fn a_session_in_the_checkpoint_comes_back_with_a_crash_restore() {
         ])
         .trim()
         .to_string();
-    std::thread::sleep(Duration::from_millis(500));
+    let lines = || env.ok(&["logs", "--exec", &id, "s"]).lines().count();
+    // The session is under way when the dump is taken...
+    env.wait_until("the session to print", Duration::from_secs(20), || {
+        lines() > 2
+    });
     env.ok(&["checkpoint", "--leave-running", "s"]);
-    std::thread::sleep(Duration::from_millis(300));
+    // ...and has gone on past it when the crash comes, so the restore takes it back.
+    let at_dump = lines();
+    env.wait_until(
+        "the session to go on after the dump",
+        Duration::from_secs(20),
+        || lines() > at_dump,
+    );
     kill9(main_pid(&env, "s"));
     env.wait_until("the restore", Duration::from_secs(20), || {
         env.inspect("s")["state"]["restores"] == 1

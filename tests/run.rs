@@ -233,22 +233,31 @@ fn orphans_are_reaped_and_stop_ends_the_whole_tree() {
         "-c",
         "for i in 1 2 3 4; do (sleep 0.1 &); (sleep 1000 &); done; sleep 1000",
     ]);
-    env.wait_until("orphans to exit", Duration::from_secs(10), || {
-        container_pids(&env, "z").len() == 7
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    let pids = container_pids(&env, "z");
-    for p in &pids {
-        let st = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        let state = st
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .next()
-            .unwrap_or("");
-        assert_ne!(state, "Z", "zombie {p} in the container: {st}");
-    }
+    // The short-lived orphans exit and are reaped (no zombie left): init, the shell, its
+    // sleep and the four long orphans remain. A reaper that never reaps times this out.
+    let pids = env.wait_for(
+        "the orphans to be reaped, with no zombie left",
+        Duration::from_secs(10),
+        || {
+            let pids = container_pids(&env, "z");
+            let zombies: Vec<String> = pids
+                .iter()
+                .filter_map(|p| {
+                    let st = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                    let state = st.rsplit(')').next()?.split_whitespace().next()?;
+                    (state == "Z").then(|| st.clone())
+                })
+                .collect();
+            if pids.len() == 7 && zombies.is_empty() {
+                Ok(pids)
+            } else {
+                Err(format!(
+                    "{} processes {pids:?}, zombies {zombies:?}",
+                    pids.len()
+                ))
+            }
+        },
+    );
     let o = env.run(&["stop", "-t", "2", "z"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     for p in pids {
@@ -493,13 +502,12 @@ fn a_killed_monitor_is_reported_and_rm_f_cleans_up() {
 fn a_workload_that_dies_without_its_monitor_is_marked() {
     let env = Env::new();
     env.ok(&["run", "-d", "--name", "m", "--", "sleep", "1000"]);
-    let mon = env.inspect("m")["state"]["monitor"]["pid"]
-        .as_i64()
-        .expect("monitor") as i32;
+    let mon = env.monitor("m");
     let init = env.init_pid("m");
     use nix::sys::signal::{kill, Signal::SIGKILL};
-    kill(nix::unistd::Pid::from_raw(mon), SIGKILL).expect("kill monitor");
-    std::thread::sleep(Duration::from_millis(200));
+    kill(nix::unistd::Pid::from_raw(mon.pid), SIGKILL).expect("kill monitor");
+    // Only a monitor that is really gone cannot see init die and record the exit itself.
+    env.wait_monitor_gone(&mon);
     kill(nix::unistd::Pid::from_raw(init), SIGKILL).expect("kill init");
     env.wait_until("init to go", Duration::from_secs(5), || {
         env.status("m") == "exited"

@@ -130,6 +130,44 @@ impl Env {
         }
     }
 
+    /// Waits until `f` returns `Ok`, and returns what it gave; on timeout, fails with the
+    /// last `Err` (what was seen instead), so a failure says more than "timed out".
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        t: Duration,
+        mut f: impl FnMut() -> Result<T, String>,
+    ) -> T {
+        let t0 = Instant::now();
+        loop {
+            match f() {
+                Ok(v) => return v,
+                Err(seen) => assert!(
+                    t0.elapsed() < t,
+                    "timed out after {t:?} waiting for {what}: {seen}"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The workload's monitor process (pid and start time, so a reused pid is not it).
+    pub fn monitor(&self, name: &str) -> stasis::store::state::ProcRef {
+        let m = self.inspect(name)["state"]["monitor"].clone();
+        serde_json::from_value(m.clone()).unwrap_or_else(|e| panic!("monitor of {name}: {e}: {m}"))
+    }
+
+    /// Waits until the monitor `m` has exited (gone or a zombie). A monitor leaves only once its
+    /// job is final (ended, failed, or handed over) and everyone is told: after this, nothing
+    /// can bring the job back by itself.
+    pub fn wait_monitor_gone(&self, m: &stasis::store::state::ProcRef) {
+        self.wait_until(
+            &format!("monitor {} to exit", m.pid),
+            Duration::from_secs(30),
+            || !m.alive(),
+        );
+    }
+
     /// Waits until the workload's status is `want`.
     pub fn wait_status(&self, name: &str, want: &str) {
         self.wait_until(
@@ -216,6 +254,52 @@ pub fn wait_output(mut child: Child, t: Duration, what: &str) -> Output {
         status,
         stdout: ro.join().unwrap_or_default(),
         stderr: re.join().unwrap_or_default(),
+    }
+}
+
+/// A client whose stdout is collected as it arrives, so a test can wait on what it has
+/// printed so far and still get the whole of it at the end.
+pub struct Streaming {
+    child: Child,
+    out: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Streaming {
+    /// Spawns `cmd` with its stdout and stderr piped.
+    pub fn spawn(mut cmd: Command) -> Streaming {
+        use std::io::Read;
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn stasis");
+        let mut pipe = child.stdout.take().expect("stdout");
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = out.clone();
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().expect("stdout").extend_from_slice(&buf[..n]);
+            }
+        });
+        Streaming { child, out, reader }
+    }
+
+    /// Its stdout so far.
+    pub fn stdout_so_far(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().expect("stdout")).into_owned()
+    }
+
+    /// Waits for it to end (see `wait_output`); the Output holds all of its stdout.
+    pub fn wait(self, t: Duration, what: &str) -> Output {
+        let mut o = wait_output(self.child, t, what);
+        let _ = self.reader.join();
+        o.stdout = std::mem::take(&mut *self.out.lock().expect("stdout"));
+        o
     }
 }
 
