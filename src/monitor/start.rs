@@ -218,24 +218,18 @@ impl Monitor {
         }
     }
 
-    /// Writes spec.json (if not on disk yet) and state.json together.
+    /// Writes state.json and, the first time, spec.json; for a job that keeps its record
+    /// (not `--rm`), a forked child makes them durable (see `Monitor::sync_in_background`):
+    /// the record must outlive a power cut, the start need not wait for it.
     fn persist_spec_and_state(&mut self) {
         if self.spec_on_disk {
             self.save();
             return;
         }
-        let spec = crate::store::atomic::to_json(&self.wd.spec_path(), &self.spec);
-        let state = crate::store::atomic::to_json(&self.wd.state_path(), &self.st);
-        let r = match (spec, state) {
-            (Ok(a), Ok(b)) => crate::store::atomic::write_atomic_many(&[
-                (&self.wd.spec_path(), &a),
-                (&self.wd.state_path(), &b),
-            ]),
-            (Err(e), _) | (_, Err(e)) => Err(e),
-        };
-        match r {
-            Ok(()) => self.spec_on_disk = true,
-            Err(e) => diag(&format!("write spec and state: {e}")),
+        self.record_quickly();
+        self.spec_on_disk = true;
+        if !self.spec.rm {
+            self.sync_in_background(vec![self.wd.spec_path(), self.wd.state_path()]);
         }
     }
 
