@@ -14,7 +14,8 @@
 #   migrate `stasis migrate` between two hosts (network namespaces joined by a veth pair, an
 #           sshd each): post-copy and stream vs export + copy + import by hand vs raw CRIU
 #           dump + copy + restore; total time, downtime and bytes moved for MIG_SIZES.
-#           Not in the default list (BENCH=migrate runs it); podman is not compared yet.
+#           podman's checkpoint --export / restore --import of the same job is measured beside.
+#           Not in the default list (BENCH=migrate runs it).
 #   lazy    `restore --lazy` vs a full restore of the same generation (SIZES; BENCH=lazy)
 # Knobs: RUNS (hyperfine runs, 40), CR_RUNS (10), SIZES ("1 64 512"), POLICY_SECS (60),
 #        MIG_SIZES ("64 512 2048"), MIG_RUNS (3),
@@ -76,6 +77,8 @@ cleanup() {
   for id in "${PFX}-t" "${PFX}-s"; do runc kill "$id" KILL >/dev/null 2>&1; runc delete -f "$id" >/dev/null 2>&1; done
   for p in ${MIG_PIDS:-}; do kill -9 "$p" >/dev/null 2>&1; done
   for ns in ${MIG_NS:-}; do ip netns del "$ns" >/dev/null 2>&1; done
+  for n in ${PODMAN_NAMES:-}; do podman rm -f "$n" >/dev/null 2>&1; done
+  for i in ${PODMAN_IMAGES:-}; do podman rmi -f "$i" >/dev/null 2>&1; done
   rm -rf "$W" "$SHM"
   [ -z "$KDAT_PUT" ] || rm -f "$KDAT_PUT"
 }
@@ -315,7 +318,7 @@ bench_policy() {
 MIG_SIZES=${MIG_SIZES:-"64 512 2048"}
 MIG_RUNS=${MIG_RUNS:-3}
 MIG_PIDS=""
-MIG_NS=""
+MIG_NS="" PODMAN_NAMES="" PODMAN_IMAGES=""
 # mig_bed: hosts A and B (ma, mb) with an sshd each, as tests/common/hosts.rs makes them
 mig_bed() {
   local d=$W/mig h addr ns pid k
@@ -411,6 +414,33 @@ mig_raw() {
   done
   rec "migrate: raw criu dump+copy+restore ${sz}M total = downtime" "$(printf '%s\n' "${xs[@]}" | median)" ms "median of $MIG_RUNS; images $(awk -v b="$b" 'BEGIN{printf "%.1f", b/1048576}') MiB"
 }
+# mig_podman SIZE: podman container checkpoint --export, cp, restore --import of the same job
+# (podman's import needs an image: the memhog rootfs is imported as a local one; runc as the
+# runtime and file limits as in peers.sh; the job is down throughout)
+mig_podman() {
+  local sz=$1 n=${PFX}-mp i t0 t1 xs=() b=0 img=localhost/${PFX}-mh
+  command -v podman >/dev/null || { rec "migrate: podman export+copy+import ${sz}M" FAIL - "no podman"; return; }
+  if [ ! -d "$W/mig/prootfs" ]; then
+    mkdir -p "$W/mig/prootfs"/{bin,etc,proc,sys,dev,tmp} && cp "$W/memhog" "$W/mig/prootfs/bin/"
+    tar -C "$W/mig/prootfs" -c . | podman import -q - "$img" >/dev/null || { rec "migrate: podman ${sz}M" FAIL - "podman import of the rootfs"; return; }
+    PODMAN_IMAGES="$PODMAN_IMAGES $img"
+  fi
+  PODMAN_NAMES="$PODMAN_NAMES $n"
+  for i in $(seq 1 "$MIG_RUNS"); do
+    podman run -d --name "$n" --runtime "$(command -v runc)" --network none --ulimit nofile=1024:1024 \
+      --ulimit nproc=4096:4096 "$img" /bin/memhog "$sz" >/dev/null 2>&1 || { rec "migrate: podman ${sz}M" FAIL - "podman run"; return; }
+    local pid; pid=$(podman inspect -f '{{.State.Pid}}' "$n")
+    for t0 in $(seq 1 1200); do [ "$(awk '/^VmRSS/{print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)" -ge $(( sz*1024*95/100 )) ] && break; sleep 0.05; done
+    t0=$(now_us)
+    podman container checkpoint --export "$W/mig/p.tar.zst" "$n" >/dev/null 2>&1 && cp "$W/mig/p.tar.zst" "$W/mig/q.tar.zst" \
+      && podman rm -f "$n" >/dev/null 2>&1 && podman container restore --import "$W/mig/q.tar.zst" >/dev/null 2>&1 \
+      || { rec "migrate: podman export+copy+import ${sz}M" FAIL - "see podman"; podman rm -f "$n" >/dev/null 2>&1; return; }
+    t1=$(now_us)
+    xs+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')"); b=$(stat -c %s "$W/mig/p.tar.zst")
+    podman rm -f "$n" >/dev/null 2>&1; rm -f "$W/mig/p.tar.zst" "$W/mig/q.tar.zst"
+  done
+  rec "migrate: podman export+copy+import ${sz}M total = downtime" "$(printf '%s\n' "${xs[@]}" | median)" ms "median of $MIG_RUNS; archive $(awk -v b="$b" 'BEGIN{printf "%.1f", b/1048576}') MiB (zstd)"
+}
 # lazy SIZE: `restore --lazy` vs a full restore of the same generation (CLI wall time: the job
 # runs when it returns), MIG_RUNS each
 lazy_one() {
@@ -444,6 +474,7 @@ bench_migrate() {
     mig_mode "$sz" post-copy
     mig_mode "$sz" stream
     mig_export "$sz"
+    mig_podman "$sz"
     mig_raw "$sz"
   done
 }
