@@ -17,6 +17,8 @@
 #           podman's checkpoint --export / restore --import of the same job is measured beside.
 #           Not in the default list (BENCH=migrate runs it).
 #   lazy    `restore --lazy` vs a full restore of the same generation (SIZES; BENCH=lazy)
+#   ratio   stasis / raw CRIU, run by run alternately, ext4 and tmpfs: checkpoint, restore and
+#           frozen time (SIZES; BENCH=ratio); raw CRIU keeps its previous images as --keep 1
 # Knobs: RUNS (hyperfine runs, 40), CR_RUNS (10), SIZES ("1 64 512"), POLICY_SECS (60),
 #        MIG_SIZES ("64 512 2048"), MIG_RUNS (3),
 #        HF_RUNS for peers (30). Quick check: RUNS=10 CR_RUNS=3 SIZES="1 64" POLICY_SECS=10.
@@ -75,7 +77,7 @@ cleanup() {
   for r in "$R" "$RS" "$W"/root-*; do [ -d "$r" ] && "$S" --root "$r" rm -f --all >/dev/null 2>&1; done
   [ -n "$BL" ] && [ -d "$RB" ] && "$BL" --root "$RB" rm -f --all >/dev/null 2>&1
   for id in "${PFX}-t" "${PFX}-s"; do runc kill "$id" KILL >/dev/null 2>&1; runc delete -f "$id" >/dev/null 2>&1; done
-  for p in ${MIG_PIDS:-}; do kill -9 "$p" >/dev/null 2>&1; done
+  for p in ${MIG_PIDS:-} ${RATIO_PIDS:-}; do kill -9 "$p" >/dev/null 2>&1; done
   for ns in ${MIG_NS:-}; do ip netns del "$ns" >/dev/null 2>&1; done
   for n in ${PODMAN_NAMES:-}; do podman rm -f "$n" >/dev/null 2>&1; done
   for i in ${PODMAN_IMAGES:-}; do podman rmi -f "$i" >/dev/null 2>&1; done
@@ -255,6 +257,82 @@ bench_cr() {
   done
 }
 
+# ------------------------------------------------------------------------------ ratio
+# stasis against raw CRIU on the same job (a static memhog), run by run alternately, on ext4
+# and on tmpfs: checkpoint and restore wall time and CRIU's frozen time, medians of CR_RUNS,
+# and their ratios. Raw CRIU runs as `criu dump -t PID -D DIR` / `criu restore -D DIR -d` on a
+# bare process, and keeps its previous images until the new dump is done, as stasis's
+# `--keep 1` does: deleting them before the dump (peers.sh does) drops their unwritten pages
+# and spares raw CRIU the writeback that any kept checkpoint pays during the next dump.
+frozen_ms() { # stats-dump -> CRIU's frozen time in ms (dump_stats_entry.frozen_time)
+  python3 - "$1" <<'PY' 2>/dev/null || echo -
+import struct, sys
+b = open(sys.argv[1], 'rb').read()
+def varint(d, i):
+    v = s = 0
+    while True:
+        c = d[i]; i += 1; v |= (c & 0x7f) << s; s += 7
+        if c < 0x80: return v, i
+n = struct.unpack('<I', b[8:12])[0]; e = b[12:12 + n]; i = 0
+while i < len(e):
+    k, i = varint(e, i)
+    if k == (1 << 3 | 2):
+        l, i = varint(e, i); d = e[i:i + l]; j = 0
+        while j < len(d):
+            kk, j = varint(d, j); v, j = varint(d, j)
+            if kk >> 3 == 2: print('%.2f' % (v / 1000)); sys.exit(0)
+        break
+    else: sys.exit(1)
+sys.exit(1)
+PY
+}
+ratio_one() { # SIZE LABEL ROOT IMGBASE
+  local sz=$1 label=$2 root=$3 base=$4 n=ra$1 k pid rp img prev="" t0 t1 out
+  local sd=() sr=() sf=() rd=() rr=() rf=()
+  "$S" --root "$root" run -d --name "$n" --keep 1 -- "$W/memhog" "$sz" >/dev/null
+  pid=$(init_pid "$root" "$n")
+  setsid "$W/memhog" "$sz" </dev/null >/dev/null 2>&1 & rp=$!
+  RATIO_PIDS="$RATIO_PIDS $rp"
+  for k in $(seq 1 1200); do
+    local child; child=$(cut -d' ' -f1 "/proc/$pid/task/$pid/children" 2>/dev/null)
+    [ -n "$child" ] && [ "$(awk '/^VmRSS/{print $2}' "/proc/$child/status" 2>/dev/null || echo 0)" -ge $((sz*1024*95/100)) ] \
+      && [ "$(awk '/^VmRSS/{print $2}' "/proc/$rp/status" 2>/dev/null || echo 0)" -ge $((sz*1024*95/100)) ] && break
+    sleep 0.05
+  done
+  for k in $(seq 0 "$CR_RUNS"); do # round 0 warms both up, untimed
+    t0=$(now_us); out=$("$S" --root "$root" checkpoint --keep 1 "$n" 2>&1); t1=$(now_us)
+    case $out in *checkpointed*) ;; *) rec "ratio: stasis ${sz}M $label" FAIL - "$out"; return ;; esac
+    [ "$k" = 0 ] || { sd+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')"); sf+=("$(echo "$out" | sed -n 's/.*frozen \([0-9.]*\) ms.*/\1/p')"); }
+    t0=$(now_us); out=$("$S" --root "$root" restore "$n" 2>&1); t1=$(now_us)
+    case $out in *restored*) ;; *) rec "ratio: stasis restore ${sz}M $label" FAIL - "$out"; return ;; esac
+    [ "$k" = 0 ] || sr+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')")
+    img=$base/raw-$sz-$k; rm -rf "$img"; mkdir -p "$img"
+    t0=$(now_us); criu dump -t "$rp" -D "$img" -o dump.log >/dev/null 2>&1 || { rec "ratio: raw criu ${sz}M $label" FAIL - "$(grep -m1 Error "$img/dump.log")"; return; }; t1=$(now_us)
+    [ "$k" = 0 ] || { rd+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')"); rf+=("$(frozen_ms "$img/stats-dump")"); }
+    wait "$rp" 2>/dev/null # the first dump's: our child until then
+    for t0 in $(seq 1 200); do [ -e "/proc/$rp" ] || break; sleep 0.01; done
+    t0=$(now_us); criu restore -D "$img" -d -o restore.log >/dev/null 2>&1 || { rec "ratio: raw criu restore ${sz}M $label" FAIL - "$(grep Error "$img/restore.log" | grep -v RLIMIT | head -n1)"; return; }; t1=$(now_us)
+    [ "$k" = 0 ] || rr+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')")
+    [ -z "$prev" ] || rm -rf "$prev"; prev=$img
+  done
+  [ -z "$prev" ] || rm -rf "$prev"
+  kill -9 "$rp" 2>/dev/null; "$S" --root "$root" rm -f "$n" >/dev/null
+  local a b what
+  for what in "checkpoint:sd:rd" "restore:sr:rr" "frozen:sf:rf"; do
+    local m=${what%%:*} x=${what#*:}; local y=${x#*:}; x=${x%%:*}
+    eval "a=\$(printf '%s\n' \"\${$x[@]}\" | median)"; eval "b=\$(printf '%s\n' \"\${$y[@]}\" | median)"
+    rec "ratio: $m ${sz}M $label: stasis / raw CRIU" "$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%.2f", a/b}')" x "$a / $b ms, medians of $CR_RUNS alternating"
+  done
+}
+bench_ratio() {
+  local sz
+  RATIO_PIDS=""
+  for sz in $SIZES; do
+    ratio_one "$sz" ext4 "$R" "$W"
+    ratio_one "$sz" tmpfs "$RS" "$SHM"
+  done
+}
+
 # ------------------------------------------------------------------------------ policy
 # crash_latency SIZE: kill -9 the main process; time until the workload runs again
 crash_latency() {
@@ -370,6 +448,7 @@ mig_mode() {
   local from=a to=b
   for i in $(seq 1 "$MIG_RUNS"); do
     out=$("on_$from" migrate --format json --mode "$mode" "$n" "m$to" 2>&1) || { rec "migrate: $mode ${sz}M" FAIL - "$(echo "$out" | tail -n1)"; "on_$from" rm -f "$n" >/dev/null 2>&1; "on_$to" rm -f "$n" >/dev/null 2>&1; return; }
+    log "migrate $mode ${sz}M run $i: $(echo "$out" | jq -c 'del(.name)' 2>/dev/null | head -c 600)"
     tot+=("$(echo "$out" | jq .total_ms)"); down+=("$(echo "$out" | jq .downtime_ms)")
     bytes+=("$(echo "$out" | jq '.image_bytes + .page_bytes')")
     "on_$from" rm "$n" >/dev/null
