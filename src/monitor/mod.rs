@@ -217,6 +217,8 @@ pub(crate) struct Monitor {
     pub spec_on_disk: bool,
     /// Flags and environment the next restore adds (a lazy or gated one).
     pub restore_extra: Option<migrate::RestoreExtra>,
+    /// When the running restore was asked for (its phases go to the monitor's log).
+    pub restore_asked: Option<std::time::Instant>,
     /// Lazy restores under way.
     pub lazy: lazy::LazyState,
 }
@@ -298,6 +300,7 @@ async fn main(l: Launch) -> i32 {
         policy: policy::PolicyState::default(),
         spec_on_disk,
         restore_extra: None,
+        restore_asked: None,
         lazy: lazy::LazyState::default(),
     };
     // Recorded with the next state change (the start, restore or adoption that follows).

@@ -29,6 +29,7 @@ impl Monitor {
         opts: RestoreOpts,
         count_it: bool,
     ) -> Result<Reply, Reply> {
+        self.restore_asked = Some(Instant::now());
         let gen = generations::pick(&self.wd, opts.generation)
             .map_err(|e| err_reply(CODE_STASIS_ERROR, e.to_string()))?;
         let number = gen.number;
@@ -255,8 +256,12 @@ impl Monitor {
         };
         self.event(HistEvent::new("restore", reason).generation(number));
         self.policy_started();
+        let asked = self.restore_asked.take().unwrap_or(t0);
         diag(&format!(
-            "restored generation {number} in {restore_ms:.1} ms: init pid {pid}"
+            "restored generation {number}: before criu {:.1} ms, criu {restore_ms:.1} ms, after {:.1} ms, total {:.1} ms: init pid {pid}",
+            (t0 - asked).as_secs_f64() * 1000.0,
+            (asked.elapsed().as_secs_f64() * 1000.0 - restore_ms - (t0 - asked).as_secs_f64() * 1000.0).max(0.0),
+            asked.elapsed().as_secs_f64() * 1000.0
         ));
         self.notice(&format!(
             "{} restored from generation {number}",
