@@ -316,6 +316,17 @@ ratio_one() { # SIZE LABEL ROOT IMGBASE
     [ -z "$prev" ] || rm -rf "$prev"; prev=$img
   done
   [ -z "$prev" ] || rm -rf "$prev"
+  # stasis's phases (its monitor's log): before CRIU, CRIU as the monitor saw it, after
+  local ml=$root/workloads/$n/monitor.log ph col cols
+  for ph in checkpoint restored; do
+    grep "INFO $ph [0-9]*: before criu\|INFO $ph generation [0-9]*: before criu" "$ml" | tail -n "$CR_RUNS" \
+      | sed 's/.*before criu \([0-9.]*\) ms, criu \([0-9.]*\) ms.*after \([0-9.]*\) ms, total \([0-9.]*\) ms.*/\1 \2 \3 \4/' > "$W/phases"
+    cols=""
+    for col in 1:before 2:criu 3:after 4:total; do
+      cols="$cols${cols:+, }${col#*:} $(cut -d' ' -f"${col%%:*}" "$W/phases" | median)"
+    done
+    rec "ratio: stasis $ph ${sz}M $label phases" "$cols" ms "medians, monitor's log (the rest of the CLI time is the CLI and its round trip)"
+  done
   kill -9 "$rp" 2>/dev/null; "$S" --root "$root" rm -f "$n" >/dev/null
   local a b what
   for what in "checkpoint:sd:rd" "restore:sr:rr" "frozen:sf:rf"; do

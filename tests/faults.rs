@@ -356,6 +356,17 @@ fn monitor_killed_at_random_moments() {
     // nothing rolled back (every restore was of the dump just taken): the whole log is one
     // continuous count, across every monitor that wrote it
     assert_counter_continuous(&counter_values(&env.logs("job")));
+    // A monitor killed mid-restore leaves the fresh /dev/shm it mounted for CRIU on the host;
+    // the next command (or rm) takes it away: nothing stays mounted under the root.
+    env.ok(&["rm", "-f", "--all"]);
+    let root = env.root().to_string_lossy().into_owned();
+    let left: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .filter(|l| l.contains(&root))
+        .map(str::to_string)
+        .collect();
+    assert!(left.is_empty(), "mounts left under {root}: {left:?}");
 }
 
 /// Hardening item 8: CRIU killed right after it killed the dumped tree (simulated by a

@@ -381,6 +381,7 @@ pub fn rm(root: &StateRoot, name: &WorkloadName, force: bool) -> Result<(), ApiE
         return Err(ApiError::Running(name.clone()));
     }
     kill_orphan(root, &wd, &st);
+    crate::container::shm::detach_leftover(&root.runtime, name.as_str());
     let _ = std::fs::remove_file(&wd.socket);
     drop(lock);
     std::fs::remove_dir_all(&wd.dir).map_err(io_err(format!("remove {}", wd.dir.display())))?;

@@ -78,10 +78,14 @@ impl Staged {
     }
 }
 
+fn staging_path(runtime: &Path, name: &str) -> PathBuf {
+    runtime.join(format!("shm.{name}"))
+}
+
 /// Mounts the tmpfs at `runtime/shm.NAME` (one restore per workload runs at a time; a
 /// leftover of a monitor that died mid-restore is detached first).
 pub fn stage(runtime: &Path, name: &str, m: &ShmMount) -> Result<Staged, String> {
-    let path = runtime.join(format!("shm.{name}"));
+    let path = staging_path(runtime, name);
     crate::store::atomic::mkdir_p(&path, 0o700).map_err(|e| e.to_string())?;
     detach(&path);
     nix::mount::mount(
@@ -95,9 +99,18 @@ pub fn stage(runtime: &Path, name: &str, m: &ShmMount) -> Result<Staged, String>
     Ok(Staged { path })
 }
 
+/// Detaches and removes the staging tmpfs a monitor killed mid-restore left on the host.
+/// Called with the workload lock held (CRIU, which holds it during a restore, is done).
+pub fn detach_leftover(runtime: &Path, name: &str) {
+    drop(Staged {
+        path: staging_path(runtime, name),
+    });
+}
+
 /// Detaches whatever is mounted at `path` (nothing: EINVAL, fine).
 fn detach(path: &Path) {
-    while nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+    use nix::mount::MntFlags as M;
+    while nix::mount::umount2(path, M::MNT_DETACH | M::UMOUNT_NOFOLLOW).is_ok() {}
 }
 
 impl Drop for Staged {
@@ -140,6 +153,12 @@ mod tests {
         std::fs::write(p.join("seg"), b"x").unwrap();
         drop(s);
         assert!(!p.exists(), "{} left behind", p.display());
+        // a leftover (its monitor died) goes the same way, and nothing there is fine too
+        let s = stage(d.path(), "job", &ShmMount::host_tree()).unwrap();
+        std::mem::forget(s);
+        detach_leftover(d.path(), "job");
+        assert!(!p.exists(), "{} left behind", p.display());
+        detach_leftover(d.path(), "other");
         // the directory below was never written: the file lived on the tmpfs
         assert!(is_empty(d.path()));
     }

@@ -456,6 +456,13 @@ pub fn observe(wd: &WorkloadDir) -> Result<Observed, StateError> {
     let restored = (st.status == Status::Restoring)
         .then(|| restored_init(wd))
         .flatten();
+    if st.status == Status::Restoring {
+        // The fresh /dev/shm its restore mounted on the host (the container, if restored,
+        // holds its own bind of it).
+        if let Some(runtime) = wd.socket.parent() {
+            crate::container::shm::detach_leftover(runtime, wd.name.as_str());
+        }
+    }
     let mut changed = reconcile_dead_monitor(&mut st, restored);
     // Dumps CRIU finished after the monitor died are generations like any other; one that
     // ended the job (no --leave-running) leaves it checkpointed, as was asked.
