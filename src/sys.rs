@@ -85,6 +85,16 @@ pub unsafe fn fork() -> io::Result<Option<i32>> {
     }
 }
 
+/// Gives the heap's free pages back to the kernel (`malloc_trim(0)`). The monitor is forked
+/// from the CLI, whose argument parsing leaves freed memory behind: every monitor would keep
+/// it as private pages for as long as its job runs.
+pub fn trim_heap() {
+    // SAFETY: no arguments beyond the pad size; glibc's allocator is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// `pidfd_open(pid, 0)`.
 pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall with integer arguments.

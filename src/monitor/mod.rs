@@ -90,6 +90,7 @@ pub fn run(l: Launch) -> ! {
         diag::init(f);
     }
     sys::set_name("stasis-monitor");
+    sys::trim_heap();
     // Orphans of CRIU runs and of restored trees must be ours to reap: without it a restored
     // init's zombie would linger until the host's init gets to it.
     if let Err(e) = sys::set_child_subreaper() {
