@@ -165,22 +165,17 @@ fn receive(
     if mode == Mode::Stream {
         let log = wd.criu_logs().join("page-server.log");
         crate::store::atomic::mkdir_p(&wd.criu_logs(), 0o700).map_err(|e| e.to_string())?;
-        let mut cmd = std::process::Command::new(&criu.path);
-        cmd.args(lazy::page_server_argv(&stage, &log))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        // Only the page server holds the channel: should it die, the source's dump sees the
-        // channel close instead of filling it.
         let Some(ch) = pages.take() else {
             return Err("no page channel".into());
         };
-        let child = crate::sys::spawn_with_fds(&mut cmd, &[(ch.as_raw_fd(), lazy::PS_SOCKET_FD)])
-            .map_err(|e| format!("run criu page-server on {host}: {e}"))?;
-        drop(ch);
-        server = Some((child, log));
+        server = Some(PageServer::start(&criu.path, &stage, log, ch, &host)?);
     }
     wire::send(out, &Wire::Prepared).map_err(|e| e.to_string())?;
+    if let Some(s) = server {
+        // The source's dump streams its pages now and has the page server end before its
+        // images are done, so nothing else arrives until then: wait for it here.
+        s.finish(&host)?;
+    }
     let manifest = loop {
         match wire::recv(inp) {
             Ok(Some(Wire::File { path, size })) => {
@@ -194,15 +189,6 @@ fn receive(
             Ok(None) | Err(_) => return Ok(None),
         }
     };
-    if let Some((mut child, log)) = server {
-        let ok = child.wait().map(|s| s.success()).unwrap_or(false);
-        if !ok {
-            return Err(format!(
-                "criu page-server on {host} failed: {}",
-                crate::criu::failure_reasons(&log).join("; ")
-            ));
-        }
-    }
     if mode == Mode::Stream {
         // The images are complete here: should this side's monitor die after the source's
         // commit, `__migrate-resume` restores the job from them (see `recover_stream`).
@@ -241,6 +227,69 @@ fn receive(
     )
     .map_err(|e| format!("start a monitor on {host}: {e}"))?;
     Ok(Some(Taken { link: ours, conn }))
+}
+
+/// A stream migration's `criu page-server`, writing the pages the source's dump sends over
+/// the page channel into the stage.
+struct PageServer {
+    child: std::process::Child,
+    /// Our duplicate of the page channel, shut down once the server has ended.
+    channel: OwnedFd,
+    log: PathBuf,
+}
+
+impl PageServer {
+    fn start(
+        criu: &Path,
+        stage: &Path,
+        log: PathBuf,
+        channel: OwnedFd,
+        host: &str,
+    ) -> Result<PageServer, String> {
+        let mut cmd = std::process::Command::new(criu);
+        cmd.args(lazy::page_server_argv(stage, &log))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        // Its own process group, ended with it (see `crate::criu::group`): a page server
+        // killed while it probes the kernel leaves a child that holds the page channel.
+        crate::criu::group::own_group(&mut cmd);
+        let child =
+            crate::sys::spawn_with_fds(&mut cmd, &[(channel.as_raw_fd(), lazy::PS_SOCKET_FD)])
+                .map_err(|e| format!("run criu page-server on {host}: {e}"))?;
+        Ok(PageServer {
+            child,
+            channel,
+            log,
+        })
+    }
+
+    /// Waits until the server has ended, ends what it left in its group and shuts the page
+    /// channel down, so the source's dump sees it close should the server have died: held
+    /// open by anything here, the channel would keep that dump (and the frozen job) waiting
+    /// forever. Then reaps the server and says whether it succeeded.
+    fn finish(mut self, host: &str) -> Result<(), String> {
+        let pid = self.child.id() as i32;
+        let waited = crate::criu::group::wait_exited(pid);
+        if let Err(e) = crate::criu::group::end_group(pid) {
+            eprintln!("stasis: end what criu page-server (pid {pid}) left: {e}");
+        }
+        if let Err(e) =
+            nix::sys::socket::shutdown(self.channel.as_raw_fd(), nix::sys::socket::Shutdown::Both)
+        {
+            eprintln!("stasis: shut the page channel down: {e}");
+        }
+        let status = waited
+            .and_then(|()| self.child.wait())
+            .map_err(|e| format!("criu page-server on {host}: {e}"))?;
+        if status.success() {
+            return Ok(());
+        }
+        Err(format!(
+            "criu page-server on {host} failed ({status}): {}",
+            crate::criu::failure_reasons(&self.log).join("; ")
+        ))
+    }
 }
 
 /// Waits for `__migrate-pages` to hand over the page channel.

@@ -131,11 +131,14 @@ impl Monitor {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
+        // Its own process group: a daemon killed while it probes the kernel leaves a child
+        // holding the page channel and the status pipe, which the reaper ends with it.
+        criu::group::own_group(&mut cmd);
         let child = sys::spawn_with_fds(&mut cmd, &fds)
             .map_err(|e| format!("run {} lazy-pages: {e}", criu.path.display()))?;
         drop(status_w);
         let pid = child.id() as i32;
-        let exit = self.reaper.watch(pid);
+        let exit = self.reaper.watch_group(pid);
         drop(child);
         let status = Fd::new(status_r).map_err(|e| e.to_string())?;
         let mut b = [0u8; 1];
