@@ -154,6 +154,11 @@ fn migrate_steps(
         )
         .map_err(|e| back(format!("run ssh: {e}")))?;
     let mut pages = pages;
+    // Nothing comes on the page channel before the target says it is prepared: should it
+    // end first (its ssh died), the target would wait for it in vain, and so would we.
+    if let Err(why) = first_readable(&ctl.sock, &pages.sock) {
+        return Err(back(format!("{why} ({})", pages.why_closed())));
+    }
     match wire::recv(&mut &ctl.sock) {
         Ok(Some(Wire::Prepared)) => {}
         Ok(Some(Wire::Refuse { reason })) => {
@@ -192,6 +197,28 @@ fn migrate_steps(
         page_bytes,
         pid,
     })
+}
+
+/// Waits until `ctl` has something to read; an error if `pages` ends (or speaks) first.
+fn first_readable(
+    ctl: &std::os::unix::net::UnixStream,
+    pages: &std::os::unix::net::UnixStream,
+) -> Result<(), String> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
+    loop {
+        let mut p = [
+            PollFd::new(ctl.as_fd(), PollFlags::POLLIN),
+            PollFd::new(pages.as_fd(), PollFlags::POLLIN),
+        ];
+        match nix::poll::poll(&mut p, PollTimeout::NONE) {
+            Ok(_) if p[0].any() == Some(true) => return Ok(()),
+            Ok(_) if p[1].any() == Some(true) => {
+                return Err("the page channel closed before the target was prepared".into())
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("poll: {e}")),
+        }
+    }
 }
 
 /// The remote stasis command line, as words (`stasis` when empty).

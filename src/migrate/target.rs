@@ -16,7 +16,7 @@ use crate::protocol::{self, Request};
 use crate::store::name::WorkloadName;
 use crate::store::state::{StateRoot, Status, WorkloadDir, WorkloadState};
 use std::io::{BufRead, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -158,7 +158,12 @@ fn receive(
     st.status = Status::Failed;
     st.error = Some(format!("its migration from {from} did not complete"));
     wd.save(&st).map_err(|e| e.to_string())?;
-    let mut pages = Some(accept_pages(&pages_socket(root, &name), &token)?);
+    let stdin = std::io::stdin();
+    let mut pages = Some(accept_pages(
+        &pages_socket(root, &name),
+        &token,
+        stdin.as_fd(),
+    )?);
     let stage = wd.dir.join(".migrate-stage");
     crate::store::atomic::mkdir_p(&stage, 0o700).map_err(|e| e.to_string())?;
     let mut server = None;
@@ -292,8 +297,13 @@ impl PageServer {
     }
 }
 
-/// Waits for `__migrate-pages` to hand over the page channel.
-fn accept_pages(path: &Path, token: &str) -> Result<OwnedFd, String> {
+/// Waits for `__migrate-pages` to hand over the page channel, while watching the control
+/// channel `control`: the source sends nothing there until the page channel is up, so
+/// anything on it (its end, an abort) means the source gave up. Without that watch a source
+/// that failed to open the page channel left this claim, and the name, taken for
+/// [`PAGES_WAIT`].
+fn accept_pages(path: &Path, token: &str, control: BorrowedFd<'_>) -> Result<OwnedFd, String> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
     let _ = std::fs::remove_file(path);
     let l = protocol::listen(path).map_err(|e| format!("listen {}: {e}", path.display()))?;
     let deadline = Instant::now() + PAGES_WAIT;
@@ -302,15 +312,18 @@ fn accept_pages(path: &Path, token: &str) -> Result<OwnedFd, String> {
         if left.is_zero() {
             break Err("the page channel did not connect".to_string());
         }
-        let mut p = [nix::poll::PollFd::new(
-            l.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
+        let mut p = [
+            PollFd::new(l.as_fd(), PollFlags::POLLIN),
+            PollFd::new(control, PollFlags::POLLIN),
+        ];
         let ms = left.as_millis().min(u16::MAX as u128) as u16;
-        match nix::poll::poll(&mut p, nix::poll::PollTimeout::from(ms)) {
+        match nix::poll::poll(&mut p, PollTimeout::from(ms)) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => break Err(format!("poll: {e}")),
             Ok(_) => {}
+        }
+        if p[1].any() == Some(true) {
+            break Err("the source went away before the page channel connected".to_string());
         }
         let Ok(c) = crate::sys::accept(l.as_fd(), false) else {
             continue;
@@ -400,8 +413,11 @@ impl Taken {
 pub fn pages(root: &StateRoot, name: &WorkloadName, token: &str) -> i32 {
     crate::sys::sigpipe(true);
     let path = pages_socket(root, name);
-    // The target's `__migrate-target` listens once it has claimed the name.
+    // The target's `__migrate-target` listens once it has claimed the name. Meanwhile the
+    // source sends nothing here (its CRIU starts only once the channel is up), so input or
+    // its end means the source gave up: this session ends rather than wait on.
     let deadline = Instant::now() + PAGES_WAIT;
+    let stdin = std::io::stdin();
     let conn = loop {
         match protocol::connect(&path) {
             Ok(c) => break c,
@@ -409,7 +425,21 @@ pub fn pages(root: &StateRoot, name: &WorkloadName, token: &str) -> i32 {
                 eprintln!("stasis: page channel {}: {e}", path.display());
                 return CODE_STASIS_ERROR;
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => {
+                use nix::poll::{PollFd, PollFlags, PollTimeout};
+                let mut p = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+                match nix::poll::poll(&mut p, PollTimeout::from(20u16)) {
+                    Ok(0) | Err(nix::errno::Errno::EINTR) => {}
+                    Ok(_) => {
+                        eprintln!("stasis: the source went away before the page channel connected");
+                        return CODE_STASIS_ERROR;
+                    }
+                    Err(e) => {
+                        eprintln!("stasis: poll the page channel: {e}");
+                        return CODE_STASIS_ERROR;
+                    }
+                }
+            }
         }
     };
     let (a, b) = match UnixStream::pair() {
