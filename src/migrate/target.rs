@@ -31,6 +31,25 @@ struct PagesHello {
 /// A stream stage's manifest (a dot-name: not an image).
 const STAGE_MANIFEST: &str = ".migrate-manifest.json";
 
+/// In a claimed workload's directory: the token of the migration that claimed it, so an
+/// abort the source sends later over `__migrate-resume` removes only what that migration
+/// left (a dot-name: never sent on by a later migration).
+const TOKEN_FILE: &str = ".migrate-token";
+
+/// How long `__migrate-resume` waits, for an abort, until nothing holds the workload any
+/// more (a monitor undoing its restore, a CRIU finishing): under the source's own wait.
+const ABORT_WAIT: Duration = Duration::from_secs(30);
+
+/// The token file of a workload directory.
+pub(crate) fn token_path(wd: &WorkloadDir) -> PathBuf {
+    wd.dir.join(TOKEN_FILE)
+}
+
+/// True when `wd` exists and was claimed by migration `token`.
+fn claimed_by(wd: &WorkloadDir, token: &str) -> bool {
+    std::fs::read_to_string(token_path(wd)).is_ok_and(|t| t == token)
+}
+
 /// How long the target waits for the page channel.
 const PAGES_WAIT: Duration = Duration::from_secs(30);
 
@@ -152,6 +171,8 @@ fn receive(
         wd: wd.clone(),
         armed: true,
     };
+    crate::store::atomic::write_atomic(&token_path(&wd), token.as_bytes())
+        .map_err(|e| e.to_string())?;
     spec.name = Some(name.clone());
     crate::store::atomic::write_json_atomic(&wd.spec_path(), &spec).map_err(|e| e.to_string())?;
     let mut st = WorkloadState::new(&name);
@@ -485,27 +506,107 @@ pub fn pages(root: &StateRoot, name: &WorkloadName, token: &str) -> i32 {
     0
 }
 
-/// `stasis __migrate-resume NAME`: a source that committed but lost its control channel
-/// tells the held restore to go on, then waits until the job runs.
-pub fn resume(root: &StateRoot, name: &WorkloadName) -> i32 {
+/// `stasis __migrate-resume NAME [TOKEN]`: a source that committed but lost its control
+/// channel tells the held restore to go on, then waits until the job runs; a source that
+/// rolled migration TOKEN back has whatever of it is left here dropped.
+pub fn resume(root: &StateRoot, name: &WorkloadName, token: Option<&str>) -> i32 {
     let mut inp = std::io::stdin().lock();
     let mut out = std::io::stdout().lock();
-    let reply = match wire::recv(&mut inp) {
-        Ok(Some(Wire::Step { step: Step::Commit })) => resume_commit(root, name),
-        _ => Err("expected a commit".into()),
-    };
-    let msg = match reply {
-        Ok(pid) => Wire::Step {
-            step: Step::Running {
-                pid,
-                restore_ms: 0.0,
-                page_bytes: 0,
+    let msg = match (wire::recv(&mut inp), token) {
+        (Ok(Some(Wire::Step { step: Step::Commit })), _) => match resume_commit(root, name) {
+            Ok(pid) => Wire::Step {
+                step: Step::Running {
+                    pid,
+                    restore_ms: 0.0,
+                    page_bytes: 0,
+                },
             },
+            Err(reason) => Wire::Refuse { reason },
         },
-        Err(reason) => Wire::Refuse { reason },
+        (
+            Ok(Some(Wire::Step {
+                step: Step::Abort { reason },
+            })),
+            Some(token),
+        ) => match resume_abort(root, name, token, reason) {
+            Ok(()) => Wire::Step {
+                step: Step::Dropped,
+            },
+            Err(reason) => Wire::Refuse { reason },
+        },
+        _ => Wire::Refuse {
+            reason: "expected a commit, or an abort with its migration's token".into(),
+        },
     };
-    let _ = wire::send(&mut out, &msg);
-    0
+    match wire::send(&mut out, &msg) {
+        Ok(()) => 0,
+        Err(_) => CODE_STASIS_ERROR,
+    }
+}
+
+/// The source rolled migration `token` back (the job runs there): whatever of it is left
+/// here goes. A monitor still waiting for its verdict gets the abort and undoes its restore
+/// itself; then, once nothing holds the workload (that monitor, a CRIU still running after
+/// its monitor was killed), a record this migration claimed is removed, placeholder,
+/// half-restored or kept "unconfirmed" alike. A record of another migration or job of the
+/// same name is left alone, and so, defensively, is one that runs.
+fn resume_abort(
+    root: &StateRoot,
+    name: &WorkloadName,
+    token: &str,
+    reason: String,
+) -> Result<(), String> {
+    let wd = root.workload(name);
+    let deadline = Instant::now() + ABORT_WAIT;
+    let mut told = false;
+    loop {
+        if !claimed_by(&wd, token) {
+            return Ok(());
+        }
+        if !told {
+            if let Ok(c) = protocol::connect(&resume_socket(root, name)) {
+                let abort = Step::Abort {
+                    reason: reason.clone(),
+                };
+                told = protocol::send(c.as_fd(), &abort, &[]).is_ok();
+            }
+        }
+        let lock = match wd.try_lock() {
+            Ok(l) => l,
+            // Removed meanwhile (its monitor undid it): nothing of it is left.
+            Err(_) if !claimed_by(&wd, token) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        };
+        if let Some(_lock) = lock {
+            // Checked again under the lock: nothing can start on it meanwhile.
+            if !claimed_by(&wd, token) {
+                return Ok(());
+            }
+            if let Ok(st) = wd.load() {
+                if st.status == Status::Running && st.init.is_some_and(|i| i.alive()) {
+                    return Err(format!(
+                        "{name} runs on {} although its migration was rolled back",
+                        host()
+                    ));
+                }
+            }
+            std::fs::remove_dir_all(&wd.dir)
+                .map_err(|e| format!("remove {}: {e}", wd.dir.display()))?;
+            let cg = crate::container::cgroup::Cgroup::for_workload(&root.key(), name.as_str());
+            if let Err(e) = cg.try_remove() {
+                eprintln!("stasis: {e}");
+            }
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{name} is still busy on {} after {} s",
+                host(),
+                ABORT_WAIT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn resume_commit(root: &StateRoot, name: &WorkloadName) -> Result<i32, String> {

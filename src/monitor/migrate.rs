@@ -405,11 +405,17 @@ impl Monitor {
         };
         let pages = fds.next();
         match self.migrate_in_gated(&opts, &link, pages).await {
-            Ok(pid) => Reply::Restored {
-                generation: opts.manifest.generation,
-                pid,
-                diverged: vec![],
-            },
+            Ok(pid) => {
+                // The job is this host's now: no abort may ever remove it.
+                if let Err(e) = std::fs::remove_file(crate::migrate::target::token_path(&self.wd)) {
+                    diag(&format!("remove the migration's token: {e}"));
+                }
+                Reply::Restored {
+                    generation: opts.manifest.generation,
+                    pid,
+                    diverged: vec![],
+                }
+            }
             Err(why) => {
                 let _ = link
                     .send_msg(
