@@ -643,12 +643,30 @@ fn resume_commit(root: &StateRoot, name: &WorkloadName) -> Result<i32, String> {
 /// from them, as the commit says it must run here.
 fn recover_stream(root: &StateRoot, name: &WorkloadName) -> Result<i32, String> {
     let wd = root.workload(name);
-    let mut st = wd.load().map_err(|e| e.to_string())?;
-    if st.status == Status::Running {
-        if let Some(i) = st.init.filter(|i| i.alive()) {
-            return Ok(i.pid);
+    // Until the record says the job runs, whatever still holds the workload (its monitor
+    // finishing the restore it was told to let go, or, that monitor killed, its CRIU giving
+    // up at a gate nobody answers) decides what happened: wait for one or the other. Only
+    // then is the record the truth (reconciled on reading) and a restore possible.
+    let deadline = Instant::now() + ABORT_WAIT;
+    let mut st = loop {
+        let o = crate::store::state::observe(&wd).map_err(|e| e.to_string())?;
+        if o.state.status == Status::Running {
+            if let Some(i) = o.state.init.filter(|i| i.alive()) {
+                return Ok(i.pid);
+            }
         }
-    }
+        if !o.monitor_alive {
+            break o.state;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{name} is still busy on {} after {} s",
+                host(),
+                ABORT_WAIT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let stage = wd.dir.join(".migrate-stage");
     let mpath = stage.join(STAGE_MANIFEST);
     if mpath.is_file() {
