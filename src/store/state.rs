@@ -456,7 +456,9 @@ pub fn observe(wd: &WorkloadDir) -> Result<Observed, StateError> {
     let restored = (st.status == Status::Restoring)
         .then(|| restored_init(wd))
         .flatten();
-    let mut changed = reconcile_dead_monitor(&mut st, restored);
+    let restorable =
+        st.status == Status::Restoring && !crate::store::generations::list(wd).is_empty();
+    let mut changed = reconcile_dead_monitor(&mut st, restored, restorable);
     // Dumps CRIU finished after the monitor died are generations like any other; one that
     // ended the job (no --leave-running) leaves it checkpointed, as was asked.
     for n in crate::store::generations::recover_temps(wd) {
@@ -502,8 +504,13 @@ fn restored_init(wd: &WorkloadDir) -> Option<ProcRef> {
 }
 
 /// Adjusts `st` for a monitor that is gone; returns true if anything changed. `restored` is
-/// the container an interrupted restore left running, if any.
-pub fn reconcile_dead_monitor(st: &mut WorkloadState, restored: Option<ProcRef>) -> bool {
+/// the container an interrupted restore left running, if any; `restorable`: the workload has
+/// a generation to come back from.
+pub fn reconcile_dead_monitor(
+    st: &mut WorkloadState,
+    restored: Option<ProcRef>,
+    restorable: bool,
+) -> bool {
     const LOST: &str = "monitor lost";
     if st.status == Status::Restoring {
         st.restoring_since = None;
@@ -518,10 +525,19 @@ pub fn reconcile_dead_monitor(st: &mut WorkloadState, restored: Option<ProcRef>)
                     init.pid
                 ));
             }
-            None => {
+            None if restorable => {
                 // CRIU finished without a restored tree: the generations are as they were.
                 st.status = Status::Checkpointed;
                 st.note = Some(format!("{LOST} during a restore, which did not complete"));
+            }
+            None => {
+                // Nothing to come back from (a migration's restore, whose images were never
+                // a generation here): "checkpointed" would promise a restore that cannot be.
+                st.status = Status::Failed;
+                st.init = None;
+                st.error = Some(format!(
+                    "{LOST} during a restore, which did not complete; there is no generation to restore it from"
+                ));
             }
         }
         return true;
@@ -666,7 +682,7 @@ mod tests {
             pid: i32::MAX,
             start_time: 1,
         });
-        assert!(reconcile_dead_monitor(&mut st, None));
+        assert!(reconcile_dead_monitor(&mut st, None, true));
         assert_eq!(st.status, Status::Exited);
         let exit = st.exit.unwrap();
         assert_eq!(exit.status, None);
@@ -678,11 +694,11 @@ mod tests {
         let mut st = WorkloadState::new(&crate::store::name::n("a"));
         st.status = Status::Running;
         st.init = ProcRef::of(std::process::id() as i32);
-        assert!(reconcile_dead_monitor(&mut st, None));
+        assert!(reconcile_dead_monitor(&mut st, None, true));
         assert_eq!(st.status, Status::Running);
         assert!(st.note.as_deref().unwrap().contains("monitor lost"));
         // a second look changes nothing
-        assert!(!reconcile_dead_monitor(&mut st, None));
+        assert!(!reconcile_dead_monitor(&mut st, None, true));
     }
 
     #[test]
@@ -692,22 +708,33 @@ mod tests {
         st.status = Status::Restoring;
         st.restoring_since = Some(1);
         let me = ProcRef::of(std::process::id() as i32);
-        assert!(reconcile_dead_monitor(&mut st, me));
+        assert!(reconcile_dead_monitor(&mut st, me, true));
         assert_eq!(st.status, Status::Running);
         assert_eq!(st.init, me);
         assert!(st.note.as_deref().unwrap().contains("during a restore"));
         // no restored tree: back to checkpointed, nothing lost
         let mut st = WorkloadState::new(&crate::store::name::n("a"));
         st.status = Status::Restoring;
-        assert!(reconcile_dead_monitor(&mut st, None));
+        assert!(reconcile_dead_monitor(&mut st, None, true));
         assert_eq!(st.status, Status::Checkpointed);
+    }
+
+    /// Issue 11: a migration's target whose monitor was killed mid-restore said
+    /// "checkpointed" with no generation to restore from.
+    #[test]
+    fn item_11_an_interrupted_restore_without_a_generation_is_failed_not_checkpointed() {
+        let mut st = WorkloadState::new(&crate::store::name::n("a"));
+        st.status = Status::Restoring;
+        assert!(reconcile_dead_monitor(&mut st, None, false));
+        assert_eq!(st.status, Status::Failed);
+        assert!(st.error.as_deref().unwrap().contains("no generation"));
     }
 
     #[test]
     fn checkpointed_survives_a_dead_monitor() {
         let mut st = WorkloadState::new(&crate::store::name::n("a"));
         st.status = Status::Checkpointed;
-        reconcile_dead_monitor(&mut st, None);
+        reconcile_dead_monitor(&mut st, None, true);
         assert_eq!(st.status, Status::Checkpointed);
     }
 
