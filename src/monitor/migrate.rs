@@ -735,12 +735,17 @@ fn pages_size(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Kills what a failed restore may have left among our children (a restored init whose
-/// restore was abandoned after it forked).
+/// Kills what a failed restore may have left among our descendants: a restored init whose
+/// restore was abandoned after it forked, and the tasks of a restore whose CRIU was killed
+/// mid-way (they have not become init copies yet, but live in the container's new pid
+/// namespace; nothing else of ours does).
 fn kill_restored_inits() {
     let me = std::process::id() as i32;
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    let ours = ns("self");
     for p in crate::container::tree::pids(me).into_iter().skip(1) {
-        if crate::store::init_copies::runs_init(p) {
+        let elsewhere = ours.is_some() && ns(&p.to_string()).is_some_and(|n| Some(n) != ours);
+        if elsewhere || crate::store::init_copies::runs_init(p) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(p),
                 nix::sys::signal::Signal::SIGKILL,
