@@ -505,6 +505,10 @@ impl Run<'_> {
             reason: why.clone(),
         });
         match mon.reply() {
+            // The monitor's word says what became of the job; the target's failure may
+            // have reached it only as its effect ("the page channel closed before the
+            // target was ready"), so the cause goes first.
+            Err(m) if !m.contains(&why) => back(format!("{why}; {m}")),
             Err(m) => back(m),
             Ok(_) => back(why),
         }
