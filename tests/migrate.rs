@@ -367,8 +367,20 @@ enum Fault {
     TargetCriu,
 }
 
-/// This trial's candidates to kill (all of them the bed's own processes).
-fn victims(f: Fault, migrate_pid: i32, b: &Host) -> Vec<Proc> {
+impl Fault {
+    /// The kinds of process it kills: each trial picks one, so that a short-lived kind (a
+    /// restore) is hit as often as a long-lived one.
+    fn kinds(self) -> &'static [&'static str] {
+        match self {
+            Fault::Ssh => &["control", "pages"],
+            Fault::TargetStasis => &["__migrate-target", "__migrate-pages", "monitor"],
+            Fault::TargetCriu => &["page-server or lazy-pages", "restore"],
+        }
+    }
+}
+
+/// This trial's candidates to kill: the bed's own processes of `kind` (see [`Fault::kinds`]).
+fn victims(f: Fault, kind: &str, migrate_pid: i32, b: &Host) -> Vec<Proc> {
     let root_b = b.root.display().to_string();
     let ps = procs();
     let sshd_b = b.sshd_pid().unwrap_or(-1);
@@ -382,36 +394,101 @@ fn victims(f: Fault, migrate_pid: i32, b: &Host) -> Vec<Proc> {
     }
     ps.iter()
         .filter(|p| p.state != 'Z')
-        .filter(|p| match f {
-            Fault::Ssh => p.ppid == migrate_pid && p.comm == "ssh",
-            Fault::TargetStasis => {
-                (under_b.contains(&p.pid) && p.cmd.contains("__migrate-"))
-                    || (p.comm == "stasis-monitor"
-                        && std::fs::read_link(format!("/proc/{}/cwd", p.pid)).is_ok()
-                        && under_b.contains(&p.ppid))
+        .filter(|p| match (f, kind) {
+            (Fault::Ssh, "control") => {
+                p.ppid == migrate_pid && p.comm == "ssh" && p.cmd.contains("__migrate-target")
             }
-            Fault::TargetCriu => p.comm == "criu" && p.cmd.contains(&root_b),
+            (Fault::Ssh, _) => {
+                p.ppid == migrate_pid && p.comm == "ssh" && p.cmd.contains("__migrate-pages")
+            }
+            (Fault::TargetStasis, "monitor") => {
+                p.comm == "stasis-monitor"
+                    && std::fs::read_link(format!("/proc/{}/cwd", p.pid)).is_ok()
+                    && under_b.contains(&p.ppid)
+            }
+            (Fault::TargetStasis, _) => {
+                under_b.contains(&p.pid) && p.comm != "stasis-monitor" && p.cmd.contains(kind)
+            }
+            (Fault::TargetCriu, "restore") => {
+                p.comm == "criu" && p.cmd.contains(&root_b) && p.cmd.contains(" restore ")
+            }
+            (Fault::TargetCriu, _) => {
+                p.comm == "criu"
+                    && p.cmd.contains(&root_b)
+                    && (p.cmd.contains(" page-server ") || p.cmd.contains(" lazy-pages "))
+            }
         })
         .cloned()
         .collect()
 }
 
+/// What one side says about a job: `inspect`'s state (Null: no record) and `ps`'s row.
+struct Side {
+    alias: String,
+    state: serde_json::Value,
+    ps: Option<serde_json::Value>,
+}
+
+impl Side {
+    fn of(h: &Host, name: &str) -> Side {
+        let o = h.run(&["ps", "-a", "--format", "json"]);
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        Side {
+            alias: h.alias.clone(),
+            state: h.inspect(name)["state"].clone(),
+            ps: rows.into_iter().find(|r| r["name"] == name),
+        }
+    }
+
+    /// The status ("" without a record).
+    fn status(&self) -> &str {
+        self.state["status"].as_str().unwrap_or_default()
+    }
+
+    /// It says the job runs here, and its init is alive.
+    fn runs(&self) -> bool {
+        self.status() == "running"
+            && self.state["init"]["pid"]
+                .as_i64()
+                .is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+    }
+
+    /// `ps` agrees with `inspect`: the same status and pid, or neither has a record.
+    fn ps_agrees(&self) -> Result<(), String> {
+        match &self.ps {
+            None if self.state.is_null() => Ok(()),
+            Some(r)
+                if r["status"] == self.state["status"] && r["pid"] == self.state["init"]["pid"] =>
+            {
+                Ok(())
+            }
+            r => Err(format!(
+                "on {}: ps says {r:?}, inspect says {}",
+                self.alias, self.state
+            )),
+        }
+    }
+}
+
 /// Where the job ended up, once nothing of its migration runs any more: on exactly one side
 /// (with the other side's record not claiming it, and the command's exit code agreeing), or,
 /// post-copy only, lost after the hand-over with both sides and the command saying so.
-/// Anything else (zero or two sides, a record that lies, an exit code that lies) is why not.
-fn outcome(a: &Host, b: &Host, name: &str, mode: &str, code: i32) -> Result<&'static str, String> {
-    let alive = |h: &Host| {
-        h.status(name) == "running"
-            && h.init_pid(name)
-                .is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
-    };
-    let (sa, sb) = (a.status(name), b.status(name));
-    match (alive(a), alive(b)) {
+/// Anything else (zero or two sides, a record that lies, an exit code that lies, `ps` and
+/// `inspect` disagreeing) is why not.
+fn outcome(a: &Side, b: &Side, mode: &str, code: i32, err: &str) -> Result<&'static str, String> {
+    a.ps_agrees()?;
+    b.ps_agrees()?;
+    let (sa, sb) = (a.status(), b.status());
+    match (a.runs(), b.runs()) {
         (true, true) => Err("the job runs on both sides".into()),
         (true, false) if sb == "running" || sb == "restoring" => {
             Err(format!("the job runs on A but B says {sb}"))
         }
+        // A rollback drops whatever the target held of the attempt (a placeholder, a
+        // half-restored record, "unconfirmed" images), or says that it could not.
+        (true, false) if !sb.is_empty() && !err.contains("may still hold a record") => Err(
+            format!("the job runs on A but B keeps a record ({sb}) and migrate did not say so"),
+        ),
         // "Rolled back: the job keeps running here" must be true, and only then.
         (true, false) if code != CODE_ROLLED_BACK => {
             Err(format!("the job runs on A but migrate exited {code}"))
@@ -422,10 +499,14 @@ fn outcome(a: &Host, b: &Host, name: &str, mode: &str, code: i32) -> Result<&'st
             Err(format!("the job runs on B but migrate exited {code}"))
         }
         (false, true) => Ok("b"),
-        // Post-copy's window: handed over, then lost; both sides must say so.
+        // Post-copy's window: handed over, then lost; both sides must say so (B's record
+        // with why: never "checkpointed", for there is nothing to restore).
         (false, false) if mode == "post-copy" && code == CODE_LOST && sa == "migrated" => {
-            if sb == "running" || sb == "restoring" {
+            let why = b.state.to_string();
+            if sb == "running" || sb == "restoring" || sb == "checkpointed" {
                 Err(format!("the job runs nowhere but B says {sb}"))
+            } else if !sb.is_empty() && !why.contains("memory") && !why.contains("lost") {
+                Err(format!("the job was lost but B does not say why: {why}"))
             } else {
                 Ok("lost")
             }
@@ -439,28 +520,6 @@ fn outcome(a: &Host, b: &Host, name: &str, mode: &str, code: i32) -> Result<&'st
 /// `migrate`'s exit codes (see `stasis::migrate`).
 const CODE_ROLLED_BACK: i32 = 125;
 const CODE_LOST: i32 = 3;
-
-/// `ps` agrees with `inspect` on `h` about `name`: listed with the same status and pid, or,
-/// when inspect finds no record, not listed.
-fn ps_agrees(h: &Host, name: &str) -> Result<(), String> {
-    let o = h.run(&["ps", "-a", "--format", "json"]);
-    let rows: Vec<serde_json::Value> =
-        serde_json::from_slice(&o.stdout).map_err(|e| format!("ps on {}: {e}", h.alias))?;
-    let row = rows.iter().find(|r| r["name"] == name);
-    let ins = h.inspect(name);
-    match (row, ins.is_null()) {
-        (None, true) => Ok(()),
-        (Some(r), false)
-            if r["status"] == ins["state"]["status"] && r["pid"] == ins["state"]["init"]["pid"] =>
-        {
-            Ok(())
-        }
-        (r, _) => Err(format!(
-            "on {}: ps says {r:?}, inspect says {}",
-            h.alias, ins["state"]
-        )),
-    }
-}
 
 /// Prints what both sides know about `name` (for a failed trial): the monitors' and CRIU's
 /// logs, the events, and the bed's live processes.
@@ -521,6 +580,8 @@ fn fault_trials(f: Fault, trials: u32) {
             .spawn()
             .expect("migrate");
         let mpid = child.id() as i32;
+        let kinds = f.kinds();
+        let kind = kinds[rng.below(kinds.len() as u64) as usize];
         let delay = Duration::from_millis(rng.below(span));
         let t0 = Instant::now();
         let mut killed = None;
@@ -533,7 +594,7 @@ fn fault_trials(f: Fault, trials: u32) {
                 break;
             }
             if t0.elapsed() >= delay {
-                let v = victims(f, mpid, b);
+                let v = victims(f, kind, mpid, b);
                 if !v.is_empty() {
                     let p = &v[rng.below(v.len() as u64) as usize];
                     let _ = nix::sys::signal::kill(
@@ -547,6 +608,7 @@ fn fault_trials(f: Fault, trials: u32) {
             std::thread::sleep(Duration::from_millis(5));
         }
         let o = wait_output(child, Duration::from_secs(90), "migrate under a fault");
+        let took = t0.elapsed();
         let err = stderr(&o);
         let code = code(&o);
         assert!(err.trim().lines().count() <= 1, "trial {t}: {err}");
@@ -555,23 +617,21 @@ fn fault_trials(f: Fault, trials: u32) {
         // pages are still coming): wait for that, never for a time.
         let (done, ps) =
             bed.wait_processes(Duration::from_secs(60), |ps| !ps.iter().any(migrating));
+        let (sa, sb) = (Side::of(a, &name), Side::of(b, &name));
         let at = if done {
-            outcome(a, b, &name, mode, code)
+            outcome(&sa, &sb, mode, code, &err)
         } else {
             Err(format!(
                 "its migration did not end: {:#?}",
                 ps.iter().filter(|p| migrating(p)).collect::<Vec<_>>()
             ))
-        }
-        .and_then(|at| {
-            ps_agrees(a, &name)?;
-            ps_agrees(b, &name)?;
-            Ok(at)
-        });
+        };
         eprintln!(
-            "trial {t} ({mode}, killed {killed:?} after {delay:?}): exit {code}, {} -> {at:?}; B says {}",
+            "trial {t} ({mode}, {kind}: killed {killed:?} after {delay:?}; migrate {:.1} s, trial {:.1} s): exit {code}, {} -> {at:?}; B says {}",
+            took.as_secs_f64(),
+            t0.elapsed().as_secs_f64(),
             err.trim(),
-            b.inspect(&name)["state"]
+            sb.state
         );
         match at {
             Ok("a") => on_a += 1,
@@ -582,8 +642,8 @@ fn fault_trials(f: Fault, trials: u32) {
                 panic!("trial {t}: not settled: {why}");
             }
         }
-        for h in [a, b] {
-            if !h.status(&name).is_empty() {
+        for (h, side) in [(a, &sa), (b, &sb)] {
+            if !side.state.is_null() {
                 h.ok(&["rm", "-f", &name]);
             }
         }
