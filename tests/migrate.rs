@@ -105,6 +105,16 @@ fn counter_moves(mode: &str) {
         assert_eq!(s["mode"], mode, "{s}");
         assert!(s["downtime_ms"].as_f64().unwrap_or(-1.0) >= 0.0, "{s}");
         assert_runs_on(there, here, &name);
+        if mode == "stream" {
+            // The images arrived whole: they are the target's first generation (what a
+            // restore that fails after the hand-over tries again from).
+            let g = there.inspect(&name)["generations"].clone();
+            assert!(
+                g.as_array().is_some_and(|g| !g.is_empty()),
+                "no generation on {}: {g}",
+                there.alias
+            );
+        }
         let before = counter_values(&there.logs(&name)).len();
         let vals = wait_counter(there, &name, before + 3);
         assert_counter_continuous(&vals);
@@ -374,7 +384,11 @@ impl Fault {
         match self {
             Fault::Ssh => &["control", "pages"],
             Fault::TargetStasis => &["__migrate-target", "__migrate-pages", "monitor"],
-            Fault::TargetCriu => &["page-server or lazy-pages", "restore"],
+            Fault::TargetCriu => &[
+                "page-server or lazy-pages",
+                "restore",
+                "restore at its gate",
+            ],
         }
     }
 }
@@ -411,6 +425,14 @@ fn victims(f: Fault, kind: &str, migrate_pid: i32, b: &Host) -> Vec<Proc> {
             }
             (Fault::TargetCriu, "restore") => {
                 p.comm == "criu" && p.cmd.contains(&root_b) && p.cmd.contains(" restore ")
+            }
+            // Its action script runs: the job is restored and held for the verdict (or, the
+            // verdict given, about to run).
+            (Fault::TargetCriu, "restore at its gate") => {
+                p.comm == "criu"
+                    && p.cmd.contains(&root_b)
+                    && p.cmd.contains(" restore ")
+                    && ps.iter().any(|c| c.ppid == p.pid && c.comm != "criu")
             }
             (Fault::TargetCriu, _) => {
                 p.comm == "criu"
