@@ -465,7 +465,10 @@ impl Monitor {
             argv,
             env: vec![(gate::ENV_GATE.to_string(), gate_path.display().to_string())],
         });
+        let mut daemon = daemon;
         let daemon_pid = daemon.as_ref().map(|d| d.pid);
+        // How the lazy-pages daemon ended, should it end before the job runs.
+        let mut lazy_end: Option<Result<crate::exit::ExitStatus, String>> = None;
         let uffds: std::cell::RefCell<Vec<OwnedFd>> = Default::default();
         let mut verdict = None;
         let restore_opts = RestoreOpts {
@@ -513,9 +516,32 @@ impl Monitor {
                 tokio::select! {
                     biased;
                     x = &mut gated, if verdict.is_none() => { verdict = Some(x); }
+                    // The daemon died with the job not yet running (its page channel broke):
+                    // the memory it was to bring cannot come, so the restored tree goes now,
+                    // rather than its first fault hanging the restore's last steps.
+                    st = lazy_exit(&mut daemon), if daemon.is_some() && lazy_end.is_none() => {
+                        let st = st.map_err(|_| "vanished".to_string());
+                        if !st.as_ref().is_ok_and(|s| s.success()) {
+                            kill_restored_inits();
+                        }
+                        lazy_end = Some(st);
+                    }
                     r = &mut restore => break r,
                 }
             }
+        };
+        // What the daemon said, should it have ended unsuccessfully before the job ran.
+        let lazy_lost = match (&lazy_end, &daemon) {
+            (Some(Ok(st)), _) if st.success() => None,
+            (Some(st), Some(d)) => Some(format!(
+                "criu lazy-pages {}: {} (log: {})",
+                st.as_ref()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|e| e.clone()),
+                criu::failure_reasons(&d.log).join("; "),
+                d.log.display()
+            )),
+            _ => None,
         };
         self.restore_extra = None;
         let _ = std::fs::remove_file(&gate_path);
@@ -543,7 +569,17 @@ impl Monitor {
                     format!("from {} ({})", opts.from, opts.mode.as_str()),
                 ));
                 match daemon {
-                    Some(d) => {
+                    Some(mut d) => {
+                        if let Some(end) = lazy_end {
+                            // It already ended (every page in before the job's last restore
+                            // steps were done, or it died just as they were): its watcher
+                            // gets what was consumed here, or "vanished".
+                            let (tx, rx) = tokio::sync::oneshot::channel();
+                            if let Ok(st) = end {
+                                let _ = tx.send(st);
+                            }
+                            d.exit = rx;
+                        }
                         let l = link
                             .borrow()
                             .try_clone_to_owned()
@@ -557,17 +593,29 @@ impl Monitor {
             }
             (restored, v) => {
                 kill_restored_inits();
-                if let Some(d) = &daemon {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(d.pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+                if let Some(d) = &mut daemon {
+                    // Only while the reaper has not reported it: its pid is still its own
+                    // (nothing awaits between this check and the kill).
+                    if lazy_end.is_none()
+                        && matches!(
+                            d.exit.try_recv(),
+                            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+                        )
+                    {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(d.pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
                 }
-                let why = match (&v, restored) {
-                    (Some(Verdict::Abort(r)), _) => r.clone(),
-                    (Some(Verdict::Unknown(r)), _) => r.clone(),
-                    (_, Err(e)) => reply_text(e),
-                    (_, Ok(r)) => format!("unexpected {r:?}"),
+                let why = match (&v, restored, lazy_lost) {
+                    (Some(Verdict::Abort(r)), _, _) | (Some(Verdict::Unknown(r)), _, _) => {
+                        r.clone()
+                    }
+                    // The restore failed because the daemon died: that is why.
+                    (_, _, Some(lost)) => lost,
+                    (_, Err(e), None) => reply_text(e),
+                    (_, Ok(r), None) => format!("unexpected {r:?}"),
                 };
                 if matches!(v, Some(Verdict::Commit)) && opts.mode == Mode::Stream {
                     // The source gave the job away and the images are all here: the job
@@ -579,6 +627,7 @@ impl Monitor {
                     // part of its memory never arrived. Lost, and the record says so.
                     self.st.status = Status::Failed;
                     self.st.init = None;
+                    self.st.restoring_since = None;
                     self.st.error = Some(format!(
                         "lost after its migration from {}: {why}",
                         opts.from
@@ -690,6 +739,16 @@ impl Monitor {
             }
             Err(e) => diag(&format!("list the migrated images: {e}")),
         }
+    }
+}
+
+/// The exit of the lazy-pages daemon, if there is one (else never).
+async fn lazy_exit(
+    d: &mut Option<super::lazy::LazyDaemon>,
+) -> Result<crate::exit::ExitStatus, tokio::sync::oneshot::error::RecvError> {
+    match d {
+        Some(d) => (&mut d.exit).await,
+        None => std::future::pending().await,
     }
 }
 
