@@ -45,6 +45,21 @@ pub(crate) fn token_path(wd: &WorkloadDir) -> PathBuf {
     wd.dir.join(TOKEN_FILE)
 }
 
+/// Where a claim by migration `token` is prepared before it takes the name (a dot-name:
+/// never a workload).
+fn staged_claim(wd: &WorkloadDir, token: &str) -> WorkloadDir {
+    WorkloadDir {
+        name: wd.name.clone(),
+        dir: wd.dir.with_file_name(format!(".claim-{token}")),
+        socket: wd.socket.clone(),
+    }
+}
+
+/// A token as [`super::token`] makes them (it names a directory here).
+fn valid_token(token: &str) -> bool {
+    token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// True when `wd` exists and was claimed by migration `token`.
 fn claimed_by(wd: &WorkloadDir, token: &str) -> bool {
     std::fs::read_to_string(token_path(wd)).is_ok_and(|t| t == token)
@@ -132,6 +147,9 @@ fn receive(
         Ok(None) => return Ok(None),
     };
     let name = WorkloadName::parse(&name).map_err(|e| e.to_string())?;
+    if !valid_token(&token) {
+        return Err("a malformed migration token".into());
+    }
     root.ensure().map_err(|e| format!("{host}: {e}"))?;
     let wd = root.workload(&name);
     if wd.dir.exists() {
@@ -165,20 +183,46 @@ fn receive(
         _ => return Ok(None),
     };
     // The name is claimed now: a second migration of the same name is refused from here.
-    wd.create()
-        .map_err(|_| format!("a workload named {name} already exists on {host}"))?;
+    // The claim appears whole (the token, the spec, the placeholder record): killed while it
+    // was made, this process left a bare directory, which a reader then took for a job that
+    // never started ("exited: monitor lost before the workload started"), which no abort
+    // could tell from another's claim.
+    spec.name = Some(name.clone());
+    let mut st = WorkloadState::new(&name);
+    st.status = Status::Failed;
+    st.error = Some(format!("its migration from {from} did not complete"));
+    let staged = staged_claim(&wd, &token);
+    let staging = || -> Result<(), String> {
+        if staged.dir.exists() {
+            std::fs::remove_dir_all(&staged.dir).map_err(|e| e.to_string())?;
+        }
+        std::fs::create_dir(&staged.dir).map_err(|e| format!("{}: {e}", staged.dir.display()))?;
+        crate::store::atomic::write_atomic(&token_path(&staged), token.as_bytes())
+            .map_err(|e| e.to_string())?;
+        crate::store::atomic::write_json_atomic(&staged.spec_path(), &spec)
+            .map_err(|e| e.to_string())?;
+        staged.save(&st).map_err(|e| e.to_string())
+    };
+    let claimed = staging().and_then(|()| {
+        wd.create_from(&staged.dir).map_err(|e| match e {
+            crate::store::state::StateError::Exists(_) => {
+                format!("a workload named {name} already exists on {host}")
+            }
+            other => other.to_string(),
+        })
+    });
+    if let Err(why) = claimed {
+        if let Err(e) = std::fs::remove_dir_all(&staged.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("stasis: remove {}: {e}", staged.dir.display());
+            }
+        }
+        return Err(why);
+    }
     let mut claim = Claim {
         wd: wd.clone(),
         armed: true,
     };
-    crate::store::atomic::write_atomic(&token_path(&wd), token.as_bytes())
-        .map_err(|e| e.to_string())?;
-    spec.name = Some(name.clone());
-    crate::store::atomic::write_json_atomic(&wd.spec_path(), &spec).map_err(|e| e.to_string())?;
-    let mut st = WorkloadState::new(&name);
-    st.status = Status::Failed;
-    st.error = Some(format!("its migration from {from} did not complete"));
-    wd.save(&st).map_err(|e| e.to_string())?;
     let stdin = std::io::stdin();
     let mut pages = Some(accept_pages(
         &pages_socket(root, &name),
@@ -556,7 +600,17 @@ fn resume_abort(
     token: &str,
     reason: String,
 ) -> Result<(), String> {
+    if !valid_token(token) {
+        return Err("a malformed migration token".into());
+    }
     let wd = root.workload(name);
+    // A claim still being prepared when its maker was killed.
+    let staged = staged_claim(&wd, token);
+    if let Err(e) = std::fs::remove_dir_all(&staged.dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(format!("remove {}: {e}", staged.dir.display()));
+        }
+    }
     let deadline = Instant::now() + ABORT_WAIT;
     let mut told = false;
     loop {

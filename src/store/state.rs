@@ -179,6 +179,27 @@ impl WorkloadDir {
         }
     }
 
+    /// Claims the name with a directory prepared elsewhere (`staged`, on the same
+    /// filesystem), renamed into place only if the name is free (`RENAME_NOREPLACE`): the
+    /// record appears with all it holds at once, so a claimer killed midway leaves either
+    /// no record or a whole one, never a bare directory. `Exists` if the name is taken.
+    pub fn create_from(&self, staged: &Path) -> Result<(), StateError> {
+        let cwd = nix::fcntl::AT_FDCWD;
+        match nix::fcntl::renameat2(
+            cwd,
+            staged,
+            cwd,
+            &self.dir,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => Ok(()),
+            Err(nix::errno::Errno::EEXIST) | Err(nix::errno::Errno::ENOTEMPTY) => {
+                Err(StateError::Exists(self.name.clone()))
+            }
+            Err(e) => Err(FsError::new("rename", &self.dir, e.into()).into()),
+        }
+    }
+
     /// Reads state.json.
     pub fn load(&self) -> Result<WorkloadState, StateError> {
         let p = self.state_path();
@@ -619,6 +640,25 @@ mod tests {
         w.create().unwrap();
         assert!(matches!(w.create(), Err(StateError::Exists(_))));
         assert_eq!(r.names(), vec!["a"]);
+    }
+
+    /// Issue 11: a migration's claim appears whole or not at all, and never replaces a
+    /// record, not even an empty directory.
+    #[test]
+    fn item_11_a_staged_claim_takes_a_free_name_only() {
+        let (_d, r) = root();
+        let w = r.workload(&crate::store::name::n("a"));
+        let staged = w.dir.with_file_name(".claim-x");
+        fs::create_dir(&staged).unwrap();
+        fs::write(staged.join("spec.json"), b"{}").unwrap();
+        w.create_from(&staged).unwrap();
+        assert!(w.spec_path().is_file() && !staged.exists());
+        assert_eq!(r.names(), vec!["a"]);
+        let b = r.workload(&crate::store::name::n("b"));
+        b.create().unwrap();
+        fs::create_dir(&staged).unwrap();
+        assert!(matches!(b.create_from(&staged), Err(StateError::Exists(_))));
+        assert!(staged.is_dir());
     }
 
     #[test]
