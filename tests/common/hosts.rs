@@ -58,7 +58,8 @@ pub struct Bed {
     /// One bed at a time in a test binary: each holds two sshds, two roots and CRIU runs on
     /// both sides, and several at once on two cores starve each other. (Under that load a
     /// post-copy move was once seen to fail cleanly with "the page channel closed before the
-    /// target was ready"; the job stayed on the source.)
+    /// target was ready"; the job stayed on the source. That is the source's view of a
+    /// target that failed first; the message now names the target's reason too.)
     _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
 
