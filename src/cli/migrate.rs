@@ -58,6 +58,14 @@ pub struct PagesArgs {
     pub token: String,
 }
 
+#[derive(Args, Debug)]
+pub struct ResumeArgs {
+    /// The workload whose migration the source resumes.
+    pub name: WorkloadName,
+    /// The migration's token: given with an abort (the source rolled it back).
+    pub token: Option<String>,
+}
+
 pub fn migrate(root: &StateRoot, a: MigrateArgs) -> Result<i32, Failure> {
     let o = source::Opts {
         dest: a.dest.clone(),

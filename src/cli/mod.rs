@@ -84,7 +84,7 @@ pub enum Cmd {
     MigratePages(migrate::PagesArgs),
     /// (internal) A source's late commit, run by ssh.
     #[command(name = "__migrate-resume", hide = true)]
-    MigrateResume(control::NameArg),
+    MigrateResume(migrate::ResumeArgs),
     /// Print a shell completion script (bash, zsh, fish).
     Completion(complete::CompletionArgs),
     /// Write the man pages (stasis.1, stasis-COMMAND.1) into a directory.
@@ -212,7 +212,11 @@ pub fn main() -> i32 {
         Cmd::Migrate(a) => migrate::migrate(&root, *a),
         Cmd::MigrateTarget => Ok(stasis::migrate::target::serve(&root)),
         Cmd::MigratePages(a) => Ok(stasis::migrate::target::pages(&root, &a.name, &a.token)),
-        Cmd::MigrateResume(a) => Ok(stasis::migrate::target::resume(&root, &a.name)),
+        Cmd::MigrateResume(a) => Ok(stasis::migrate::target::resume(
+            &root,
+            &a.name,
+            a.token.as_deref(),
+        )),
         Cmd::Completion(a) => complete::completion(a),
         Cmd::Man(a) => man::man(a),
         Cmd::HostFacts(a) => precheck::host_facts(&root, a),

@@ -10,6 +10,7 @@ use std::process::Command;
 
 pub mod argv;
 pub mod gate;
+pub mod group;
 pub mod hook;
 pub mod lazy;
 pub mod log;

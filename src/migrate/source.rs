@@ -50,17 +50,35 @@ fn api_back(e: ApiError) -> MigrateError {
     back(e.to_string())
 }
 
+/// How far a migration got, for what its failure must still do.
+#[derive(Default)]
+struct Reached {
+    /// The source's monitor was asked to dump (it records a failure in the events itself).
+    asked: bool,
+    /// The target claimed the name for this migration (its token).
+    claimed: Option<String>,
+}
+
 /// Moves the running job `name` to `o.dest`. A failure is recorded in the job's events
-/// (by its monitor, once it was asked to dump; here before that).
+/// (by its monitor, once it was asked to dump; here before that). After a rollback, what
+/// the target may still hold of the attempt is dropped there (see [`confirm_abort`]).
 pub fn migrate(
     root: &StateRoot,
     name: &WorkloadName,
     o: &Opts,
     progress: Progress,
 ) -> Result<Summary, MigrateError> {
-    let mut asked = false;
-    let r = migrate_steps(root, name, o, progress, &mut asked);
-    if let (Err(MigrateError::RolledBack(why)), false) = (&r, asked) {
+    let mut reached = Reached::default();
+    let mut r = migrate_steps(root, name, o, progress, &mut reached);
+    if let (Err(MigrateError::RolledBack(why)), Some(token)) = (&r, &reached.claimed) {
+        if let Err(e) = confirm_abort(o, name, token, why) {
+            r = Err(back(format!(
+                "{why}; {} may still hold a record of the attempt ({e})",
+                o.dest
+            )));
+        }
+    }
+    if let (Err(MigrateError::RolledBack(why)), false) = (&r, reached.asked) {
         let wd = root.workload(name);
         if wd.dir.is_dir() {
             crate::store::events::append(
@@ -75,12 +93,52 @@ pub fn migrate(
     r
 }
 
+/// How long the target may take to confirm an abort: it waits for whatever of the attempt
+/// still runs there (a restore being undone, a CRIU finishing) before removing the record.
+const CONFIRM_WAIT: std::time::Duration = std::time::Duration::from_secs(45);
+
+/// After a rollback, tells the target over a fresh ssh session that migration `token` will
+/// never be committed, and waits until it has dropped what it held of it. The control
+/// channel cannot be trusted to have carried the abort: when it broke, a target kept a
+/// placeholder record (its `__migrate-target` killed), a restore it held waited out its
+/// grace period, a stream's images stayed as an "unconfirmed" checkpoint of a job that runs
+/// here, and a monitor killed mid-restore left a record saying "checkpointed".
+fn confirm_abort(o: &Opts, name: &WorkloadName, token: &str, why: &str) -> Result<(), String> {
+    let ssh = Ssh::new(o.ssh.as_deref());
+    let stasis = remote_words(&o.remote_stasis);
+    let mut c = ssh
+        .open(
+            &o.dest,
+            &with(&stasis, &["__migrate-resume", name.as_str(), token]),
+        )
+        .map_err(|e| format!("run ssh: {e}"))?;
+    c.sock
+        .set_read_timeout(Some(CONFIRM_WAIT))
+        .map_err(|e| e.to_string())?;
+    let abort = Wire::Step {
+        step: Step::Abort {
+            reason: why.to_string(),
+        },
+    };
+    wire::send(&mut &c.sock, &abort).map_err(|e| e.to_string())?;
+    let r = match wire::recv(&mut &c.sock) {
+        Ok(Some(Wire::Step {
+            step: Step::Dropped,
+        })) => Ok(()),
+        Ok(Some(Wire::Refuse { reason })) => Err(reason),
+        Ok(Some(other)) => Err(format!("{other:?}")),
+        _ => Err(c.why_closed()),
+    };
+    c.close();
+    r
+}
+
 fn migrate_steps(
     root: &StateRoot,
     name: &WorkloadName,
     o: &Opts,
     progress: Progress,
-    asked: &mut bool,
+    reached: &mut Reached,
 ) -> Result<Summary, MigrateError> {
     let t0 = Instant::now();
     let dest = o.dest.as_str();
@@ -144,6 +202,8 @@ fn migrate_steps(
         mode,
         spec: Box::new(spec),
     };
+    // From here the target may hold a claim on the name, whatever happens to this channel.
+    reached.claimed = Some(token.clone());
     if wire::send(&mut &ctl.sock, &start).is_err() {
         return Err(back(ctl.why_closed()));
     }
@@ -154,6 +214,11 @@ fn migrate_steps(
         )
         .map_err(|e| back(format!("run ssh: {e}")))?;
     let mut pages = pages;
+    // Nothing comes on the page channel before the target says it is prepared: should it
+    // end first (its ssh died), the target would wait for it in vain, and so would we.
+    if let Err(why) = first_readable(&ctl.sock, &pages.sock) {
+        return Err(back(format!("{why} ({})", pages.why_closed())));
+    }
     match wire::recv(&mut &ctl.sock) {
         Ok(Some(Wire::Prepared)) => {}
         Ok(Some(Wire::Refuse { reason })) => {
@@ -178,7 +243,7 @@ fn migrate_steps(
         },
         image_bytes: 0,
     };
-    *asked = true;
+    reached.asked = true;
     let r = run.hand_over(o, criu, progress);
     let (pid, frozen_at, running_at, page_bytes) = r?;
     Ok(Summary {
@@ -192,6 +257,28 @@ fn migrate_steps(
         page_bytes,
         pid,
     })
+}
+
+/// Waits until `ctl` has something to read; an error if `pages` ends (or speaks) first.
+fn first_readable(
+    ctl: &std::os::unix::net::UnixStream,
+    pages: &std::os::unix::net::UnixStream,
+) -> Result<(), String> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
+    loop {
+        let mut p = [
+            PollFd::new(ctl.as_fd(), PollFlags::POLLIN),
+            PollFd::new(pages.as_fd(), PollFlags::POLLIN),
+        ];
+        match nix::poll::poll(&mut p, PollTimeout::NONE) {
+            Ok(_) if p[0].any() == Some(true) => return Ok(()),
+            Ok(_) if p[1].any() == Some(true) => {
+                return Err("the page channel closed before the target was prepared".into())
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(format!("poll: {e}")),
+        }
+    }
 }
 
 /// The remote stasis command line, as words (`stasis` when empty).
@@ -418,6 +505,10 @@ impl Run<'_> {
             reason: why.clone(),
         });
         match mon.reply() {
+            // The monitor's word says what became of the job; the target's failure may
+            // have reached it only as its effect ("the page channel closed before the
+            // target was ready"), so the cause goes first.
+            Err(m) if !m.contains(&why) => back(format!("{why}; {m}")),
             Err(m) => back(m),
             Ok(_) => back(why),
         }

@@ -16,7 +16,7 @@ use crate::protocol::{self, Request};
 use crate::store::name::WorkloadName;
 use crate::store::state::{StateRoot, Status, WorkloadDir, WorkloadState};
 use std::io::{BufRead, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,6 +30,40 @@ struct PagesHello {
 
 /// A stream stage's manifest (a dot-name: not an image).
 const STAGE_MANIFEST: &str = ".migrate-manifest.json";
+
+/// In a claimed workload's directory: the token of the migration that claimed it, so an
+/// abort the source sends later over `__migrate-resume` removes only what that migration
+/// left (a dot-name: never sent on by a later migration).
+const TOKEN_FILE: &str = ".migrate-token";
+
+/// How long `__migrate-resume` waits, for an abort, until nothing holds the workload any
+/// more (a monitor undoing its restore, a CRIU finishing): under the source's own wait.
+const ABORT_WAIT: Duration = Duration::from_secs(30);
+
+/// The token file of a workload directory.
+pub(crate) fn token_path(wd: &WorkloadDir) -> PathBuf {
+    wd.dir.join(TOKEN_FILE)
+}
+
+/// Where a claim by migration `token` is prepared before it takes the name (a dot-name:
+/// never a workload).
+fn staged_claim(wd: &WorkloadDir, token: &str) -> WorkloadDir {
+    WorkloadDir {
+        name: wd.name.clone(),
+        dir: wd.dir.with_file_name(format!(".claim-{token}")),
+        socket: wd.socket.clone(),
+    }
+}
+
+/// A token as [`super::token`] makes them (it names a directory here).
+fn valid_token(token: &str) -> bool {
+    token.len() == 32 && token.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// True when `wd` exists and was claimed by migration `token`.
+fn claimed_by(wd: &WorkloadDir, token: &str) -> bool {
+    std::fs::read_to_string(token_path(wd)).is_ok_and(|t| t == token)
+}
 
 /// How long the target waits for the page channel.
 const PAGES_WAIT: Duration = Duration::from_secs(30);
@@ -113,6 +147,9 @@ fn receive(
         Ok(None) => return Ok(None),
     };
     let name = WorkloadName::parse(&name).map_err(|e| e.to_string())?;
+    if !valid_token(&token) {
+        return Err("a malformed migration token".into());
+    }
     root.ensure().map_err(|e| format!("{host}: {e}"))?;
     let wd = root.workload(&name);
     if wd.dir.exists() {
@@ -146,41 +183,69 @@ fn receive(
         _ => return Ok(None),
     };
     // The name is claimed now: a second migration of the same name is refused from here.
-    wd.create()
-        .map_err(|_| format!("a workload named {name} already exists on {host}"))?;
+    // The claim appears whole (the token, the spec, the placeholder record): killed while it
+    // was made, this process left a bare directory, which a reader then took for a job that
+    // never started ("exited: monitor lost before the workload started"), which no abort
+    // could tell from another's claim.
+    spec.name = Some(name.clone());
+    let mut st = WorkloadState::new(&name);
+    st.status = Status::Failed;
+    st.error = Some(format!("its migration from {from} did not complete"));
+    let staged = staged_claim(&wd, &token);
+    let staging = || -> Result<(), String> {
+        if staged.dir.exists() {
+            std::fs::remove_dir_all(&staged.dir).map_err(|e| e.to_string())?;
+        }
+        std::fs::create_dir(&staged.dir).map_err(|e| format!("{}: {e}", staged.dir.display()))?;
+        crate::store::atomic::write_atomic(&token_path(&staged), token.as_bytes())
+            .map_err(|e| e.to_string())?;
+        crate::store::atomic::write_json_atomic(&staged.spec_path(), &spec)
+            .map_err(|e| e.to_string())?;
+        staged.save(&st).map_err(|e| e.to_string())
+    };
+    let claimed = staging().and_then(|()| {
+        wd.create_from(&staged.dir).map_err(|e| match e {
+            crate::store::state::StateError::Exists(_) => {
+                format!("a workload named {name} already exists on {host}")
+            }
+            other => other.to_string(),
+        })
+    });
+    if let Err(why) = claimed {
+        if let Err(e) = std::fs::remove_dir_all(&staged.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                eprintln!("stasis: remove {}: {e}", staged.dir.display());
+            }
+        }
+        return Err(why);
+    }
     let mut claim = Claim {
         wd: wd.clone(),
         armed: true,
     };
-    spec.name = Some(name.clone());
-    crate::store::atomic::write_json_atomic(&wd.spec_path(), &spec).map_err(|e| e.to_string())?;
-    let mut st = WorkloadState::new(&name);
-    st.status = Status::Failed;
-    st.error = Some(format!("its migration from {from} did not complete"));
-    wd.save(&st).map_err(|e| e.to_string())?;
-    let mut pages = Some(accept_pages(&pages_socket(root, &name), &token)?);
+    let stdin = std::io::stdin();
+    let mut pages = Some(accept_pages(
+        &pages_socket(root, &name),
+        &token,
+        stdin.as_fd(),
+    )?);
     let stage = wd.dir.join(".migrate-stage");
     crate::store::atomic::mkdir_p(&stage, 0o700).map_err(|e| e.to_string())?;
     let mut server = None;
     if mode == Mode::Stream {
         let log = wd.criu_logs().join("page-server.log");
         crate::store::atomic::mkdir_p(&wd.criu_logs(), 0o700).map_err(|e| e.to_string())?;
-        let mut cmd = std::process::Command::new(&criu.path);
-        cmd.args(lazy::page_server_argv(&stage, &log))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        // Only the page server holds the channel: should it die, the source's dump sees the
-        // channel close instead of filling it.
         let Some(ch) = pages.take() else {
             return Err("no page channel".into());
         };
-        let child = crate::sys::spawn_with_fds(&mut cmd, &[(ch.as_raw_fd(), lazy::PS_SOCKET_FD)])
-            .map_err(|e| format!("run criu page-server on {host}: {e}"))?;
-        drop(ch);
-        server = Some((child, log));
+        server = Some(PageServer::start(&criu.path, &stage, log, ch, &host)?);
     }
     wire::send(out, &Wire::Prepared).map_err(|e| e.to_string())?;
+    if let Some(s) = server {
+        // The source's dump streams its pages now and has the page server end before its
+        // images are done, so nothing else arrives until then: wait for it here.
+        s.finish(&host)?;
+    }
     let manifest = loop {
         match wire::recv(inp) {
             Ok(Some(Wire::File { path, size })) => {
@@ -194,15 +259,6 @@ fn receive(
             Ok(None) | Err(_) => return Ok(None),
         }
     };
-    if let Some((mut child, log)) = server {
-        let ok = child.wait().map(|s| s.success()).unwrap_or(false);
-        if !ok {
-            return Err(format!(
-                "criu page-server on {host} failed: {}",
-                crate::criu::failure_reasons(&log).join("; ")
-            ));
-        }
-    }
     if mode == Mode::Stream {
         // The images are complete here: should this side's monitor die after the source's
         // commit, `__migrate-resume` restores the job from them (see `recover_stream`).
@@ -243,8 +299,76 @@ fn receive(
     Ok(Some(Taken { link: ours, conn }))
 }
 
-/// Waits for `__migrate-pages` to hand over the page channel.
-fn accept_pages(path: &Path, token: &str) -> Result<OwnedFd, String> {
+/// A stream migration's `criu page-server`, writing the pages the source's dump sends over
+/// the page channel into the stage.
+struct PageServer {
+    child: std::process::Child,
+    /// Our duplicate of the page channel, shut down once the server has ended.
+    channel: OwnedFd,
+    log: PathBuf,
+}
+
+impl PageServer {
+    fn start(
+        criu: &Path,
+        stage: &Path,
+        log: PathBuf,
+        channel: OwnedFd,
+        host: &str,
+    ) -> Result<PageServer, String> {
+        let mut cmd = std::process::Command::new(criu);
+        cmd.args(lazy::page_server_argv(stage, &log))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        // Its own process group, ended with it (see `crate::criu::group`): a page server
+        // killed while it probes the kernel leaves a child that holds the page channel.
+        crate::criu::group::own_group(&mut cmd);
+        let child =
+            crate::sys::spawn_with_fds(&mut cmd, &[(channel.as_raw_fd(), lazy::PS_SOCKET_FD)])
+                .map_err(|e| format!("run criu page-server on {host}: {e}"))?;
+        Ok(PageServer {
+            child,
+            channel,
+            log,
+        })
+    }
+
+    /// Waits until the server has ended, ends what it left in its group and shuts the page
+    /// channel down, so the source's dump sees it close should the server have died: held
+    /// open by anything here, the channel would keep that dump (and the frozen job) waiting
+    /// forever. Then reaps the server and says whether it succeeded.
+    fn finish(mut self, host: &str) -> Result<(), String> {
+        let pid = self.child.id() as i32;
+        let waited = crate::criu::group::wait_exited(pid);
+        if let Err(e) = crate::criu::group::end_group(pid) {
+            eprintln!("stasis: end what criu page-server (pid {pid}) left: {e}");
+        }
+        if let Err(e) =
+            nix::sys::socket::shutdown(self.channel.as_raw_fd(), nix::sys::socket::Shutdown::Both)
+        {
+            eprintln!("stasis: shut the page channel down: {e}");
+        }
+        let status = waited
+            .and_then(|()| self.child.wait())
+            .map_err(|e| format!("criu page-server on {host}: {e}"))?;
+        if status.success() {
+            return Ok(());
+        }
+        Err(format!(
+            "criu page-server on {host} failed ({status}): {}",
+            crate::criu::failure_reasons(&self.log).join("; ")
+        ))
+    }
+}
+
+/// Waits for `__migrate-pages` to hand over the page channel, while watching the control
+/// channel `control`: the source sends nothing there until the page channel is up, so
+/// anything on it (its end, an abort) means the source gave up. Without that watch a source
+/// that failed to open the page channel left this claim, and the name, taken for
+/// [`PAGES_WAIT`].
+fn accept_pages(path: &Path, token: &str, control: BorrowedFd<'_>) -> Result<OwnedFd, String> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout};
     let _ = std::fs::remove_file(path);
     let l = protocol::listen(path).map_err(|e| format!("listen {}: {e}", path.display()))?;
     let deadline = Instant::now() + PAGES_WAIT;
@@ -253,15 +377,18 @@ fn accept_pages(path: &Path, token: &str) -> Result<OwnedFd, String> {
         if left.is_zero() {
             break Err("the page channel did not connect".to_string());
         }
-        let mut p = [nix::poll::PollFd::new(
-            l.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
+        let mut p = [
+            PollFd::new(l.as_fd(), PollFlags::POLLIN),
+            PollFd::new(control, PollFlags::POLLIN),
+        ];
         let ms = left.as_millis().min(u16::MAX as u128) as u16;
-        match nix::poll::poll(&mut p, nix::poll::PollTimeout::from(ms)) {
+        match nix::poll::poll(&mut p, PollTimeout::from(ms)) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => break Err(format!("poll: {e}")),
             Ok(_) => {}
+        }
+        if p[1].any() == Some(true) {
+            break Err("the source went away before the page channel connected".to_string());
         }
         let Ok(c) = crate::sys::accept(l.as_fd(), false) else {
             continue;
@@ -351,8 +478,11 @@ impl Taken {
 pub fn pages(root: &StateRoot, name: &WorkloadName, token: &str) -> i32 {
     crate::sys::sigpipe(true);
     let path = pages_socket(root, name);
-    // The target's `__migrate-target` listens once it has claimed the name.
+    // The target's `__migrate-target` listens once it has claimed the name. Meanwhile the
+    // source sends nothing here (its CRIU starts only once the channel is up), so input or
+    // its end means the source gave up: this session ends rather than wait on.
     let deadline = Instant::now() + PAGES_WAIT;
+    let stdin = std::io::stdin();
     let conn = loop {
         match protocol::connect(&path) {
             Ok(c) => break c,
@@ -360,7 +490,21 @@ pub fn pages(root: &StateRoot, name: &WorkloadName, token: &str) -> i32 {
                 eprintln!("stasis: page channel {}: {e}", path.display());
                 return CODE_STASIS_ERROR;
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => {
+                use nix::poll::{PollFd, PollFlags, PollTimeout};
+                let mut p = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+                match nix::poll::poll(&mut p, PollTimeout::from(20u16)) {
+                    Ok(0) | Err(nix::errno::Errno::EINTR) => {}
+                    Ok(_) => {
+                        eprintln!("stasis: the source went away before the page channel connected");
+                        return CODE_STASIS_ERROR;
+                    }
+                    Err(e) => {
+                        eprintln!("stasis: poll the page channel: {e}");
+                        return CODE_STASIS_ERROR;
+                    }
+                }
+            }
         }
     };
     let (a, b) = match UnixStream::pair() {
@@ -406,27 +550,117 @@ pub fn pages(root: &StateRoot, name: &WorkloadName, token: &str) -> i32 {
     0
 }
 
-/// `stasis __migrate-resume NAME`: a source that committed but lost its control channel
-/// tells the held restore to go on, then waits until the job runs.
-pub fn resume(root: &StateRoot, name: &WorkloadName) -> i32 {
+/// `stasis __migrate-resume NAME [TOKEN]`: a source that committed but lost its control
+/// channel tells the held restore to go on, then waits until the job runs; a source that
+/// rolled migration TOKEN back has whatever of it is left here dropped.
+pub fn resume(root: &StateRoot, name: &WorkloadName, token: Option<&str>) -> i32 {
     let mut inp = std::io::stdin().lock();
     let mut out = std::io::stdout().lock();
-    let reply = match wire::recv(&mut inp) {
-        Ok(Some(Wire::Step { step: Step::Commit })) => resume_commit(root, name),
-        _ => Err("expected a commit".into()),
-    };
-    let msg = match reply {
-        Ok(pid) => Wire::Step {
-            step: Step::Running {
-                pid,
-                restore_ms: 0.0,
-                page_bytes: 0,
+    let msg = match (wire::recv(&mut inp), token) {
+        (Ok(Some(Wire::Step { step: Step::Commit })), _) => match resume_commit(root, name) {
+            Ok(pid) => Wire::Step {
+                step: Step::Running {
+                    pid,
+                    restore_ms: 0.0,
+                    page_bytes: 0,
+                },
             },
+            Err(reason) => Wire::Refuse { reason },
         },
-        Err(reason) => Wire::Refuse { reason },
+        (
+            Ok(Some(Wire::Step {
+                step: Step::Abort { reason },
+            })),
+            Some(token),
+        ) => match resume_abort(root, name, token, reason) {
+            Ok(()) => Wire::Step {
+                step: Step::Dropped,
+            },
+            Err(reason) => Wire::Refuse { reason },
+        },
+        _ => Wire::Refuse {
+            reason: "expected a commit, or an abort with its migration's token".into(),
+        },
     };
-    let _ = wire::send(&mut out, &msg);
-    0
+    match wire::send(&mut out, &msg) {
+        Ok(()) => 0,
+        Err(_) => CODE_STASIS_ERROR,
+    }
+}
+
+/// The source rolled migration `token` back (the job runs there): whatever of it is left
+/// here goes. A monitor still waiting for its verdict gets the abort and undoes its restore
+/// itself; then, once nothing holds the workload (that monitor, a CRIU still running after
+/// its monitor was killed), a record this migration claimed is removed, placeholder,
+/// half-restored or kept "unconfirmed" alike. A record of another migration or job of the
+/// same name is left alone, and so, defensively, is one that runs.
+fn resume_abort(
+    root: &StateRoot,
+    name: &WorkloadName,
+    token: &str,
+    reason: String,
+) -> Result<(), String> {
+    if !valid_token(token) {
+        return Err("a malformed migration token".into());
+    }
+    let wd = root.workload(name);
+    // A claim still being prepared when its maker was killed.
+    let staged = staged_claim(&wd, token);
+    if let Err(e) = std::fs::remove_dir_all(&staged.dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(format!("remove {}: {e}", staged.dir.display()));
+        }
+    }
+    let deadline = Instant::now() + ABORT_WAIT;
+    let mut told = false;
+    loop {
+        if !claimed_by(&wd, token) {
+            return Ok(());
+        }
+        if !told {
+            if let Ok(c) = protocol::connect(&resume_socket(root, name)) {
+                let abort = Step::Abort {
+                    reason: reason.clone(),
+                };
+                told = protocol::send(c.as_fd(), &abort, &[]).is_ok();
+            }
+        }
+        let lock = match wd.try_lock() {
+            Ok(l) => l,
+            // Removed meanwhile (its monitor undid it): nothing of it is left.
+            Err(_) if !claimed_by(&wd, token) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        };
+        if let Some(_lock) = lock {
+            // Checked again under the lock: nothing can start on it meanwhile.
+            if !claimed_by(&wd, token) {
+                return Ok(());
+            }
+            if let Ok(st) = wd.load() {
+                if st.status == Status::Running && st.init.is_some_and(|i| i.alive()) {
+                    return Err(format!(
+                        "{name} runs on {} although its migration was rolled back",
+                        host()
+                    ));
+                }
+            }
+            std::fs::remove_dir_all(&wd.dir)
+                .map_err(|e| format!("remove {}: {e}", wd.dir.display()))?;
+            let cg = crate::container::cgroup::Cgroup::for_workload(&root.key(), name.as_str());
+            if let Err(e) = cg.try_remove() {
+                eprintln!("stasis: {e}");
+            }
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{name} is still busy on {} after {} s",
+                host(),
+                ABORT_WAIT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn resume_commit(root: &StateRoot, name: &WorkloadName) -> Result<i32, String> {
@@ -463,12 +697,30 @@ fn resume_commit(root: &StateRoot, name: &WorkloadName) -> Result<i32, String> {
 /// from them, as the commit says it must run here.
 fn recover_stream(root: &StateRoot, name: &WorkloadName) -> Result<i32, String> {
     let wd = root.workload(name);
-    let mut st = wd.load().map_err(|e| e.to_string())?;
-    if st.status == Status::Running {
-        if let Some(i) = st.init.filter(|i| i.alive()) {
-            return Ok(i.pid);
+    // Until the record says the job runs, whatever still holds the workload (its monitor
+    // finishing the restore it was told to let go, or, that monitor killed, its CRIU giving
+    // up at a gate nobody answers) decides what happened: wait for one or the other. Only
+    // then is the record the truth (reconciled on reading) and a restore possible.
+    let deadline = Instant::now() + ABORT_WAIT;
+    let mut st = loop {
+        let o = crate::store::state::observe(&wd).map_err(|e| e.to_string())?;
+        if o.state.status == Status::Running {
+            if let Some(i) = o.state.init.filter(|i| i.alive()) {
+                return Ok(i.pid);
+            }
         }
-    }
+        if !o.monitor_alive {
+            break o.state;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{name} is still busy on {} after {} s",
+                host(),
+                ABORT_WAIT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let stage = wd.dir.join(".migrate-stage");
     let mpath = stage.join(STAGE_MANIFEST);
     if mpath.is_file() {

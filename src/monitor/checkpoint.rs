@@ -102,10 +102,12 @@ impl Monitor {
         if keep_lock {
             all.push((self.lock.as_raw_fd(), LOCK_FD_IN_CRIU));
         }
+        // Its own process group: what a killed CRIU leaves behind is ended with it.
+        criu::group::own_group(&mut cmd);
         let child = sys::spawn_with_fds(&mut cmd, &all)
             .map_err(|e| format!("run {}: {e}", criu.path.display()))?;
         let pid = child.id() as i32;
-        let mut rx = self.reaper.watch(pid);
+        let mut rx = self.reaper.watch_group(pid);
         drop(child);
         let ended = match deadline {
             None => rx.await,

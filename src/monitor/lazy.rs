@@ -15,7 +15,7 @@ use crate::protocol::migrate::Step;
 use crate::protocol::{Reply, RestoreOpts};
 use crate::store::events::Event as HistEvent;
 use crate::sys;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -27,6 +27,8 @@ pub(crate) struct LazyState {
     busy: Rc<Cell<bool>>,
     /// Whether this host's CRIU can restore lazily (asked once).
     uffd: Rc<Cell<Option<bool>>>,
+    /// Why the job was killed for lack of its memory, until its exit is recorded.
+    lost: Rc<RefCell<Option<String>>>,
 }
 
 impl LazyState {
@@ -34,6 +36,12 @@ impl LazyState {
     /// memory is registered with another process's userfaultfd).
     pub fn busy(&self) -> bool {
         self.busy.get()
+    }
+
+    /// Why the job was killed because its memory could not be fetched, if it was: its exit
+    /// record says so rather than a bare SIGKILL.
+    pub fn take_lost(&self) -> Option<String> {
+        self.lost.borrow_mut().take()
     }
 }
 
@@ -146,11 +154,14 @@ impl Monitor {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
+        // Its own process group: a daemon killed while it probes the kernel leaves a child
+        // holding the page channel and the status pipe, which the reaper ends with it.
+        criu::group::own_group(&mut cmd);
         let child = sys::spawn_with_fds(&mut cmd, &fds)
             .map_err(|e| format!("run {} lazy-pages: {e}", criu.path.display()))?;
         drop(status_w);
         let pid = child.id() as i32;
-        let exit = self.reaper.watch(pid);
+        let exit = self.reaper.watch_group(pid);
         drop(child);
         let status = Fd::new(status_r).map_err(|e| e.to_string())?;
         Ok((LazyDaemon { pid, exit, log }, status))
@@ -165,6 +176,7 @@ impl Monitor {
         link: Option<Fd>,
     ) {
         let busy = self.lazy.busy.clone();
+        let lost = self.lazy.lost.clone();
         busy.set(true);
         let pidfd = self.live.as_ref().map(|l| l.pidfd.clone());
         let wd = self.wd.clone();
@@ -183,6 +195,8 @@ impl Monitor {
                 )
             };
             if !ok {
+                // Before the kill: the exit it causes is recorded with this reason.
+                *lost.borrow_mut() = Some(reason.clone());
                 if let Some(p) = &pidfd {
                     let _ = sys::pidfd_send_signal(p.as_fd(), libc::SIGKILL);
                 }

@@ -409,11 +409,17 @@ impl Monitor {
         };
         let pages = fds.next();
         match self.migrate_in_gated(&opts, &link, pages).await {
-            Ok(pid) => Reply::Restored {
-                generation: opts.manifest.generation,
-                pid,
-                diverged: vec![],
-            },
+            Ok(pid) => {
+                // The job is this host's now: no abort may ever remove it.
+                if let Err(e) = std::fs::remove_file(crate::migrate::target::token_path(&self.wd)) {
+                    diag(&format!("remove the migration's token: {e}"));
+                }
+                Reply::Restored {
+                    generation: opts.manifest.generation,
+                    pid,
+                    diverged: vec![],
+                }
+            }
             Err(why) => {
                 let _ = link
                     .send_msg(
@@ -464,7 +470,10 @@ impl Monitor {
             env: vec![(gate::ENV_GATE.to_string(), gate_path.display().to_string())],
             ready: None,
         });
+        let mut daemon = daemon;
         let daemon_pid = daemon.as_ref().map(|d| d.pid);
+        // How the lazy-pages daemon ended, should it end before the job runs.
+        let mut lazy_end: Option<Result<crate::exit::ExitStatus, String>> = None;
         let uffds: std::cell::RefCell<Vec<OwnedFd>> = Default::default();
         let mut verdict = None;
         let restore_opts = RestoreOpts {
@@ -512,9 +521,32 @@ impl Monitor {
                 tokio::select! {
                     biased;
                     x = &mut gated, if verdict.is_none() => { verdict = Some(x); }
+                    // The daemon died with the job not yet running (its page channel broke):
+                    // the memory it was to bring cannot come, so the restored tree goes now,
+                    // rather than its first fault hanging the restore's last steps.
+                    st = lazy_exit(&mut daemon), if daemon.is_some() && lazy_end.is_none() => {
+                        let st = st.map_err(|_| "vanished".to_string());
+                        if !st.as_ref().is_ok_and(|s| s.success()) {
+                            kill_restored_inits();
+                        }
+                        lazy_end = Some(st);
+                    }
                     r = &mut restore => break r,
                 }
             }
+        };
+        // What the daemon said, should it have ended unsuccessfully before the job ran.
+        let lazy_lost = match (&lazy_end, &daemon) {
+            (Some(Ok(st)), _) if st.success() => None,
+            (Some(st), Some(d)) => Some(format!(
+                "criu lazy-pages {}: {} (log: {})",
+                st.as_ref()
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|e| e.clone()),
+                criu::failure_reasons(&d.log).join("; "),
+                d.log.display()
+            )),
+            _ => None,
         };
         self.restore_extra = None;
         let _ = std::fs::remove_file(&gate_path);
@@ -542,7 +574,17 @@ impl Monitor {
                     format!("from {} ({})", opts.from, opts.mode.as_str()),
                 ));
                 match daemon {
-                    Some(d) => {
+                    Some(mut d) => {
+                        if let Some(end) = lazy_end {
+                            // It already ended (every page in before the job's last restore
+                            // steps were done, or it died just as they were): its watcher
+                            // gets what was consumed here, or "vanished".
+                            let (tx, rx) = tokio::sync::oneshot::channel();
+                            if let Ok(st) = end {
+                                let _ = tx.send(st);
+                            }
+                            d.exit = rx;
+                        }
                         let l = link
                             .borrow()
                             .try_clone_to_owned()
@@ -556,17 +598,29 @@ impl Monitor {
             }
             (restored, v) => {
                 kill_restored_inits();
-                if let Some(d) = &daemon {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(d.pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+                if let Some(d) = &mut daemon {
+                    // Only while the reaper has not reported it: its pid is still its own
+                    // (nothing awaits between this check and the kill).
+                    if lazy_end.is_none()
+                        && matches!(
+                            d.exit.try_recv(),
+                            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+                        )
+                    {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(d.pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
                 }
-                let why = match (&v, restored) {
-                    (Some(Verdict::Abort(r)), _) => r.clone(),
-                    (Some(Verdict::Unknown(r)), _) => r.clone(),
-                    (_, Err(e)) => reply_text(e),
-                    (_, Ok(r)) => format!("unexpected {r:?}"),
+                let why = match (&v, restored, lazy_lost) {
+                    (Some(Verdict::Abort(r)), _, _) | (Some(Verdict::Unknown(r)), _, _) => {
+                        r.clone()
+                    }
+                    // The restore failed because the daemon died: that is why.
+                    (_, _, Some(lost)) => lost,
+                    (_, Err(e), None) => reply_text(e),
+                    (_, Ok(r), None) => format!("unexpected {r:?}"),
                 };
                 if matches!(v, Some(Verdict::Commit)) && opts.mode == Mode::Stream {
                     // The source gave the job away and the images are all here: the job
@@ -578,6 +632,7 @@ impl Monitor {
                     // part of its memory never arrived. Lost, and the record says so.
                     self.st.status = Status::Failed;
                     self.st.init = None;
+                    self.st.restoring_since = None;
                     self.st.error = Some(format!(
                         "lost after its migration from {}: {why}",
                         opts.from
@@ -692,6 +747,16 @@ impl Monitor {
     }
 }
 
+/// The exit of the lazy-pages daemon, if there is one (else never).
+async fn lazy_exit(
+    d: &mut Option<super::lazy::LazyDaemon>,
+) -> Result<crate::exit::ExitStatus, tokio::sync::oneshot::error::RecvError> {
+    match d {
+        Some(d) => (&mut d.exit).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Waits on the resume socket for a source that reconnects with its verdict.
 async fn wait_resumed(resume: &Fd) -> Verdict {
     let wait = async {
@@ -734,12 +799,17 @@ fn pages_size(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Kills what a failed restore may have left among our children (a restored init whose
-/// restore was abandoned after it forked).
+/// Kills what a failed restore may have left among our descendants: a restored init whose
+/// restore was abandoned after it forked, and the tasks of a restore whose CRIU was killed
+/// mid-way (they have not become init copies yet, but live in the container's new pid
+/// namespace; nothing else of ours does).
 fn kill_restored_inits() {
     let me = std::process::id() as i32;
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    let ours = ns("self");
     for p in crate::container::tree::pids(me).into_iter().skip(1) {
-        if crate::store::init_copies::runs_init(p) {
+        let elsewhere = ours.is_some() && ns(&p.to_string()).is_some_and(|n| Some(n) != ours);
+        if elsewhere || crate::store::init_copies::runs_init(p) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(p),
                 nix::sys::signal::Signal::SIGKILL,

@@ -892,9 +892,14 @@ impl Monitor {
         let _ = tokio::time::timeout(Duration::from_secs(2), live.link.reader).await;
         let status = live.link.main_status.get().or(init_status);
         let oom = self.cgroup.oom_kills().unwrap_or(0) > self.oom_base;
-        let reason = match (oom, status) {
-            (true, _) => Some("OOM-killed: the memory limit was reached".to_string()),
-            (false, None) => Some(
+        let reason = match (oom, status, self.lazy.take_lost()) {
+            // Killed by the monitor when a lazy restore's memory could not come (a
+            // post-copy migration whose page channel broke): the record says why.
+            (_, _, Some(why)) => Some(format!(
+                "killed: the rest of its memory could not be fetched ({why})"
+            )),
+            (true, _, None) => Some("OOM-killed: the memory limit was reached".to_string()),
+            (false, None, None) => Some(
                 "the container ended while adopted; its exit status was not reported".to_string(),
             ),
             _ => None,

@@ -101,6 +101,9 @@ pub enum Step {
     },
     /// Something failed before `Ready`.
     Failed { reason: String },
+    /// Target → source, after an abort sent over `__migrate-resume`: nothing of that
+    /// migration is left on the target.
+    Dropped,
 }
 
 /// CRIU's action script ↔ the monitor gating it.

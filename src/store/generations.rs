@@ -362,8 +362,7 @@ pub fn clean_temps(wd: &WorkloadDir) {
 /// Writes the manifest into the temp directory and renames it into place as generation
 /// `m.generation`, durably: a migration's, whose source lets the job go once it is there.
 pub fn commit(wd: &WorkloadDir, tmp: &Path, m: &Manifest) -> Result<Generation, FsError> {
-    atomic::write_json_atomic(&tmp.join(MANIFEST), m)?;
-    let g = commit_quick(wd, tmp, m)?;
+    let g = place(wd, tmp, m, true)?;
     atomic::sync_dir(&wd.checkpoints())?;
     Ok(g)
 }
@@ -374,8 +373,20 @@ pub fn commit(wd: &WorkloadDir, tmp: &Path, m: &Manifest) -> Result<Generation, 
 /// whole, or fails verification (and older ones are used), or is not there; the journal
 /// keeps the rename before the prune of older generations that follows it.
 pub fn commit_quick(wd: &WorkloadDir, tmp: &Path, m: &Manifest) -> Result<Generation, FsError> {
+    place(wd, tmp, m, false)
+}
+
+/// Writes the manifest (synced if `durable`) and renames the directory into place.
+fn place(wd: &WorkloadDir, tmp: &Path, m: &Manifest, durable: bool) -> Result<Generation, FsError> {
     let manifest = tmp.join(MANIFEST);
-    atomic::write_atomic_quick(&manifest, &atomic::to_json(&manifest, m)?)?;
+    if durable {
+        atomic::write_json_atomic(&manifest, m)?;
+    } else {
+        atomic::write_atomic_quick(&manifest, &atomic::to_json(&manifest, m)?)?;
+    }
+    // Images staged outside `checkpoints/` (a stream migration's, on its target) may be the
+    // workload's first generation: the directory may not exist yet.
+    atomic::mkdir_p(&wd.checkpoints(), 0o700)?;
     let dst = wd.checkpoints().join(m.generation.to_string());
     fs::rename(tmp, &dst).map_err(|e| FsError::new("rename", &dst, e))?;
     Ok(Generation {
@@ -474,6 +485,28 @@ pub(crate) mod tests {
         fs::write(g.manifest_path(), br#"{"version":1,"generation":1}"#).unwrap();
         let e = g.verify("job").unwrap_err().to_string();
         assert!(e.contains("older stasis (manifest version 1)"), "{e}");
+    }
+
+    /// Issue 11: a stream migration's target stages the images beside `checkpoints/`, which
+    /// does not exist yet; committing them failed ("rename …/checkpoints/1: No such file"),
+    /// so the images were never kept, and a restore that failed after the hand-over had
+    /// nothing to try again from: the job ran nowhere.
+    #[test]
+    fn item_11_images_staged_elsewhere_become_the_first_generation() {
+        let (d, wd) = setup();
+        let init = d.path().join("stasis-init-x");
+        fs::write(&init, b"bin").unwrap();
+        let stage = wd.dir.join(".migrate-stage");
+        fs::create_dir(&stage).unwrap();
+        fs::write(stage.join("pages-1.img"), vec![1u8; 4096]).unwrap();
+        assert!(!wd.checkpoints().exists());
+        let files = file_entries(&stage).unwrap();
+        let g = commit(&wd, &stage, &manifest(1, files, init)).unwrap();
+        assert_eq!(
+            list(&wd).iter().map(|g| g.number).collect::<Vec<_>>(),
+            vec![1]
+        );
+        g.verify("job").unwrap();
     }
 
     #[test]

@@ -179,6 +179,27 @@ impl WorkloadDir {
         }
     }
 
+    /// Claims the name with a directory prepared elsewhere (`staged`, on the same
+    /// filesystem), renamed into place only if the name is free (`RENAME_NOREPLACE`): the
+    /// record appears with all it holds at once, so a claimer killed midway leaves either
+    /// no record or a whole one, never a bare directory. `Exists` if the name is taken.
+    pub fn create_from(&self, staged: &Path) -> Result<(), StateError> {
+        let cwd = nix::fcntl::AT_FDCWD;
+        match nix::fcntl::renameat2(
+            cwd,
+            staged,
+            cwd,
+            &self.dir,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => Ok(()),
+            Err(nix::errno::Errno::EEXIST) | Err(nix::errno::Errno::ENOTEMPTY) => {
+                Err(StateError::Exists(self.name.clone()))
+            }
+            Err(e) => Err(FsError::new("rename", &self.dir, e.into()).into()),
+        }
+    }
+
     /// Reads state.json.
     pub fn load(&self) -> Result<WorkloadState, StateError> {
         let p = self.state_path();
@@ -463,7 +484,9 @@ pub fn observe(wd: &WorkloadDir) -> Result<Observed, StateError> {
             crate::container::shm::detach_leftover(runtime, wd.name.as_str());
         }
     }
-    let mut changed = reconcile_dead_monitor(&mut st, restored);
+    let restorable =
+        st.status == Status::Restoring && !crate::store::generations::list(wd).is_empty();
+    let mut changed = reconcile_dead_monitor(&mut st, restored, restorable);
     // Dumps CRIU finished after the monitor died are generations like any other; one that
     // ended the job (no --leave-running) leaves it checkpointed, as was asked.
     for n in crate::store::generations::recover_temps(wd) {
@@ -509,8 +532,13 @@ fn restored_init(wd: &WorkloadDir) -> Option<ProcRef> {
 }
 
 /// Adjusts `st` for a monitor that is gone; returns true if anything changed. `restored` is
-/// the container an interrupted restore left running, if any.
-pub fn reconcile_dead_monitor(st: &mut WorkloadState, restored: Option<ProcRef>) -> bool {
+/// the container an interrupted restore left running, if any; `restorable`: the workload has
+/// a generation to come back from.
+pub fn reconcile_dead_monitor(
+    st: &mut WorkloadState,
+    restored: Option<ProcRef>,
+    restorable: bool,
+) -> bool {
     const LOST: &str = "monitor lost";
     if st.status == Status::Restoring {
         st.restoring_since = None;
@@ -525,10 +553,19 @@ pub fn reconcile_dead_monitor(st: &mut WorkloadState, restored: Option<ProcRef>)
                     init.pid
                 ));
             }
-            None => {
+            None if restorable => {
                 // CRIU finished without a restored tree: the generations are as they were.
                 st.status = Status::Checkpointed;
                 st.note = Some(format!("{LOST} during a restore, which did not complete"));
+            }
+            None => {
+                // Nothing to come back from (a migration's restore, whose images were never
+                // a generation here): "checkpointed" would promise a restore that cannot be.
+                st.status = Status::Failed;
+                st.init = None;
+                st.error = Some(format!(
+                    "{LOST} during a restore, which did not complete; there is no generation to restore it from"
+                ));
             }
         }
         return true;
@@ -612,6 +649,25 @@ mod tests {
         assert_eq!(r.names(), vec!["a"]);
     }
 
+    /// Issue 11: a migration's claim appears whole or not at all, and never replaces a
+    /// record, not even an empty directory.
+    #[test]
+    fn item_11_a_staged_claim_takes_a_free_name_only() {
+        let (_d, r) = root();
+        let w = r.workload(&crate::store::name::n("a"));
+        let staged = w.dir.with_file_name(".claim-x");
+        fs::create_dir(&staged).unwrap();
+        fs::write(staged.join("spec.json"), b"{}").unwrap();
+        w.create_from(&staged).unwrap();
+        assert!(w.spec_path().is_file() && !staged.exists());
+        assert_eq!(r.names(), vec!["a"]);
+        let b = r.workload(&crate::store::name::n("b"));
+        b.create().unwrap();
+        fs::create_dir(&staged).unwrap();
+        assert!(matches!(b.create_from(&staged), Err(StateError::Exists(_))));
+        assert!(staged.is_dir());
+    }
+
     #[test]
     fn save_and_load() {
         let (_d, r) = root();
@@ -673,7 +729,7 @@ mod tests {
             pid: i32::MAX,
             start_time: 1,
         });
-        assert!(reconcile_dead_monitor(&mut st, None));
+        assert!(reconcile_dead_monitor(&mut st, None, true));
         assert_eq!(st.status, Status::Exited);
         let exit = st.exit.unwrap();
         assert_eq!(exit.status, None);
@@ -685,11 +741,11 @@ mod tests {
         let mut st = WorkloadState::new(&crate::store::name::n("a"));
         st.status = Status::Running;
         st.init = ProcRef::of(std::process::id() as i32);
-        assert!(reconcile_dead_monitor(&mut st, None));
+        assert!(reconcile_dead_monitor(&mut st, None, true));
         assert_eq!(st.status, Status::Running);
         assert!(st.note.as_deref().unwrap().contains("monitor lost"));
         // a second look changes nothing
-        assert!(!reconcile_dead_monitor(&mut st, None));
+        assert!(!reconcile_dead_monitor(&mut st, None, true));
     }
 
     #[test]
@@ -699,22 +755,33 @@ mod tests {
         st.status = Status::Restoring;
         st.restoring_since = Some(1);
         let me = ProcRef::of(std::process::id() as i32);
-        assert!(reconcile_dead_monitor(&mut st, me));
+        assert!(reconcile_dead_monitor(&mut st, me, true));
         assert_eq!(st.status, Status::Running);
         assert_eq!(st.init, me);
         assert!(st.note.as_deref().unwrap().contains("during a restore"));
         // no restored tree: back to checkpointed, nothing lost
         let mut st = WorkloadState::new(&crate::store::name::n("a"));
         st.status = Status::Restoring;
-        assert!(reconcile_dead_monitor(&mut st, None));
+        assert!(reconcile_dead_monitor(&mut st, None, true));
         assert_eq!(st.status, Status::Checkpointed);
+    }
+
+    /// Issue 11: a migration's target whose monitor was killed mid-restore said
+    /// "checkpointed" with no generation to restore from.
+    #[test]
+    fn item_11_an_interrupted_restore_without_a_generation_is_failed_not_checkpointed() {
+        let mut st = WorkloadState::new(&crate::store::name::n("a"));
+        st.status = Status::Restoring;
+        assert!(reconcile_dead_monitor(&mut st, None, false));
+        assert_eq!(st.status, Status::Failed);
+        assert!(st.error.as_deref().unwrap().contains("no generation"));
     }
 
     #[test]
     fn checkpointed_survives_a_dead_monitor() {
         let mut st = WorkloadState::new(&crate::store::name::n("a"));
         st.status = Status::Checkpointed;
-        reconcile_dead_monitor(&mut st, None);
+        reconcile_dead_monitor(&mut st, None, true);
         assert_eq!(st.status, Status::Checkpointed);
     }
 

@@ -13,8 +13,9 @@
 //! fault trials settle quickly.
 //!
 //! Everything is torn down on drop, also after a failed assertion: the workloads of both
-//! roots, the sshds and their sessions (by pid: only what the bed started), the namespaces
-//! (and with them the veth pair).
+//! roots (`rm -f --all`, bounded), then, by pid, whatever process of the bed is still alive
+//! (see [`Bed::processes`]: stasis should leave none, and a test can assert that), the sshds
+//! and their sessions, the namespaces (and with them the veth pair).
 #![allow(dead_code)]
 
 use super::{bin, cgroup_dirs_of, require_root, wait_output};
@@ -57,7 +58,8 @@ pub struct Bed {
     /// One bed at a time in a test binary: each holds two sshds, two roots and CRIU runs on
     /// both sides, and several at once on two cores starve each other. (Under that load a
     /// post-copy move was once seen to fail cleanly with "the page channel closed before the
-    /// target was ready"; the job stayed on the source.)
+    /// target was ready"; the job stayed on the source. That is the source's view of a
+    /// target that failed first; the message now names the target's reason too.)
     _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
 
@@ -172,6 +174,93 @@ impl Bed {
     /// Both hosts.
     pub fn hosts(&self) -> [&Host; 2] {
         [&self.a, &self.b]
+    }
+
+    /// The live processes of this bed, the sshd listeners and this test process left out:
+    /// every process whose command line, environment (`STASIS_ROOT`, which the sshds give
+    /// their sessions), open files or working directory name the bed's directory, or whose
+    /// cgroup is one stasis made for either root. Workloads, monitors, CRIU runs (and what
+    /// they fork), migration processes and ssh clients all show up here; once every workload
+    /// is removed, nothing should.
+    pub fn processes(&self) -> Vec<Proc> {
+        let dir = self.dir.path().display().to_string();
+        let env = format!("STASIS_ROOT={dir}");
+        let keys: Vec<String> = [&self.a, &self.b]
+            .iter()
+            .map(|h| {
+                format!(
+                    "/stasis/{}/",
+                    stasis::store::state::StateRoot::from_flag(Some(h.root.clone())).key()
+                )
+            })
+            .collect();
+        let skip: Vec<i32> = [&self.a, &self.b]
+            .iter()
+            .filter_map(|h| h.sshd_pid())
+            .chain([std::process::id() as i32])
+            .collect();
+        procs()
+            .into_iter()
+            .filter(|p| p.state != 'Z' && !skip.contains(&p.pid))
+            .filter(|p| {
+                let has = |t: &str| t.contains(&dir);
+                if has(&p.cmd) {
+                    return true;
+                }
+                let environ = std::fs::read(format!("/proc/{}/environ", p.pid))
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                if environ.split('\0').any(|v| v.starts_with(&env)) {
+                    return true;
+                }
+                let cg =
+                    std::fs::read_to_string(format!("/proc/{}/cgroup", p.pid)).unwrap_or_default();
+                if keys.iter().any(|k| cg.contains(k.as_str())) {
+                    return true;
+                }
+                let link = |l: std::path::PathBuf| has(&l.display().to_string());
+                if std::fs::read_link(format!("/proc/{}/cwd", p.pid)).is_ok_and(link) {
+                    return true;
+                }
+                std::fs::read_dir(format!("/proc/{}/fd", p.pid)).is_ok_and(|rd| {
+                    rd.flatten()
+                        .any(|e| std::fs::read_link(e.path()).is_ok_and(link))
+                })
+            })
+            .collect()
+    }
+
+    /// Waits (up to `t`) until `f` holds for the bed's live processes; returns them.
+    pub fn wait_processes(&self, t: Duration, f: impl Fn(&[Proc]) -> bool) -> (bool, Vec<Proc>) {
+        let t0 = std::time::Instant::now();
+        loop {
+            let ps = self.processes();
+            if f(&ps) {
+                return (true, ps);
+            }
+            if t0.elapsed() > t {
+                return (false, ps);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        for h in [&self.a, &self.b] {
+            h.remove_all();
+        }
+        // What stasis left behind (it should leave nothing: tests that care assert it while
+        // the bed is up); ended here by pid so that one failure does not leak into the next
+        // test, and said on stderr.
+        let left = self.processes();
+        if !left.is_empty() {
+            eprintln!("bed teardown: ending what is left of the bed: {left:#?}");
+            for p in &left {
+                kill9(p.pid);
+            }
+        }
     }
 }
 
@@ -359,6 +448,51 @@ impl Host {
     }
 }
 
+/// A process, as /proc shows it.
+#[derive(Debug, Clone)]
+pub struct Proc {
+    pub pid: i32,
+    pub ppid: i32,
+    /// Its state letter (`Z` for a zombie).
+    pub state: char,
+    pub comm: String,
+    /// Its command line, words joined by spaces.
+    pub cmd: String,
+}
+
+/// Every process on this machine.
+pub fn procs() -> Vec<Proc> {
+    let mut v = vec![];
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return v;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let mut rest = stat[close + 2..].split_whitespace();
+        let state = rest.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid = rest.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        v.push(Proc {
+            pid,
+            ppid,
+            state,
+            comm: stat[open + 1..close].to_string(),
+            cmd: cmd.trim_end().to_string(),
+        });
+    }
+    v
+}
+
 /// Pids of the live children of `pid`.
 fn children(pid: i32) -> Vec<i32> {
     let mut v = Vec::new();
@@ -393,17 +527,42 @@ fn kill9(pid: i32) {
     );
 }
 
+impl Host {
+    /// `rm -f --all` on this host, bounded: a teardown must never hang on a stuck
+    /// workload (what it leaves is ended by pid afterwards).
+    fn remove_all(&self) {
+        if !self.root.is_dir() {
+            return;
+        }
+        let child = Command::new(bin())
+            .arg("--root")
+            .arg(&self.root)
+            .args(["rm", "-f", "--all"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let Ok(mut child) = child else { return };
+        let t0 = std::time::Instant::now();
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => break,
+                Ok(None) if t0.elapsed() > Duration::from_secs(60) => {
+                    eprintln!("bed teardown: `rm -f --all` on {} hangs: ended", self.alias);
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+}
+
 impl Drop for Host {
     fn drop(&mut self) {
         if self.root.is_dir() {
-            let _ = Command::new(bin())
-                .arg("--root")
-                .arg(&self.root)
-                .args(["rm", "-f", "--all"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            self.remove_all();
             for d in cgroup_dirs_of(&self.root) {
                 let _ = std::fs::remove_dir(&d);
             }
