@@ -681,7 +681,7 @@ fn fault_trials(f: Fault, trials: u32) {
 }
 
 /// Trials per fault: 20 (issue 11's acceptance), which fit in the default run (the whole
-/// binary took 2m17s on the project's 2-core machine).
+/// binary took 2m17s to 2m39s in four runs on the project's 2-core machine).
 fn trials() -> u32 {
     std::env::var("STASIS_FAULT_TRIALS")
         .ok()

@@ -303,7 +303,8 @@ fn receive(
 /// the page channel into the stage.
 struct PageServer {
     child: std::process::Child,
-    /// Our duplicate of the page channel, shut down once the server has ended.
+    /// The page channel as this process holds it (the server has its own copy): shut down
+    /// once the server has ended.
     channel: OwnedFd,
     log: PathBuf,
 }
