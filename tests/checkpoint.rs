@@ -783,3 +783,38 @@ fn a_job_busy_in_dev_shm_always_checkpoints_with_its_content() {
     assert_eq!(env.status("busy"), "running");
     env.ok(&["rm", "-f", "busy"]);
 }
+
+#[test]
+fn another_restores_dev_shm_never_reaches_a_container() {
+    let env = setup();
+    // What a restore stages on the host for a moment: a tmpfs named stasis-shm-staging.
+    let staged = env.root().join("staged-shm");
+    std::fs::create_dir_all(&staged).expect("mkdir");
+    nix::mount::mount(
+        Some("stasis-shm-staging"),
+        &staged,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .expect("mount");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _guard = Unmount(staged.clone());
+    env.ok(&["run", "-d", "--name", "b", "--", "sleep", "1000"]);
+    let mounts = env.ok(&["exec", "b", "cat", "/proc/self/mountinfo"]);
+    assert!(
+        !mounts.contains("stasis-shm-staging"),
+        "the container carries another's staged /dev/shm: {mounts}"
+    );
+    // and it checkpoints and restores after the staging is gone from the host
+    env.ok(&["checkpoint", "b"]);
+    drop(_guard);
+    env.ok(&["restore", "b"]);
+    assert_eq!(env.status("b"), "running");
+    env.ok(&["rm", "-f", "b"]);
+}

@@ -284,6 +284,19 @@ fn setup_host_tree(volumes: &[Volume], init_path: &Path) -> Result<(), String> {
     use nix::mount::MsFlags as F;
     // Private: nothing mounted here reaches the host, and CRIU sees no peer groups to follow.
     mount(None, Path::new("/"), None, F::MS_REC | F::MS_PRIVATE, None)?;
+    // Another container's /dev/shm, staged on the host by its restore at this moment (see
+    // `shm`), must not come along: this container could reach into that one's memory.
+    let table = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("read /proc/self/mountinfo: {e}"))?;
+    for m in mounts::parse_mountinfo(&table).iter().rev() {
+        if m.source == shm::STAGING_SOURCE {
+            match detach_all(&m.point) {
+                // gone already (its restore finished)
+                Err(_) if !m.point.exists() => {}
+                r => r?,
+            }
+        }
+    }
     let shm = shm::ShmMount::host_tree();
     let fresh: [(&str, &str, F, Option<&str>); 4] = [
         (

@@ -22,6 +22,8 @@ pub struct MountEntry {
     /// Where it is mounted, as the container sees it.
     pub point: PathBuf,
     pub fstype: String,
+    /// The mount source ("none" when mountinfo has none).
+    pub source: String,
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, `\134` for a backslash…).
@@ -53,12 +55,15 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
         .filter_map(|l| {
             let (pre, post) = l.split_once(" - ")?;
             let f: Vec<&str> = pre.split(' ').collect();
-            let fstype = post.split(' ').next()?.to_string();
+            let mut post = post.split(' ');
+            let fstype = post.next()?.to_string();
+            let source = unescape(post.next().unwrap_or("none"));
             Some(MountEntry {
                 id: f.first()?.parse().ok()?,
                 parent: f.get(1)?.parse().ok()?,
                 point: PathBuf::from(unescape(f.get(4)?)),
                 fstype,
+                source,
             })
         })
         .collect()
@@ -135,9 +140,12 @@ pub fn gone_from_host(
         .filter(|m| m.point != Path::new("/") && !layout.own(m))
         .filter(|m| !binds.contains(&m.point))
         .filter(|m| {
-            !host
-                .iter()
-                .any(|h| h.point == m.point && h.fstype == m.fstype)
+            // A restore's fresh /dev/shm, staged on the host while another container started
+            // (see `shm`): transient, never the container's to keep.
+            m.source == super::shm::STAGING_SOURCE
+                || !host
+                    .iter()
+                    .any(|h| h.point == m.point && h.fstype == m.fstype)
         })
         .map(|m| m.point.clone())
         .collect();
@@ -352,6 +360,23 @@ mod tests {
         // the container's own binds are not the host's to drop
         let gone = gone_from_host(&c, &host, Layout::HostTree, &[PathBuf::from("/tmp/x")]);
         assert_eq!(gone, vec![PathBuf::from("/tmp/x/y")]);
+    }
+
+    #[test]
+    fn another_restores_staged_dev_shm_is_dropped_even_while_the_host_has_it() {
+        let staged = "1 0 8:1 / / rw - ext4 x rw\n\
+             2 1 0:5 / /dev/shm rw - tmpfs stasis-shm-staging rw\n\
+             3 1 0:6 / /r/run/shm.other rw - tmpfs stasis-shm-staging rw\n\
+             4 1 0:7 / /sys rw - sysfs sysfs rw\n";
+        let c = parse_mountinfo(staged);
+        assert_eq!(c[2].source, super::super::shm::STAGING_SOURCE);
+        // the host still has it: it is dropped all the same; the container's own /dev/shm
+        // (a bind of its own restore's staging) stays
+        let host = parse_mountinfo(staged);
+        assert_eq!(
+            gone_from_host(&c, &host, Layout::HostTree, &[]),
+            vec![PathBuf::from("/r/run/shm.other")]
+        );
     }
 
     #[test]

@@ -20,6 +20,10 @@ use std::path::{Path, PathBuf};
 pub const KEY: &str = "shm";
 /// The mount point inside the container.
 pub const POINT: &str = "/dev/shm";
+/// The source of a staged tmpfs: a container that starts while one is mounted on the host
+/// copies it into its mount table; a dump recognises it by this name and unmounts it there
+/// (`mounts::gone_from_host`) instead of declaring a mount that is about to vanish.
+pub const STAGING_SOURCE: &str = "stasis-shm-staging";
 /// Left in the image directory by a hook that found /dev/shm no longer empty.
 pub const BUSY: &str = ".shm-busy";
 
@@ -89,7 +93,7 @@ pub fn stage(runtime: &Path, name: &str, m: &ShmMount) -> Result<Staged, String>
     crate::store::atomic::mkdir_p(&path, 0o700).map_err(|e| e.to_string())?;
     detach(&path);
     nix::mount::mount(
-        Some("shm"),
+        Some(STAGING_SOURCE),
         &path,
         Some("tmpfs"),
         m.flags(),
