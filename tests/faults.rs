@@ -37,32 +37,13 @@ impl Rng {
     }
 }
 
-/// (pid, ppid, comm) of every process.
+/// (pid, ppid, comm) of every process but zombies.
 fn processes() -> Vec<(i32, i32, String)> {
-    let mut v = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return v;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = stat[open + 1..close].to_string();
-        let rest: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        if rest.first() == Some(&"Z") {
-            continue;
-        }
-        if let Some(ppid) = rest.get(1).and_then(|p| p.parse().ok()) {
-            v.push((pid, ppid, comm));
-        }
-    }
-    v
+    common::hosts::procs()
+        .into_iter()
+        .filter(|p| p.state != 'Z')
+        .map(|p| (p.pid, p.ppid, p.comm))
+        .collect()
 }
 
 /// Copies of the job: live shells whose command line contains `token` (its monitor, forked

@@ -493,31 +493,13 @@ pub fn procs() -> Vec<Proc> {
     v
 }
 
-/// Pids of the live children of `pid`.
+/// Pids of the children of `pid`.
 fn children(pid: i32) -> Vec<i32> {
-    let mut v = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return v;
-    };
-    for e in rd.flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-            continue;
-        };
-        let Some(close) = stat.rfind(')') else {
-            continue;
-        };
-        let ppid = stat[close + 2..]
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse::<i32>().ok());
-        if ppid == Some(pid) {
-            v.push(p);
-        }
-    }
-    v
+    procs()
+        .into_iter()
+        .filter(|p| p.ppid == pid)
+        .map(|p| p.pid)
+        .collect()
 }
 
 fn kill9(pid: i32) {
