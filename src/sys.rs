@@ -795,6 +795,23 @@ pub fn recv_datagram(
     nonblock: bool,
     max: usize,
 ) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    loop {
+        match recv_datagram_once(sock, nonblock, max) {
+            // A peer that closed with our messages unread leaves ECONNRESET, which a seqpacket
+            // recv reports *before* the packets still queued for us (a client's last request,
+            // say a SIGPIPE for the workload). Reporting clears it: read on, to those packets
+            // and then end-of-file.
+            Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => continue,
+            r => return r,
+        }
+    }
+}
+
+fn recv_datagram_once(
+    sock: BorrowedFd<'_>,
+    nonblock: bool,
+    max: usize,
+) -> io::Result<(Vec<u8>, Vec<OwnedFd>)> {
     let flags = libc::MSG_PEEK | libc::MSG_TRUNC | if nonblock { libc::MSG_DONTWAIT } else { 0 };
     let len = loop {
         // SAFETY: a zero-length receive into no buffer; MSG_TRUNC makes it return the real size.

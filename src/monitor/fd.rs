@@ -220,7 +220,6 @@ impl Fd {
             match g.try_io(|i| sys::recv_datagram(i.get_ref().as_fd(), true, protocol::MAX_MSG)) {
                 Ok(Ok((buf, fds))) if buf.is_empty() && fds.is_empty() => return Ok(None),
                 Ok(Ok(m)) => return Ok(Some(m)),
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => return Ok(None),
                 Ok(Err(e)) => return Err(e),
                 Err(_) => continue,
             }
@@ -286,5 +285,26 @@ mod tests {
                 assert_eq!(t.await.unwrap(), 4);
             })
             .await;
+    }
+
+    /// A client that sends its last request and exits without reading our reply: the request
+    /// is still delivered, then end-of-file (not a lost request behind ECONNRESET).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_peer_closing_with_unread_replies_still_delivers_its_last_request() {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        )
+        .unwrap();
+        let ours = Fd::new(ours).unwrap();
+        nix::unistd::write(ours.borrow(), b"reply never read").unwrap();
+        nix::unistd::write(&theirs, b"last request").unwrap();
+        drop(theirs);
+        let got = ours.recv_raw().await.unwrap().expect("the request");
+        assert_eq!(got.0, b"last request");
+        assert!(ours.recv_raw().await.unwrap().is_none());
     }
 }
