@@ -447,3 +447,48 @@ fn item_07_monitor_killed_during_a_restore_never_makes_two_copies() {
     });
     assert_counter_continuous(&counter_values(&env.logs("job")));
 }
+
+/// A monitor killed between starting a container and naming its init anywhere leaves an init
+/// no command can find: it must end by itself once its grace for being asked for a workload
+/// is over (the argument shortens the 60 s grace). Run here as a plain process, with fds 3
+/// and 4 its control pair, as the container's setup leaves them.
+#[test]
+fn an_init_never_asked_for_its_workload_ends_by_itself() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let (a, b) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::SeqPacket,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .expect("socketpair");
+    let (ra, rb) = (a.as_raw_fd(), b.as_raw_fd());
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg0("stasis-init").arg("200");
+    // SAFETY: only async-signal-safe dup2 calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(ra, 3) < 0 || libc::dup2(rb, 4) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn stasis-init");
+    drop((a, b));
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(status) => assert_eq!(status.expect("wait").code(), Some(125)),
+        Err(_) => {
+            kill9(pid as i32);
+            panic!(
+                "stasis-init (pid {pid}) still waits for a workload 30 s after its 200 ms grace"
+            );
+        }
+    }
+}

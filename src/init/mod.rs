@@ -24,6 +24,11 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 /// Output pipes get this much buffer: a fast writer rarely waits for the monitor, and a job
 /// whose monitor is gone runs on this long before it blocks.
 const OUT_PIPE_SIZE: usize = 1 << 20;
+/// How long init waits to be asked for its workload. A monitor killed between starting the
+/// container and naming init in the state leaves an init that no command can find or adopt
+/// and that nothing will ever ask for a workload: it must end by itself. A live monitor asks
+/// within milliseconds of the start (a restored or adopted init already has its workload).
+const WORKLOAD_GRACE_MS: u64 = 60_000;
 /// Kept fds live at or above this number (below it: stdio, the control pair).
 const KEPT_MIN_FD: i32 = 10;
 
@@ -266,9 +271,26 @@ impl Init {
     }
 }
 
-/// Runs init: fds [`CTL_FD`] and [`CTL_PEER_FD`] are the control pair. Never returns.
+/// How long init may still wait for its workload, `grace_ms` after its start (`waited_ms`
+/// ago): `None` once the workload was asked for (init then waits on it for ever), zero when
+/// the wait is over.
+fn workload_wait_left(main: Option<i32>, grace_ms: u64, waited_ms: u64) -> Option<u64> {
+    match main {
+        Some(_) => None,
+        None => Some(grace_ms.saturating_sub(waited_ms)),
+    }
+}
+
+/// Runs init: fds [`CTL_FD`] and [`CTL_PEER_FD`] are the control pair. Never returns. An
+/// argument, if any, is the grace in milliseconds for the workload to be asked for (tests
+/// shorten it; the monitor passes none).
 #[allow(unsafe_code)]
 pub fn main() -> ! {
+    let started = std::time::Instant::now();
+    let grace_ms = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(WORKLOAD_GRACE_MS);
     sys::set_name("stasis-init");
     // A vanished reader is an error to handle here, never a reason for PID 1 to die.
     sys::sigpipe(true);
@@ -292,7 +314,15 @@ pub fn main() -> ! {
                 PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
                 PollFd::new(init.ctl.as_fd(), PollFlags::POLLIN),
             ];
-            match poll(&mut fds, PollTimeout::NONE) {
+            let waited = started.elapsed().as_millis() as u64;
+            let timeout = match workload_wait_left(init.main, grace_ms, waited) {
+                None => PollTimeout::NONE,
+                // Nobody asked for a workload in time: no monitor will (see the grace).
+                Some(0) => sys::exit_now(crate::exit::CODE_STASIS_ERROR),
+                Some(ms) => PollTimeout::try_from(ms.min(i32::MAX as u64) as i32)
+                    .unwrap_or(PollTimeout::MAX),
+            };
+            match poll(&mut fds, timeout) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => sys::exit_now(crate::exit::CODE_STASIS_ERROR),
@@ -333,6 +363,17 @@ pub fn main() -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waits_for_its_workload_only_for_the_grace() {
+        assert_eq!(workload_wait_left(None, 60_000, 0), Some(60_000));
+        assert_eq!(workload_wait_left(None, 60_000, 59_999), Some(1));
+        assert_eq!(workload_wait_left(None, 60_000, 60_000), Some(0));
+        assert_eq!(workload_wait_left(None, 60_000, 90_000), Some(0));
+        // asked for (or restored with it): no deadline ever again
+        assert_eq!(workload_wait_left(Some(2), 60_000, 90_000), None);
+        assert_eq!(workload_wait_left(Some(2), 60_000, 0), None);
+    }
 
     #[test]
     fn forwards_everything_but_its_own_signals() {
