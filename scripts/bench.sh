@@ -2,7 +2,8 @@
 # bench.sh - stasis's benchmarks, side by side with its peers, in one run.
 #
 # Sections (BENCH="start mem exec cr policy peers" by default):
-#   start   `stasis run --rm true` vs `runc run` of the same command vs `unshare --fork --pid true`
+#   start   `stasis run --rm true` vs `runc run` of the same command vs `unshare --fork --pid true`;
+#           with BASELINE, also this build / baseline paired run by run (scripts/lib/abpair.py)
 #   mem     RSS and PSS of a monitor, with 10 workloads running (conmon's comes from peers)
 #   exec    `stasis exec NAME true` vs `nsenter -a` vs `runc exec`; `exec dd 1 GiB | wc -c`
 #           vs a raw pipe and vs runc exec
@@ -159,6 +160,16 @@ bench_start() {
   hf "start: runc run (true)" "runc run -b $W/bt ${PFX}-t"
   hf "start: unshare --fork --pid true (floor)" "unshare --fork --pid true"
   [ -z "$BL" ] || hf "start: baseline run --rm true" "$BL --root $RB run --rm true"
+  # Paired: this build and the baseline alternate run by run, so a noisy moment hits both.
+  if [ -n "$BL" ]; then
+    local p ma mb ratio q1 q3
+    if p=$(python3 scripts/lib/abpair.py "$((RUNS * 5))" "$S --root $R run --rm true" "$BL --root $RB run --rm true"); then
+      read -r ma mb ratio q1 q3 <<<"$p"
+      rec "start: paired, this build / baseline" "$ratio" "x" "median of $((RUNS * 5)) ABBA pairs (IQR $q1-$q3); medians $ma vs $mb ms"
+    else
+      rec "start: paired, this build / baseline" FAIL - "$p"
+    fi
+  fi
 }
 
 # ------------------------------------------------------------------------------ mem
