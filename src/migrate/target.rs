@@ -653,15 +653,22 @@ fn resume_abort(
             }
             return Ok(());
         }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "{name} is still busy on {} after {} s",
-                host(),
-                ABORT_WAIT.as_secs()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        busy_wait(name, deadline)?;
     }
+}
+
+/// Between two looks at a workload something else still holds: a short sleep, or once
+/// `deadline` (set [`ABORT_WAIT`] ahead) has passed, the error that says so.
+fn busy_wait(name: &WorkloadName, deadline: Instant) -> Result<(), String> {
+    if Instant::now() >= deadline {
+        return Err(format!(
+            "{name} is still busy on {} after {} s",
+            host(),
+            ABORT_WAIT.as_secs()
+        ));
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    Ok(())
 }
 
 fn resume_commit(root: &StateRoot, name: &WorkloadName) -> Result<i32, String> {
@@ -713,14 +720,7 @@ fn recover_stream(root: &StateRoot, name: &WorkloadName) -> Result<i32, String> 
         if !o.monitor_alive {
             break o.state;
         }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "{name} is still busy on {} after {} s",
-                host(),
-                ABORT_WAIT.as_secs()
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        busy_wait(name, deadline)?;
     };
     let stage = wd.dir.join(".migrate-stage");
     let mpath = stage.join(STAGE_MANIFEST);
