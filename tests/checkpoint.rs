@@ -410,31 +410,6 @@ fn a_failed_dump_leaves_the_job_running_and_no_generation() {
     );
 }
 
-/// Mounts a small tmpfs and unmounts it when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).expect("mkdir");
-        let st = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .expect("mount");
-        assert!(st.success(), "mount tmpfs");
-        Tmpfs(at.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
 #[test]
 fn a_full_disk_fails_the_dump_and_keeps_the_previous_generation() {
     let env = setup();
@@ -789,22 +764,7 @@ fn another_restores_dev_shm_never_reaches_a_container() {
     let env = setup();
     // What a restore stages on the host for a moment: a tmpfs named stasis-shm-staging.
     let staged = env.root().join("staged-shm");
-    std::fs::create_dir_all(&staged).expect("mkdir");
-    nix::mount::mount(
-        Some("stasis-shm-staging"),
-        &staged,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .expect("mount");
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-    let _guard = Unmount(staged.clone());
+    let _guard = Tmpfs::mount_as(&staged, "stasis-shm-staging", None);
     env.ok(&["run", "-d", "--name", "b", "--", "sleep", "1000"]);
     let mounts = env.ok(&["exec", "b", "cat", "/proc/self/mountinfo"]);
     assert!(

@@ -15,7 +15,7 @@ use serde_json::Value;
 use std::any::Any;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -139,13 +139,6 @@ fn session_with_fd(env: &Env, name: &str, fd: &OwnedFd) {
 }
 
 /// Unmounts (lazily) when dropped, so a failed row leaves no mount behind.
-struct Mounted(PathBuf);
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
 /// A child process of the test, killed (by pid: it is ours) and reaped when dropped.
 struct Child(std::process::Child);
 impl Drop for Child {
@@ -450,16 +443,7 @@ fn rows() -> Vec<Row> {
             Some("mount-gone"),
             |env, dir, name| {
                 let m = dir.join("hostmnt");
-                std::fs::create_dir_all(&m).expect("mkdir");
-                nix::mount::mount(
-                    Some("tmpfs"),
-                    &m,
-                    Some("tmpfs"),
-                    nix::mount::MsFlags::empty(),
-                    None::<&str>,
-                )
-                .expect("mount tmpfs");
-                let guard = Mounted(m.clone());
+                let guard = Tmpfs::mount_as(&m, "tmpfs", None);
                 std::fs::write(m.join("f"), "x").expect("write");
                 job(env, name, &[], sh(&format!("exec 7<{}/f", m.display())));
                 nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH).expect("umount");

@@ -372,3 +372,33 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
     rootfs
 }
+
+/// A tmpfs a test mounts (made if missing), unmounted (detached) when dropped, failure or not.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    /// A tmpfs of `size` (as mount's `size=`) on `at`.
+    pub fn mount(at: &Path, size: &str) -> Tmpfs {
+        Tmpfs::mount_as(at, "tmpfs", Some(&format!("size={size}")))
+    }
+
+    /// A tmpfs whose source (as mountinfo shows it) is `source`, with mount data `data`.
+    pub fn mount_as(at: &Path, source: &str, data: Option<&str>) -> Tmpfs {
+        std::fs::create_dir_all(at).expect("mkdir for a tmpfs");
+        nix::mount::mount(
+            Some(source),
+            at,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            data,
+        )
+        .expect("mount a tmpfs");
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
