@@ -37,6 +37,25 @@ fn exit_table() {
     assert_eq!(env.inspect("nf")["state"]["exit"]["code"], 127);
 }
 
+/// `run --rm` returns once the job is gone: no record, no socket, and the name is free for
+/// the next `run` at once (before, the record went after the client had its exit, and a
+/// second `run --rm --name` right behind the first could find the name taken).
+#[test]
+fn run_rm_returns_with_the_name_free_and_nothing_left() {
+    let env = Env::new();
+    for i in 0..30 {
+        let o = env.run(&["run", "--rm", "--name", "again", "--", "sh", "-c", "exit 3"]);
+        assert_eq!(code(&o), 3, "run {i}: {}", stderr(&o));
+        for sub in ["workloads", "run"] {
+            let left: Vec<_> = std::fs::read_dir(env.root().join(sub))
+                .expect("read the state root")
+                .map(|e| e.expect("entry").file_name())
+                .collect();
+            assert!(left.is_empty(), "run {i} left {left:?} in {sub}/");
+        }
+    }
+}
+
 /// Signals whose default action ends a process.
 const KILLING: [i32; 23] = [
     1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 24, 25, 26, 27, 29, 30, 31,

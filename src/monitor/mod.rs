@@ -222,6 +222,9 @@ pub(crate) struct Monitor {
     pub restore_asked: Option<std::time::Instant>,
     /// Lazy restores under way.
     pub lazy: lazy::LazyState,
+    /// A `--rm` job's record is gone: nothing may be written at its paths any more, where a
+    /// new workload of the same name may already live.
+    record_removed: bool,
 }
 
 async fn main(l: Launch) -> i32 {
@@ -303,6 +306,7 @@ async fn main(l: Launch) -> i32 {
         restore_extra: None,
         restore_asked: None,
         lazy: lazy::LazyState::default(),
+        record_removed: false,
     };
     // Recorded with the next state change (the start, restore or adoption that follows).
     m.st.monitor = ProcRef::of(std::process::id() as i32);
@@ -362,9 +366,11 @@ async fn main(l: Launch) -> i32 {
     let tasks = std::mem::take(&mut m.watcher_tasks);
     stdio::await_watchers(tasks, Duration::from_secs(5)).await;
     m.clients.flush(Duration::from_secs(2)).await;
-    let _ = std::fs::remove_file(&m.wd.socket);
-    if m.spec.rm && m.st.status.is_final() && m.phase == Phase::Ended {
-        m.remove_all();
+    if !m.record_removed {
+        let _ = std::fs::remove_file(&m.wd.socket);
+        if m.spec.rm && m.st.status.is_final() && m.phase == Phase::Ended {
+            m.remove_all();
+        }
     }
     0
 }
@@ -439,6 +445,9 @@ impl Monitor {
     /// Writes state.json. A failure (a full disk) is logged; the in-memory state stays the
     /// truth the monitor acts on, and the next save retries.
     pub fn save(&mut self) {
+        if self.record_removed {
+            return;
+        }
         self.st.log_dropped = self.log_dropped.get();
         // What must outlive a power cut is what outlives the job's processes: that the job
         // exists (the start's durable write), how it ended, that it is checkpointed or has
@@ -497,6 +506,9 @@ impl Monitor {
     }
 
     pub fn event(&self, ev: HistEvent) {
+        if self.record_removed {
+            return;
+        }
         events::append(&self.wd, &ev);
     }
 
@@ -953,14 +965,32 @@ impl Monitor {
             )
             .code(code),
         );
-        self.record_exit(exit);
+        // A `--rm` job that ends for good is removed before anyone hears of its exit: once
+        // `run --rm` returns, no record is left and its name is free. Its final state would be
+        // removed with it, so it is not written (a monitor killed in between leaves a record
+        // of a running job with a dead monitor, which readers report as such).
+        if self.spec.rm {
+            self.st.set_exited(exit);
+        } else {
+            self.record_exit(exit);
+        }
         if !by_user && self.policy_wants_retry().await {
+            if self.spec.rm {
+                self.save();
+            }
             self.go(Ev::Drained { retry: true });
             return;
         }
         self.go(Ev::Drained { retry: false });
-        self.notify_exit();
-        self.cleanup_container().await;
+        if self.spec.rm {
+            // The cgroup first: its path is the name's, which the removal frees.
+            self.cleanup_container().await;
+            self.remove_record();
+            self.notify_exit();
+        } else {
+            self.notify_exit();
+            self.cleanup_container().await;
+        }
     }
 
     pub fn record_exit(&mut self, exit: ExitInfo) {
@@ -1019,6 +1049,21 @@ impl Monitor {
     /// `--rm`: the workload's directory goes once it has exited and been reported.
     fn remove_all(&mut self) {
         let _ = std::fs::remove_dir_all(&self.wd.dir);
+    }
+
+    /// `--rm`: the record of a job that has ended for good goes, before its clients hear of
+    /// the exit. Should that fail, the record keeps the final state instead.
+    fn remove_record(&mut self) {
+        // The socket first, while the directory still holds the name: a new workload of the
+        // same name binds a socket at the same path.
+        let _ = std::fs::remove_file(&self.wd.socket);
+        match std::fs::remove_dir_all(&self.wd.dir) {
+            Ok(()) => self.record_removed = true,
+            Err(e) => {
+                diag::warn(&format!("remove {}: {e}", self.wd.dir.display()));
+                self.save();
+            }
+        }
     }
 
     /// The host is shutting down (SIGTERM to the monitor): checkpoint or stop, as the spec

@@ -195,40 +195,30 @@ impl Monitor {
     }
 
     /// Writes spec.json (if not on disk yet) and state.json without waiting for the disk:
-    /// enough for a new monitor to find the container should this one die (a durable write
-    /// follows).
+    /// enough for a new monitor to find the container should this one die. For a job that
+    /// keeps its record (not `--rm`), [`Monitor::make_record_durable`] follows.
     fn record_quickly(&mut self) {
         use crate::store::atomic::{to_json, write_atomic_quick};
         // The spec first: a state that names a container is only adoptable with its spec.
-        let mut files = vec![];
         if !self.spec_on_disk {
-            files.push((
-                self.wd.spec_path(),
-                to_json(&self.wd.spec_path(), &self.spec),
-            ));
-        }
-        files.push((
-            self.wd.state_path(),
-            to_json(&self.wd.state_path(), &self.st),
-        ));
-        for (path, data) in files {
-            if let Err(e) = data.and_then(|d| write_atomic_quick(&path, &d)) {
-                diag(&format!("record the container: {e}"));
+            let path = self.wd.spec_path();
+            match to_json(&path, &self.spec).and_then(|d| write_atomic_quick(&path, &d)) {
+                Ok(()) => self.spec_on_disk = true,
+                Err(e) => diag(&format!("record the container: {e}")),
             }
+        }
+        let path = self.wd.state_path();
+        if let Err(e) = to_json(&path, &self.st).and_then(|d| write_atomic_quick(&path, &d)) {
+            diag(&format!("record the container: {e}"));
         }
     }
 
-    /// Writes state.json and, the first time, spec.json; for a job that keeps its record
-    /// (not `--rm`), a forked child makes them durable (see `Monitor::sync_in_background`):
-    /// the record must outlive a power cut, the start need not wait for it.
-    fn persist_spec_and_state(&mut self) {
-        if self.spec_on_disk {
-            self.save();
-            return;
-        }
-        self.record_quickly();
-        self.spec_on_disk = true;
-        if !self.spec.rm {
+    /// Makes spec.json and state.json durable in a forked child (see
+    /// `Monitor::sync_in_background`): the record of a job that keeps it (not `--rm`) must
+    /// outlive a power cut, the start need not wait for it. A restart's state (running) is
+    /// transient, like every later save of one.
+    fn make_record_durable(&self, first_start: bool) {
+        if first_start && !self.spec.rm {
             self.sync_in_background(vec![self.wd.spec_path(), self.wd.state_path()]);
         }
     }
@@ -244,11 +234,19 @@ impl Monitor {
         let cfg = self.container_config(init_path)?;
         let started = container::start(&cfg).map_err(|e| (CODE_STASIS_ERROR, e.to_string()))?;
         let pid = started.pid;
-        // Name the container's init at once (cheaply: no fsync; the durable write follows):
-        // if this monitor dies from here on, the next command finds and adopts the container.
+        // Name the container's init at once, in the one state write of the start (cheaply: no
+        // fsync): if this monitor dies from here on, the next command finds and adopts the
+        // container, which may run the workload as soon as it is asked for it below.
         self.st.status = Status::Running;
+        self.st.started_at = Some(now_ms());
         self.st.init = ProcRef::of(pid);
+        self.st.exit = None;
+        self.st.error = None;
+        let first_start = !self.spec_on_disk;
         self.record_quickly();
+        // While init starts up, make the record durable (a failed start's exit record
+        // follows, durable too).
+        self.make_record_durable(first_start);
         self.take_container(pid, started.pidfd, true).await?;
         let stdio = if self.spec.tty {
             StdioSpec::Tty {
@@ -264,17 +262,6 @@ impl Monitor {
             Some(l) => l.link.request_spawn(MAIN_ID, &proc, stdio, &[]).await,
             None => Err((CODE_STASIS_ERROR, "the container is gone".into())),
         };
-        // While init forks and execs the workload on the other core, make the start durable.
-        if asked.is_ok() {
-            self.st.status = Status::Running;
-            self.st.started_at = Some(now_ms());
-            self.st.init = self.live.as_ref().map(|l| l.init);
-            self.st.exit = None;
-            self.st.error = None;
-            self.persist_spec_and_state();
-        } else {
-            self.persist_spec();
-        }
         let spawned = match asked {
             Ok(rx) => link::await_spawn(rx).await,
             Err(e) => Err(e),
