@@ -672,9 +672,17 @@ fn a_job_without_a_gpu_never_loads_the_plugin() {
     common::require_root();
     common::require_criu();
     let env = common::Env::new();
-    env.ok(&["run", "-d", "--name", "plain", "--", "sleep", "100000"]);
+    // CRIU's debug log (the monitor inherits the variable from `run`), so the log would name
+    // a plugin it loaded.
+    let o = env
+        .cmd(&["run", "-d", "--name", "plain", "--", "sleep", "100000"])
+        .env(stasis::criu::argv::LOG_LEVEL_ENV, "4")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::stderr(&o));
     env.ok(&["checkpoint", "--leave-running", "plain"]);
     let log = fs::read_to_string(env.root().join("workloads/plain/criu/dump-1.log")).unwrap();
+    assert!(log.contains("Dumping finished successfully"), "{log}");
     assert!(
         !log.contains("--libdir") && !log.contains("cuda_plugin"),
         "{log}"

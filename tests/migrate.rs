@@ -674,6 +674,15 @@ fn fault_trials(f: Fault, trials: u32) {
             report(&bed, &name);
             panic!("trial {t}: left running after rm on both sides: {left:#?}");
         }
+        // Nor a cgroup: an undone migration's restore removes its own.
+        for h in [a, b] {
+            let left = cgroup_dirs_of(&h.root);
+            assert!(
+                left.is_empty(),
+                "trial {t}: cgroups left on {}: {left:?}",
+                h.alias
+            );
+        }
     }
     eprintln!(
         "{f:?}: {trials} trials: on A {on_a}, on B {on_b}, lost in post-copy's window {lost}"

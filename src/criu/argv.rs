@@ -4,6 +4,27 @@
 use super::options::Flags;
 use std::path::PathBuf;
 
+/// The variable that sets CRIU's log level (0 to 4) for every run stasis makes.
+pub const LOG_LEVEL_ENV: &str = "STASIS_CRIU_LOG_LEVEL";
+
+/// CRIU's log level: its own default, 2 (errors and warnings, which is all stasis reads from a
+/// failed run), unless `STASIS_CRIU_LOG_LEVEL` asks for more. CRIU writes each line with a
+/// write of its own: at 4 (debug) a container's dump and restore log some 1200 lines each, 2
+/// to 3 ms of a small job's checkpoint, much of it while the job is frozen.
+pub fn log_level() -> u8 {
+    level_from(std::env::var(LOG_LEVEL_ENV).ok().as_deref())
+}
+
+fn level_from(v: Option<&str>) -> u8 {
+    v.and_then(|v| v.trim().parse::<u8>().ok())
+        .map_or(2, |l| l.min(4))
+}
+
+/// `-vN`, at least `min`.
+pub fn verbosity(min: u8) -> String {
+    format!("-v{}", log_level().max(min))
+}
+
 /// Options of one `criu dump`.
 #[derive(Debug, Clone, Default)]
 pub struct DumpOpts {
@@ -43,7 +64,12 @@ impl DumpOpts {
             self.images.display().to_string(),
             "--log-file".into(),
             self.log.display().to_string(),
-            "-v4".into(),
+            // A lazy dump's log says how much it left to serve ("Pagemap generated", info).
+            verbosity(if self.extra.iter().any(|a| a == "--lazy-pages") {
+                3
+            } else {
+                0
+            }),
         ];
         for (mnt, key) in &self.ext_mounts {
             a.push("--external".into());
@@ -100,7 +126,7 @@ impl RestoreOpts {
             self.images.display().to_string(),
             "--log-file".into(),
             self.log.display().to_string(),
-            "-v4".into(),
+            verbosity(0),
             // The restored init becomes the monitor's child, and criu returns at once.
             "--restore-detached".into(),
             "--restore-sibling".into(),
@@ -160,6 +186,24 @@ mod tests {
             assert!(a.contains(want), "{want} missing in {a}");
         }
         assert!(!a.contains("--ext-unix-sk"));
+    }
+
+    #[test]
+    fn log_level_is_criu_default_unless_asked_and_a_lazy_dump_logs_its_pagemap() {
+        assert_eq!(level_from(None), 2);
+        assert_eq!(level_from(Some("4")), 4);
+        assert_eq!(level_from(Some(" 0 ")), 0);
+        assert_eq!(level_from(Some("9")), 4);
+        assert_eq!(level_from(Some("debug")), 2);
+        let lazy = DumpOpts {
+            extra: vec!["--lazy-pages".into()],
+            ..Default::default()
+        }
+        .argv();
+        assert!(
+            lazy.contains(&format!("-v{}", log_level().max(3))),
+            "{lazy:?}"
+        );
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub fn lazy_pages_argv(images: &Path, log: &Path, remote: bool) -> Vec<String> {
         images.display().to_string(),
         "--log-file".into(),
         log.display().to_string(),
-        "-v4".into(),
+        super::argv::verbosity(0),
         "--status-fd".into(),
         STATUS_FD.to_string(),
     ];
@@ -92,7 +92,7 @@ pub fn page_server_argv(images: &Path, log: &Path) -> Vec<String> {
         images.display().to_string(),
         "--log-file".into(),
         log.display().to_string(),
-        "-v4".into(),
+        super::argv::verbosity(0),
         "--ps-socket".into(),
         PS_SOCKET_FD.to_string(),
     ]

@@ -38,17 +38,26 @@ pub fn failure_reasons(log: &Path) -> Vec<String> {
         return known;
     }
     if out.is_empty() {
-        if let Some(last) = text
+        // No error logged (CRIU killed, say): the last line, unless it is only a warning,
+        // which never says why a run failed.
+        match text
             .lines()
             .rev()
             .find(|l| !l.trim().is_empty() && !is_noise(l))
         {
-            out.push(last.trim().to_string());
+            Some(last) if !is_warning(last) => out.push(last.trim().to_string()),
+            _ => out.push("its log names no error".to_string()),
         }
     }
     // CRIU logs the root cause first and the consequences after it.
     out.truncate(4);
     out
+}
+
+/// CRIU's warning lines: "(00.012) Warn  (criu/file.c:12): ...".
+fn is_warning(line: &str) -> bool {
+    line.split_once(") ")
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with("Warn "))
 }
 
 /// Plain words for the CRIU failures users meet most.
@@ -115,6 +124,26 @@ mod tests {
         assert!(
             r[0].contains("/tmp/data.bin changed size since the checkpoint"),
             "{r:?}"
+        );
+    }
+
+    /// A run killed before it logged an error: a warning is not given as the reason.
+    #[test]
+    fn a_log_without_errors_never_blames_a_warning() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("restore.log");
+        fs::write(
+            &log,
+            "(00.01) Warn  (criu/cr-restore.c:1050): Set CLONE_PARENT | CLONE_NEWPID but it might cause restore problem\n",
+        )
+        .unwrap();
+        assert_eq!(failure_reasons(&log), vec!["its log names no error"]);
+        fs::write(&log, "").unwrap();
+        assert_eq!(failure_reasons(&log), vec!["its log names no error"]);
+        fs::write(&log, "(00.01) Unfreezing tasks into 1\n").unwrap();
+        assert_eq!(
+            failure_reasons(&log),
+            vec!["(00.01) Unfreezing tasks into 1"]
         );
     }
 

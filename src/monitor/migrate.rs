@@ -641,7 +641,8 @@ impl Monitor {
                     self.event(HistEvent::new("migrate-lost", why.clone()));
                     return Err(why);
                 }
-                self.migrate_in_undo(opts, &why, matches!(v, Some(Verdict::Unknown(_))));
+                self.migrate_in_undo(opts, &why, matches!(v, Some(Verdict::Unknown(_))))
+                    .await;
                 Err(why)
             }
         }
@@ -709,8 +710,10 @@ impl Monitor {
     /// After a target's restore that did not go through: the job stays on (or went back to)
     /// the source, so this record goes; unless no verdict came and the images are complete
     /// here (stream): then they are kept, checkpointed, with the truth in the note.
-    fn migrate_in_undo(&mut self, opts: &InOpts, why: &str, unknown: bool) {
+    async fn migrate_in_undo(&mut self, opts: &InOpts, why: &str, unknown: bool) {
         diag(&format!("migration from {} undone: {why}", opts.from));
+        // The restore's cgroup, whose inits were killed: nothing runs here any more.
+        self.cleanup_container().await;
         if unknown && opts.mode == Mode::Stream {
             self.keep_stage_as_generation(opts);
             self.st.status = Status::Checkpointed;
