@@ -54,12 +54,15 @@ pub fn create(root: &StateRoot, mut spec: Spec) -> Result<Created, ApiError> {
         init_path: Default::default(),
     }
     .check()?;
-    // Fail on a bad user now, not after the monitor started.
-    crate::init::spawn::resolve_user(
-        spec.user.as_deref(),
-        spec.rootfs.as_deref(),
-        &spec.group_add,
-    )?;
+    // Fail on a bad user now, not after the monitor started (root, the default, needs no
+    // lookup to be valid).
+    if spec.user.is_some() {
+        crate::init::spawn::resolve_user(
+            spec.user.as_deref(),
+            spec.rootfs.as_deref(),
+            &spec.group_add,
+        )?;
+    }
     // Pass-through variables are resolved here, in the caller's environment, and kept: a
     // restart by the monitor later must see the same values.
     for k in spec.env_pass.clone() {
