@@ -716,6 +716,62 @@ fn faults_target_criu_killed() {
     fault_trials(Fault::TargetCriu, trials());
 }
 
+/// A target that goes silent while the source holds the job frozen (B's sshd and every
+/// session under it stopped, as if the network dropped every packet) ends the channel through
+/// ssh's keepalives: the job resumes on the source, untouched, and B, once it wakes, keeps
+/// nothing of the attempt. Without keepalives the source would stay frozen for as long as
+/// TCP retransmits.
+#[test]
+fn a_target_gone_silent_lets_the_frozen_source_resume() {
+    let bed = Bed::new();
+    let (a, b) = (&bed.a, &bed.b);
+    a.ok(&["run", "-d", "--name", "quiet", "--", "sh", "-c", COUNTER]);
+    wait_counter(a, "quiet", 2);
+    let pid = a.init_pid("quiet").expect("pid");
+    // Short keepalives for the test: an `-o` of the user's wins over stasis's minute.
+    let ssh = format!(
+        "{} -o ServerAliveInterval=1 -o ServerAliveCountMax=2 -o ConnectTimeout=2",
+        a.ssh_command()
+    );
+    let child = a
+        .cmd(&["migrate", "-q", "--mode", "post-copy", "quiet", &b.alias])
+        .env("STASIS_SSH_COMMAND", &ssh)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("migrate");
+    // From the moment A's CRIU dumps, the job is frozen until a verdict, which needs B.
+    let root_a = a.root.display().to_string();
+    wait_for("A's dump", || {
+        procs()
+            .iter()
+            .any(|p| p.comm == "criu" && p.cmd.contains(&root_a) && p.cmd.contains(" dump "))
+    });
+    let ps = procs();
+    let mut silent = vec![b.sshd_pid().expect("B's sshd")];
+    let mut i = 0;
+    while i < silent.len() {
+        let p = silent[i];
+        silent.extend(ps.iter().filter(|x| x.ppid == p).map(|x| x.pid));
+        i += 1;
+    }
+    let signal = |sig| {
+        for p in &silent {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), sig);
+        }
+    };
+    signal(nix::sys::signal::Signal::SIGSTOP);
+    let o = wait_output(child, Duration::from_secs(60), "migrate to a silent target");
+    signal(nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(code(&o), 125, "{}", stderr(&o));
+    assert!(stderr(&o).contains("keeps running here"), "{}", stderr(&o));
+    assert_eq!(a.status("quiet"), "running");
+    assert_eq!(a.init_pid("quiet"), Some(pid), "the same job, not a copy");
+    let n = counter_values(&a.logs("quiet")).len();
+    assert_counter_continuous(&wait_counter(a, "quiet", n + 2));
+    wait_for("B to drop the attempt", || b.status("quiet").is_empty());
+}
+
 /// A job in `--network none` whose own server and client talk over loopback keeps talking
 /// after a move with `--tcp-established` (both modes).
 #[test]

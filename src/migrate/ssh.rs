@@ -30,8 +30,23 @@ impl Ssh {
             .map(str::to_string)
             .or_else(|| std::env::var(ENV_SSH).ok().filter(|s| !s.trim().is_empty()))
             .unwrap_or_else(|| "ssh".into());
+        Ssh::from_line(&line)
+    }
+
+    fn from_line(line: &str) -> Ssh {
         let mut argv: Vec<String> = line.split_whitespace().map(str::to_string).collect();
-        argv.extend(["-o".into(), "BatchMode=yes".into()]);
+        // A path to the target that goes silent (a black-holed network) must end the
+        // channel, which rolls the migration back: without keepalives ssh waits on TCP's
+        // retransmissions, a quarter of an hour, while the job sits frozen on the source.
+        // 60 s of silence ends it. ssh keeps the first value it gets for an option, so the
+        // user's own `-o` in the command line wins.
+        for o in [
+            "BatchMode=yes",
+            "ServerAliveInterval=10",
+            "ServerAliveCountMax=6",
+        ] {
+            argv.extend(["-o".into(), o.into()]);
+        }
         Ssh { argv }
     }
 
@@ -189,6 +204,21 @@ mod tests {
         let a = s.command_line("h", &["stasis".into(), "--root".into(), "/x y".into()]);
         assert_eq!(a[a.len() - 1], "stasis --root '/x y'");
         assert_eq!(a[a.len() - 2], "h");
+    }
+
+    #[test]
+    fn a_silent_path_ends_the_channel_unless_the_user_says_otherwise() {
+        let a = Ssh::from_line("ssh -o ServerAliveInterval=1")
+            .argv
+            .join(" ");
+        assert!(a.starts_with("ssh -o ServerAliveInterval=1 "), "{a}");
+        for o in [
+            "BatchMode=yes",
+            "ServerAliveInterval=10",
+            "ServerAliveCountMax=6",
+        ] {
+            assert!(a.contains(&format!("-o {o}")), "{o} missing in {a}");
+        }
     }
 
     #[test]
