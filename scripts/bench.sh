@@ -7,7 +7,8 @@
 #   mem     RSS and PSS of a monitor, with 10 workloads running (conmon's comes from peers)
 #   exec    `stasis exec NAME true` vs `nsenter -a` vs `runc exec`; `exec dd 1 GiB | wc -c`
 #           vs a raw pipe and vs runc exec
-#   cr      checkpoint and restore of 1/64/512 MiB jobs on ext4 and tmpfs, frozen time
+#   cr      checkpoint and restore of 1/64/512 MiB jobs on ext4 and tmpfs, frozen time;
+#           with BASELINE, also `checkpoint --leave-running` paired with the baseline's (ABBA)
 #           (the raw CRIU and runc figures come from the peers section, same jobs)
 #   policy  restore-on-crash latency (1 and 64 MiB), checkpoint --all on 10 and 50 jobs vs one
 #           after another, a 64 MiB job's throughput under checkpoints every second
@@ -266,6 +267,33 @@ bench_cr() {
     cr_one "$RS" tmpfs "$sz"
     [ -z "$BL" ] || cr_one "$RB" ext4 "$sz" "$BL" baseline
   done
+  [ -z "$BL" ] || for sz in $SIZES; do cr_pair "$sz"; done
+}
+
+# This build against the baseline, checkpoint by checkpoint (ABBA, scripts/lib/abpair.py):
+# `checkpoint --leave-running` of a memhog each, ext4 state roots. At 512 MiB on ext4 the
+# unpaired medians above swing by +-50% between runs with the writeback of earlier
+# generations; pairing puts both builds in the same moment.
+cr_pair() {
+  local sz=$1 n=cp$1 ra rb p ma mb ratio q1 q3 k
+  ra=$(mktemp -d "$R/pair.XXXX"); rb=$(mktemp -d "$RB/pair.XXXX")
+  "$S" --root "$ra" run -d --name "$n" --keep 1 -- "$W/memhog" "$sz" >/dev/null
+  "$BL" --root "$rb" run -d --name "$n" --keep 1 -- "$W/memhog" "$sz" >/dev/null
+  local pa pb ca cb want=$((sz * 1024 * 95 / 100))
+  pa=$(init_pid "$ra" "$n"); pb=$(S=$BL init_pid "$rb" "$n")
+  for k in $(seq 1 600); do
+    ca=$(cut -d' ' -f1 "/proc/$pa/task/$pa/children" 2>/dev/null); cb=$(cut -d' ' -f1 "/proc/$pb/task/$pb/children" 2>/dev/null)
+    [ -n "$ca" ] && [ -n "$cb" ] && [ "$(awk '/^VmRSS/{print $2}' "/proc/$ca/status" 2>/dev/null || echo 0)" -ge "$want" ] \
+      && [ "$(awk '/^VmRSS/{print $2}' "/proc/$cb/status" 2>/dev/null || echo 0)" -ge "$want" ] && break
+    sleep 0.05
+  done
+  if p=$(python3 scripts/lib/abpair.py "$CR_RUNS" "$S --root $ra checkpoint --leave-running $n" "$BL --root $rb checkpoint --leave-running $n"); then
+    read -r ma mb ratio q1 q3 <<<"$p"
+    rec "cr: checkpoint ${sz}M ext4, paired, this build / baseline" "$ratio" "x" "median of $CR_RUNS ABBA pairs (IQR $q1-$q3); medians $ma vs $mb ms"
+  else
+    rec "cr: checkpoint ${sz}M ext4, paired" FAIL - "$p"
+  fi
+  "$S" --root "$ra" rm -f "$n" >/dev/null 2>&1; "$BL" --root "$rb" rm -f "$n" >/dev/null 2>&1
 }
 
 # ------------------------------------------------------------------------------ ratio

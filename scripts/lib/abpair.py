@@ -11,7 +11,9 @@ import time
 
 def once(argv):
     t = time.perf_counter_ns()
-    pid = os.posix_spawn(argv[0], argv, os.environ)
+    # The commands' own output goes to /dev/null: stdout carries only this script's line.
+    pid = os.posix_spawn(argv[0], argv, os.environ,
+                         file_actions=[(os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0)])
     _, status = os.waitpid(pid, 0)
     if status != 0:
         raise SystemExit(f"abpair: {' '.join(argv)} failed (wait status {status})")
