@@ -49,6 +49,13 @@ fn wait_counter(h: &Host, name: &str, n: usize) -> Vec<u64> {
     vals
 }
 
+/// Starts the counter job `name` on `h` and waits until it counts; returns its init's pid.
+fn counting(h: &Host, name: &str) -> i32 {
+    h.ok(&["run", "-d", "--name", name, "--", "sh", "-c", COUNTER]);
+    wait_counter(h, name, 2);
+    h.init_pid(name).expect("pid")
+}
+
 /// `stasis migrate` from `from` to `to`; returns the JSON summary.
 fn migrate(from: &Host, to: &Host, name: &str, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["migrate", "--format", "json"];
@@ -153,9 +160,7 @@ fn script(path: &std::path::Path, text: &str) -> String {
 fn bad_destinations_leave_the_job_untouched() {
     let bed = Bed::new();
     let (a, b) = (&bed.a, &bed.b);
-    a.ok(&["run", "-d", "--name", "stay", "--", "sh", "-c", COUNTER]);
-    wait_counter(a, "stay", 2);
-    let pid = a.init_pid("stay").expect("pid");
+    let pid = counting(a, "stay");
     let d = bed.dir.path();
     // A key the target does not know.
     let o = std::process::Command::new("ssh-keygen")
@@ -725,9 +730,7 @@ fn faults_target_criu_killed() {
 fn a_target_gone_silent_lets_the_frozen_source_resume() {
     let bed = Bed::new();
     let (a, b) = (&bed.a, &bed.b);
-    a.ok(&["run", "-d", "--name", "quiet", "--", "sh", "-c", COUNTER]);
-    wait_counter(a, "quiet", 2);
-    let pid = a.init_pid("quiet").expect("pid");
+    let pid = counting(a, "quiet");
     // Short keepalives for the test: an `-o` of the user's wins over stasis's minute.
     let ssh = format!(
         "{} -o ServerAliveInterval=1 -o ServerAliveCountMax=2 -o ConnectTimeout=2",

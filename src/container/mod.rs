@@ -300,17 +300,15 @@ fn setup_host_tree(volumes: &[Volume], init_path: &Path) -> Result<(), String> {
     let staged = table
         .windows(shm::STAGING_SOURCE.len())
         .any(|w| w == shm::STAGING_SOURCE.as_bytes());
-    let table = if staged {
-        String::from_utf8_lossy(&table).into_owned()
-    } else {
-        String::new()
-    };
-    for m in mounts::parse_mountinfo(&table).iter().rev() {
-        if m.source == shm::STAGING_SOURCE {
-            match detach_all(&m.point) {
-                // gone already (its restore finished)
-                Err(_) if !m.point.exists() => {}
-                r => r?,
+    if staged {
+        let table = String::from_utf8_lossy(&table);
+        for m in mounts::parse_mountinfo(&table).iter().rev() {
+            if m.source == shm::STAGING_SOURCE {
+                match detach_all(&m.point) {
+                    // gone already (its restore finished)
+                    Err(_) if !m.point.exists() => {}
+                    r => r?,
+                }
             }
         }
     }

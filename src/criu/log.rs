@@ -107,19 +107,21 @@ pub fn log_says_no_space(log: &Path) -> bool {
 mod tests {
     use super::*;
 
+    /// `failure_reasons` of a log holding `text`.
+    fn reasons_of(text: &str) -> Vec<String> {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("criu.log");
+        fs::write(&log, text).unwrap();
+        failure_reasons(&log)
+    }
+
     #[test]
     fn reasons_drop_noise_and_explain() {
-        let d = tempfile::tempdir().unwrap();
-        let log = d.path().join("restore.log");
-        fs::write(
-            &log,
-            "(00.01) Error (criu/util.c:1533): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n\
+        let text = "(00.01) Error (criu/util.c:1533): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n\
              (00.02) Info  something\n\
              (00.03) Error (criu/files-reg.c:2192): File /tmp/data.bin has bad size 10 (expect 20)\n\
-             (00.04) Error (criu/cr-restore.c:2320): Restoring FAILED.\n",
-        )
-        .unwrap();
-        let r = failure_reasons(&log);
+             (00.04) Error (criu/cr-restore.c:2320): Restoring FAILED.\n";
+        let r = reasons_of(text);
         assert_eq!(r.len(), 1, "{r:?}");
         assert!(
             r[0].contains("/tmp/data.bin changed size since the checkpoint"),
@@ -130,19 +132,11 @@ mod tests {
     /// A run killed before it logged an error: a warning is not given as the reason.
     #[test]
     fn a_log_without_errors_never_blames_a_warning() {
-        let d = tempfile::tempdir().unwrap();
-        let log = d.path().join("restore.log");
-        fs::write(
-            &log,
-            "(00.01) Warn  (criu/cr-restore.c:1050): Set CLONE_PARENT | CLONE_NEWPID but it might cause restore problem\n",
-        )
-        .unwrap();
-        assert_eq!(failure_reasons(&log), vec!["its log names no error"]);
-        fs::write(&log, "").unwrap();
-        assert_eq!(failure_reasons(&log), vec!["its log names no error"]);
-        fs::write(&log, "(00.01) Unfreezing tasks into 1\n").unwrap();
+        let text = "(00.01) Warn  (criu/cr-restore.c:1050): Set CLONE_PARENT | CLONE_NEWPID but it might cause restore problem\n";
+        assert_eq!(reasons_of(text), vec!["its log names no error"]);
+        assert_eq!(reasons_of(""), vec!["its log names no error"]);
         assert_eq!(
-            failure_reasons(&log),
+            reasons_of("(00.01) Unfreezing tasks into 1\n"),
             vec!["(00.01) Unfreezing tasks into 1"]
         );
     }
@@ -150,17 +144,12 @@ mod tests {
     /// Issue 8: a relative path gets its `/`, and CRIU's follow-on lines go.
     #[test]
     fn a_changed_file_is_named_whole_and_alone() {
-        let d = tempfile::tempdir().unwrap();
-        let log = d.path().join("restore.log");
-        fs::write(
-            &log,
+        let text =
             "(00.03) Error (criu/files-reg.c:2175): File tmp/ccX.s has bad size 10 (expect 20)\n\
              (00.03) Error (criu/files.c:1104): Can't sent fd 1 to 7\n\
-             (00.04) Error (criu/cr-restore.c:2320): Restoring FAILED.\n",
-        )
-        .unwrap();
+             (00.04) Error (criu/cr-restore.c:2320): Restoring FAILED.\n";
         assert_eq!(
-            failure_reasons(&log),
+            reasons_of(text),
             ["file /tmp/ccX.s changed size since the checkpoint (it must be the same at restore)"]
         );
     }
@@ -168,15 +157,9 @@ mod tests {
     /// Issue 8: the freeze timeout says what happened and what to raise.
     #[test]
     fn a_freeze_timeout_is_explained() {
-        let d = tempfile::tempdir().unwrap();
-        let log = d.path().join("dump.log");
-        fs::write(
-            &log,
-            "(10.00) Error (criu/cr-dump.c:1655): Timeout reached. Try to interrupt: 0\n\
-             (10.01) Error (criu/seize.c:635): Unable to freeze cgroup /sys/fs/cgroup/freezer/x (99 x 100ms attempts, timeout: 10s)\n",
-        )
-        .unwrap();
-        let r = failure_reasons(&log);
+        let text = "(10.00) Error (criu/cr-dump.c:1655): Timeout reached. Try to interrupt: 0\n\
+             (10.01) Error (criu/seize.c:635): Unable to freeze cgroup /sys/fs/cgroup/freezer/x (99 x 100ms attempts, timeout: 10s)\n";
+        let r = reasons_of(text);
         assert_eq!(r.len(), 1, "{r:?}");
         assert!(
             r[0].contains("--freeze-timeout") && r[0].contains("freeze_timeout"),

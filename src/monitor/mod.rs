@@ -367,9 +367,10 @@ async fn main(l: Launch) -> i32 {
     stdio::await_watchers(tasks, Duration::from_secs(5)).await;
     m.clients.flush(Duration::from_secs(2)).await;
     if !m.record_removed {
-        let _ = std::fs::remove_file(&m.wd.socket);
         if m.spec.rm && m.st.status.is_final() && m.phase == Phase::Ended {
-            m.remove_all();
+            m.remove_record();
+        } else {
+            let _ = std::fs::remove_file(&m.wd.socket);
         }
     }
     0
@@ -1046,13 +1047,9 @@ impl Monitor {
         }
     }
 
-    /// `--rm`: the workload's directory goes once it has exited and been reported.
-    fn remove_all(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.wd.dir);
-    }
-
-    /// `--rm`: the record of a job that has ended for good goes, before its clients hear of
-    /// the exit. Should that fail, the record keeps the final state instead.
+    /// `--rm`: the record (and socket) of a job that has ended for good goes: before its
+    /// clients hear of the exit, or at the monitor's end when it never ran. Should that fail,
+    /// the record keeps the final state instead.
     fn remove_record(&mut self) {
         // The socket first, while the directory still holds the name: a new workload of the
         // same name binds a socket at the same path.

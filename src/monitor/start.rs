@@ -207,8 +207,7 @@ impl Monitor {
                 Err(e) => diag(&format!("record the container: {e}")),
             }
         }
-        let path = self.wd.state_path();
-        if let Err(e) = to_json(&path, &self.st).and_then(|d| write_atomic_quick(&path, &d)) {
+        if let Err(e) = self.wd.save_quick(&self.st) {
             diag(&format!("record the container: {e}"));
         }
     }
