@@ -775,6 +775,124 @@ fn a_target_gone_silent_lets_the_frozen_source_resume() {
     wait_for("B to drop the attempt", || b.status("quiet").is_empty());
 }
 
+/// The target's CRIU dies with the job restored and held, after the target said `Ready` but
+/// before the source's commit reaches it (the source's command is stopped in between, which
+/// makes the fault trials' rarest moment certain). The source may commit on that `Ready`, so
+/// a stream target keeps the images until the verdict: the commit then restores the job
+/// there again, and it runs on B, whole. (Before, B dropped everything while A gave the job
+/// away, and it ran nowhere.)
+#[test]
+fn a_target_restore_dying_after_ready_waits_for_the_verdict() {
+    let bed = Bed::new();
+    let (a, b) = (&bed.a, &bed.b);
+    let waits = b.root.join("workloads/late/monitor.log");
+    let o = restore_dies_after_ready(&bed, "stream", || {
+        std::fs::read_to_string(&waits).is_ok_and(|t| t.contains("before the source's verdict"))
+    });
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_runs_on(b, a, "late");
+    assert_eq!(a.status("late"), "migrated");
+    let n = counter_values(&b.logs("late")).len();
+    assert_counter_continuous(&wait_counter(b, "late", n + 2));
+    b.ok(&["rm", "-f", "late"]);
+}
+
+/// The same moment in post-copy: the target ends its lazy-pages daemon at once, which breaks
+/// the page channel, and a source that has not committed yet resumes the job: the same
+/// process, on A, as if nothing had happened, and B drops the attempt.
+#[test]
+fn a_post_copy_restore_dying_after_ready_resumes_an_uncommitted_source() {
+    let bed = Bed::new();
+    let (a, b) = (&bed.a, &bed.b);
+    let pid = counting(a, "late");
+    let o = restore_dies_after_ready(&bed, "post-copy", || {
+        stdout(&a.run(&["events", "--format", "json", "late"])).contains("migrate-failed")
+    });
+    assert_eq!(code(&o), 125, "{}", stderr(&o));
+    assert!(stderr(&o).contains("keeps running here"), "{}", stderr(&o));
+    assert_eq!(a.status("late"), "running");
+    assert_eq!(a.init_pid("late"), Some(pid), "the same job, not a copy");
+    let n = counter_values(&a.logs("late")).len();
+    assert_counter_continuous(&wait_counter(a, "late", n + 2));
+    wait_for("B to drop the attempt", || b.status("late").is_empty());
+}
+
+/// Migrates the counter `late` (started here unless it runs) from A to B in `mode`, and kills
+/// B's CRIU once the job is restored and held there, with A's `migrate` stopped so that it
+/// cannot have read B's `Ready` yet; continues it once `settled` holds. Returns what
+/// `migrate` said.
+fn restore_dies_after_ready(
+    bed: &Bed,
+    mode: &str,
+    mut settled: impl FnMut() -> bool,
+) -> std::process::Output {
+    let (a, b) = (&bed.a, &bed.b);
+    if a.status("late").is_empty() {
+        counting(a, "late");
+    }
+    let child = a
+        .cmd(&["migrate", "-q", "--mode", mode, "late", &b.alias])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("migrate");
+    let stopped = Stopped(child.id() as i32);
+    let root_b = b.root.display().to_string();
+    let restore = || {
+        procs().into_iter().find(|p| {
+            p.comm == "criu"
+                && p.state != 'Z'
+                && p.cmd.contains(&root_b)
+                && p.cmd.contains(" restore ")
+        })
+    };
+    // Stopped as soon as B restores: it cannot have read B's `Ready` yet, which B sends only
+    // once the restore waits in its last action script.
+    let t0 = Instant::now();
+    while restore().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "B never restored");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    stopped.stop();
+    let held = b.root.join("workloads/late/monitor.log");
+    wait_for("B to hold the restored job", || {
+        std::fs::read_to_string(&held).is_ok_and(|t| t.contains("held for the source's verdict"))
+    });
+    let criu = restore().expect("B's criu restore");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(criu.pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill B's criu");
+    wait_for("the failure to settle", &mut settled);
+    drop(stopped);
+    let o = wait_output(child, Duration::from_secs(90), "migrate");
+    dump_criu_logs(b, "late");
+    o
+}
+
+/// A process this test stopped: continued when dropped, also when the test fails.
+struct Stopped(i32);
+
+impl Stopped {
+    fn stop(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGSTOP,
+        )
+        .expect("SIGSTOP");
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+    }
+}
+
 /// A job in `--network none` whose own server and client talk over loopback keeps talking
 /// after a move with `--tcp-established` (both modes).
 #[test]

@@ -476,6 +476,8 @@ impl Monitor {
         let mut lazy_end: Option<Result<crate::exit::ExitStatus, String>> = None;
         let uffds: std::cell::RefCell<Vec<OwnedFd>> = Default::default();
         let mut verdict = None;
+        // Set once the source may have heard `Ready`, and so may commit.
+        let ready = Cell::new(false);
         let restore_opts = RestoreOpts {
             generation: None,
             criu: Some(criu.clone()),
@@ -489,7 +491,10 @@ impl Monitor {
                     Ok(h) => h,
                     Err(e) => return Verdict::Abort(format!("gate: {e}")),
                 };
-                let v = if link.send_msg(&Step::Ready, &[]).await.is_err() {
+                let sent = link.send_msg(&Step::Ready, &[]).await;
+                ready.set(true);
+                diag("restored and held for the source's verdict");
+                let v = if sent.is_err() {
                     wait_resumed(&resume).await
                 } else {
                     match next_step(link).await {
@@ -531,7 +536,23 @@ impl Monitor {
                         }
                         lazy_end = Some(st);
                     }
-                    r = &mut restore => break r,
+                    r = &mut restore => {
+                        // The restore ended (its CRIU died, say) after the source heard
+                        // `Ready`: the source may have committed already, so what happens
+                        // to the images here is its verdict's to decide, never this
+                        // failure's. Without the wait they were dropped while the source
+                        // gave the job away, and it ran nowhere.
+                        // Post-copy: the daemon goes at once, which breaks the page channel:
+                        // a source that has not committed yet then sees its transfer fail
+                        // and resumes the job, rather than give away one that cannot run.
+                        if verdict.is_none() && ready.get() && r.is_err() {
+                            diag("the restore ended before the source's verdict: waiting for it");
+                            kill_restored_inits();
+                            end_daemon(&mut daemon, &mut lazy_end);
+                            verdict = Some((&mut gated).await);
+                        }
+                        break r;
+                    }
                 }
             }
         };
@@ -598,21 +619,7 @@ impl Monitor {
             }
             (restored, v) => {
                 kill_restored_inits();
-                if let Some(d) = &mut daemon {
-                    // Only while the reaper has not reported it: its pid is still its own
-                    // (nothing awaits between this check and the kill).
-                    if lazy_end.is_none()
-                        && matches!(
-                            d.exit.try_recv(),
-                            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
-                        )
-                    {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(d.pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                }
+                end_daemon(&mut daemon, &mut lazy_end);
                 let why = match (&v, restored, lazy_lost) {
                     (Some(Verdict::Abort(r)), _, _) | (Some(Verdict::Unknown(r)), _, _) => {
                         r.clone()
@@ -757,6 +764,32 @@ async fn lazy_exit(
     match d {
         Some(d) => (&mut d.exit).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Kills the lazy-pages daemon of a restore that failed, unless it has ended already (its
+/// end then goes to `end`). Only while the reaper has not reported it is its pid still its
+/// own, and nothing awaits between this check and the kill.
+fn end_daemon(
+    daemon: &mut Option<super::lazy::LazyDaemon>,
+    end: &mut Option<Result<crate::exit::ExitStatus, String>>,
+) {
+    use tokio::sync::oneshot::error::TryRecvError;
+    let Some(d) = daemon else { return };
+    if end.is_some() {
+        return;
+    }
+    match d.exit.try_recv() {
+        Err(TryRecvError::Empty) => {
+            if let Err(e) = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(d.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            ) {
+                diag(&format!("kill criu lazy-pages (pid {}): {e}", d.pid));
+            }
+        }
+        Ok(st) => *end = Some(Ok(st)),
+        Err(TryRecvError::Closed) => *end = Some(Err("vanished".into())),
     }
 }
 
