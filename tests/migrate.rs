@@ -775,6 +775,72 @@ fn a_target_gone_silent_lets_the_frozen_source_resume() {
     wait_for("B to drop the attempt", || b.status("quiet").is_empty());
 }
 
+/// A target whose ssh still answers but whose stasis hangs (stopped here, from the moment A
+/// dumps) never says ready: past `--timeout` the move is rolled back, and the job runs on
+/// A as before, the same process, with the reason in one line.
+#[test]
+fn a_hung_target_is_given_up_after_the_timeout() {
+    let bed = Bed::new();
+    let (a, b) = (&bed.a, &bed.b);
+    let pid = counting(a, "hung");
+    let child = a
+        .cmd(&[
+            "migrate",
+            "-q",
+            "--mode",
+            "stream",
+            "--timeout",
+            "3s",
+            "hung",
+            &b.alias,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("migrate");
+    let root_a = a.root.display().to_string();
+    wait_for("A's dump", || {
+        procs()
+            .iter()
+            .any(|p| p.comm == "criu" && p.cmd.contains(&root_a) && p.cmd.contains(" dump "))
+    });
+    // Every stasis under B's sshd: the receiver, the page channel's helper, any monitor.
+    let ps = procs();
+    let mut under = vec![b.sshd_pid().expect("B's sshd")];
+    let mut i = 0;
+    while i < under.len() {
+        let p = under[i];
+        under.extend(ps.iter().filter(|x| x.ppid == p).map(|x| x.pid));
+        i += 1;
+    }
+    let hung: Vec<Stopped> = ps
+        .iter()
+        .filter(|p| under.contains(&p.pid) && p.comm.starts_with("stasis"))
+        .map(|p| Stopped(p.pid))
+        .collect();
+    assert!(!hung.is_empty(), "no stasis on B");
+    hung.iter().for_each(Stopped::stop);
+    wait_for("A to take the job back", || {
+        stdout(&a.run(&["events", "--format", "json", "hung"])).contains("migrate-failed")
+    });
+    assert_eq!(a.status("hung"), "running");
+    assert_eq!(a.init_pid("hung"), Some(pid), "the same job, not a copy");
+    // B goes on: the attempt it held is dropped, and `migrate` says so.
+    drop(hung);
+    let o = wait_output(child, Duration::from_secs(90), "migrate to a hung target");
+    eprintln!("migrate said: {}", stderr(&o));
+    assert_eq!(code(&o), 125, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("did not take the job within 3s"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
+    let n = counter_values(&a.logs("hung")).len();
+    assert_counter_continuous(&wait_counter(a, "hung", n + 2));
+    wait_for("B to drop the attempt", || b.status("hung").is_empty());
+}
+
 /// The target's CRIU dies with the job restored and held, after the target said `Ready` but
 /// before the source's commit reaches it (the source's command is stopped in between, which
 /// makes the fault trials' rarest moment certain). The source may commit on that `Ready`, so

@@ -37,6 +37,10 @@ pub struct MigrateArgs {
     /// The ssh command line (default: STASIS_SSH_COMMAND, else `ssh`).
     #[arg(long, value_name = "COMMAND")]
     pub ssh: Option<String>,
+    /// The longest the job may stay frozen before the target takes it; past it the move is
+    /// rolled back and the job resumes here (0: no limit).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = |s: &str| stasis::spec::Dur::parse(s))]
+    pub timeout: stasis::spec::Dur,
     /// No progress; errors only.
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -77,6 +81,7 @@ pub fn migrate(root: &StateRoot, a: MigrateArgs) -> Result<i32, Failure> {
         options: a.criu.options(),
         remote_stasis: a.remote_stasis.clone(),
         ssh: a.ssh.clone(),
+        timeout: Some(a.timeout.0),
     };
     let live = !a.quiet && std::io::stderr().is_terminal();
     let t0 = Instant::now();

@@ -22,6 +22,7 @@
 //! [`CODE_LOST`]. Neither side then runs the job, and both say so; the source's generations
 //! stay, so `stasis rm` and a restore from an older generation are the way back.
 
+pub mod deadline;
 pub mod mode;
 pub mod source;
 pub mod ssh;

@@ -12,6 +12,7 @@
 //! 5. commit: the source's monitor records the hand-over and lets its CRIU go, then the
 //!    target lets the job run. Any failure before the monitor's record resumes the job here.
 
+use super::deadline::{self, Watchdog};
 use super::mode::{self, Features, Phases, Summary};
 use super::ssh::{Channel, Ssh};
 use super::wire::{self, Wire};
@@ -37,6 +38,9 @@ pub struct Opts {
     pub remote_stasis: String,
     /// The ssh command line (None: `STASIS_SSH_COMMAND`, else `ssh`).
     pub ssh: Option<String>,
+    /// The longest the job may stay frozen before the target takes it (None: the default,
+    /// [`deadline::DEFAULT`]; zero: no limit).
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Progress: a phase began or moved `bytes` so far.
@@ -354,6 +358,22 @@ impl Run<'_> {
         let (ours, theirs) =
             protocol::seqpacket_pair().map_err(|e| back(format!("socketpair: {e}")))?;
         let conn = api::connect(self.root, self.name).map_err(api_back)?;
+        // From the dump on, the job is frozen until the commit: bounded (see `deadline`).
+        let channels = [&self.ctl.sock, &self.pages.sock]
+            .iter()
+            .map(|s| s.try_clone())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| back(format!("dup a channel: {e}")))?;
+        let watchdog = Watchdog::arm(o.timeout.unwrap_or(deadline::DEFAULT), move || {
+            for c in &channels {
+                // Already closed is as good: whatever waits on it has its answer.
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        });
+        let timed = |why: String| match watchdog.fired(self.dest) {
+            Some(t) => format!("{t}; {why}"),
+            None => why,
+        };
         let req = Request::MigrateOut {
             opts: OutOpts {
                 dest: self.dest.to_string(),
@@ -379,10 +399,11 @@ impl Run<'_> {
                 frozen_at,
             }) => (dir, manifest, frozen_at),
             _ => {
-                let why = mon
-                    .reply()
-                    .err()
-                    .unwrap_or_else(|| "the monitor did not dump".into());
+                let why = timed(
+                    mon.reply()
+                        .err()
+                        .unwrap_or_else(|| "the monitor did not dump".into()),
+                );
                 self.tell_target_abort(&why);
                 return Err(back(why));
             }
@@ -392,18 +413,29 @@ impl Run<'_> {
         let t = Instant::now();
         progress("copy", 0);
         if let Err(why) = self.send_files(&dir, &manifest, progress) {
-            return Err(self.abort(&mon, why));
+            return Err(self.abort(&mon, timed(why)));
         }
         self.phases.copy_ms = ms(t);
         let t = Instant::now();
         progress("restore", self.image_bytes);
-        match self.ctl_step() {
-            Ok(Step::Ready) => {}
+        let ready = match self.ctl_step() {
+            Ok(Step::Ready) => Ok(()),
             Ok(Step::Failed { reason }) | Ok(Step::Abort { reason }) => {
-                return Err(self.abort(&mon, format!("restore on {}: {reason}", self.dest)))
+                Err(format!("restore on {}: {reason}", self.dest))
             }
-            Ok(other) => return Err(self.abort(&mon, format!("{} answered {other:?}", self.dest))),
-            Err(why) => return Err(self.abort(&mon, why)),
+            Ok(other) => Err(format!("{} answered {other:?}", self.dest)),
+            Err(why) => Err(why),
+        };
+        // The commit claims the migration from the watchdog, or finds that it timed out.
+        let ready = ready.and_then(|()| {
+            if watchdog.try_commit() {
+                Ok(())
+            } else {
+                Err(format!("{} said ready too late", self.dest))
+            }
+        });
+        if let Err(why) = ready {
+            return Err(self.abort(&mon, timed(why)));
         }
         self.phases.restore_ms = ms(t);
         let t = Instant::now();
