@@ -142,6 +142,19 @@ pub fn sigpipe(ignore: bool) {
     unsafe { libc::signal(libc::SIGPIPE, h) };
 }
 
+/// True when the peer of the connected socket `fd` has closed (or shut down) its end:
+/// asked without waiting.
+pub fn peer_closed(fd: BorrowedFd<'_>) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no waiting.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
 /// Ends the process by `sig` with its default action (the way `yes` ends when its reader
 /// closes the pipe: the shell sees 128+sig and no message).
 pub fn die_of(sig: i32) -> ! {
@@ -839,6 +852,17 @@ fn recv_datagram_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_that_closed_is_seen_without_waiting() {
+        use std::os::fd::AsFd;
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        assert!(!peer_closed(a.as_fd()));
+        std::io::Write::write_all(&mut &b, b"x").expect("write");
+        assert!(!peer_closed(a.as_fd()), "data waiting is not a close");
+        drop(b);
+        assert!(peer_closed(a.as_fd()));
+    }
 
     #[test]
     fn own_process_has_a_start_time_and_state() {

@@ -399,18 +399,22 @@ impl Fault {
 }
 
 /// This trial's candidates to kill: the bed's own processes of `kind` (see [`Fault::kinds`]).
+/// `root` and every process under it, in `ps`.
+fn descendants(ps: &[Proc], root: i32) -> Vec<i32> {
+    let mut under = vec![root];
+    let mut i = 0;
+    while i < under.len() {
+        let p = under[i];
+        under.extend(ps.iter().filter(|x| x.ppid == p).map(|x| x.pid));
+        i += 1;
+    }
+    under
+}
+
 fn victims(f: Fault, kind: &str, migrate_pid: i32, b: &Host) -> Vec<Proc> {
     let root_b = b.root.display().to_string();
     let ps = procs();
-    let sshd_b = b.sshd_pid().unwrap_or(-1);
-    // Processes under B's sshd.
-    let mut under_b = vec![sshd_b];
-    let mut i = 0;
-    while i < under_b.len() {
-        let p = under_b[i];
-        under_b.extend(ps.iter().filter(|x| x.ppid == p).map(|x| x.pid));
-        i += 1;
-    }
+    let under_b = descendants(&ps, b.sshd_pid().unwrap_or(-1));
     ps.iter()
         .filter(|p| p.state != 'Z')
         .filter(|p| match (f, kind) {
@@ -750,14 +754,7 @@ fn a_target_gone_silent_lets_the_frozen_source_resume() {
             .iter()
             .any(|p| p.comm == "criu" && p.cmd.contains(&root_a) && p.cmd.contains(" dump "))
     });
-    let ps = procs();
-    let mut silent = vec![b.sshd_pid().expect("B's sshd")];
-    let mut i = 0;
-    while i < silent.len() {
-        let p = silent[i];
-        silent.extend(ps.iter().filter(|x| x.ppid == p).map(|x| x.pid));
-        i += 1;
-    }
+    let silent = descendants(&procs(), b.sshd_pid().expect("B's sshd"));
     let signal = |sig| {
         for p in &silent {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), sig);
@@ -806,13 +803,7 @@ fn a_hung_target_is_given_up_after_the_timeout() {
     });
     // Every stasis under B's sshd: the receiver, the page channel's helper, any monitor.
     let ps = procs();
-    let mut under = vec![b.sshd_pid().expect("B's sshd")];
-    let mut i = 0;
-    while i < under.len() {
-        let p = under[i];
-        under.extend(ps.iter().filter(|x| x.ppid == p).map(|x| x.pid));
-        i += 1;
-    }
+    let under = descendants(&ps, b.sshd_pid().expect("B's sshd"));
     let hung: Vec<Stopped> = ps
         .iter()
         .filter(|p| under.contains(&p.pid) && p.comm.starts_with("stasis"))
@@ -912,10 +903,20 @@ fn restore_dies_after_ready(
                 && p.cmd.contains(" restore ")
         })
     };
-    // Stopped as soon as B restores: it cannot have read B's `Ready` yet, which B sends only
-    // once the restore waits in its last action script.
+    // Stopped as soon as B starts the monitor that restores (once every file is there, so
+    // `migrate` has nothing left to do but wait): it cannot have read B's `Ready` yet, which
+    // comes only after that monitor's CRIU has probed the kernel and restored the job.
+    let sshd_b = b.sshd_pid().expect("B's sshd");
     let t0 = Instant::now();
-    while restore().is_none() {
+    loop {
+        let ps = procs();
+        let under = descendants(&ps, sshd_b);
+        if ps
+            .iter()
+            .any(|p| p.comm == "stasis-monitor" && under.contains(&p.ppid))
+        {
+            break;
+        }
         assert!(t0.elapsed() < Duration::from_secs(30), "B never restored");
         std::thread::sleep(Duration::from_millis(1));
     }

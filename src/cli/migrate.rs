@@ -71,6 +71,9 @@ pub struct ResumeArgs {
 }
 
 pub fn migrate(root: &StateRoot, a: MigrateArgs) -> Result<i32, Failure> {
+    // Its channels may close at any moment (ssh killed, the timeout shutting them): a write
+    // then must fail with EPIPE, so the rollback runs, never end the command silently.
+    stasis::sys::sigpipe(true);
     let o = source::Opts {
         dest: a.dest.clone(),
         mode: a.mode.map(|m| match m {

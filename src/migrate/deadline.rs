@@ -47,14 +47,19 @@ pub struct Watchdog {
 impl Watchdog {
     /// Runs `on_fire` once `limit` has passed, unless [`Watchdog::try_commit`] came first or
     /// the watchdog was dropped. A zero limit never fires.
-    pub fn arm(limit: Duration, on_fire: impl FnOnce() + Send + 'static) -> Watchdog {
+    pub fn arm(
+        limit: Duration,
+        on_fire: impl FnOnce() + Send + 'static,
+    ) -> std::io::Result<Watchdog> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::Armed),
             cv: Condvar::new(),
         });
-        let thread = (!limit.is_zero()).then(|| {
+        let mut thread = None;
+        if !limit.is_zero() {
             let s = Arc::clone(&shared);
-            std::thread::spawn(move || {
+            let t = std::thread::Builder::new().name("migrate-deadline".into());
+            thread = Some(t.spawn(move || {
                 let st = s.lock();
                 let (mut st, _) =
                     s.cv.wait_timeout_while(st, limit, |st| *st == State::Armed)
@@ -64,13 +69,13 @@ impl Watchdog {
                     drop(st);
                     on_fire();
                 }
-            })
-        });
-        Watchdog {
+            })?);
+        }
+        Ok(Watchdog {
             shared,
             thread,
             limit,
-        }
+        })
     }
 
     /// Claims the migration for the commit: false when the watchdog fired first.
@@ -124,7 +129,7 @@ mod tests {
     #[test]
     fn it_fires_once_the_limit_passes_and_then_no_commit_is_possible() {
         let (fired, on_fire) = flag();
-        let w = Watchdog::arm(Duration::from_millis(1), on_fire);
+        let w = Watchdog::arm(Duration::from_millis(1), on_fire).expect("arm");
         // Waits for the condition, not for a time: the thread sets the state, then the flag.
         while !fired.load(Ordering::SeqCst) {
             std::thread::yield_now();
@@ -137,7 +142,7 @@ mod tests {
     #[test]
     fn a_commit_first_means_it_never_fires() {
         let (fired, on_fire) = flag();
-        let w = Watchdog::arm(Duration::from_secs(3600), on_fire);
+        let w = Watchdog::arm(Duration::from_secs(3600), on_fire).expect("arm");
         assert!(w.try_commit());
         assert!(w.try_commit(), "the commit keeps its claim");
         assert_eq!(w.fired("hostb"), None);
@@ -148,9 +153,9 @@ mod tests {
     #[test]
     fn dropped_or_unlimited_it_never_fires() {
         let (fired, on_fire) = flag();
-        drop(Watchdog::arm(Duration::from_secs(3600), on_fire));
+        drop(Watchdog::arm(Duration::from_secs(3600), on_fire).expect("arm"));
         let (fired0, on_fire0) = flag();
-        let w = Watchdog::arm(Duration::ZERO, on_fire0);
+        let w = Watchdog::arm(Duration::ZERO, on_fire0).expect("arm");
         assert!(w.thread.is_none());
         assert!(w.try_commit());
         drop(w);

@@ -369,7 +369,8 @@ impl Run<'_> {
                 // Already closed is as good: whatever waits on it has its answer.
                 let _ = c.shutdown(std::net::Shutdown::Both);
             }
-        });
+        })
+        .map_err(|e| back(format!("start the migration's watchdog: {e}")))?;
         let timed = |why: String| match watchdog.fired(self.dest) {
             Some(t) => format!("{t}; {why}"),
             None => why,

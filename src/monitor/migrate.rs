@@ -201,6 +201,15 @@ impl Monitor {
                     },
                 };
                 let v = match v {
+                    // Post-copy: a page channel that already closed means the target's
+                    // restore failed (it ends its lazy-pages daemon then), and CRIU is
+                    // resuming the tree here: no commit can hold.
+                    Verdict::Commit if post_copy && sys::peer_closed(pages.as_fd()) => {
+                        Verdict::Abort(
+                            "the page channel closed before the commit: the target's restore failed"
+                                .into(),
+                        )
+                    }
                     // Recorded before CRIU is released: from here the job is the target's.
                     Verdict::Commit => match self.wd.save(&committed_state) {
                         Ok(()) => Verdict::Commit,
@@ -485,6 +494,7 @@ impl Monitor {
             lazy: false,
         };
         let t0 = Instant::now();
+        let wd = self.wd.clone();
         let restored = {
             let gated = async {
                 let hook = match hook_waiting(&listener).await {
@@ -549,7 +559,30 @@ impl Monitor {
                             diag("the restore ended before the source's verdict: waiting for it");
                             kill_restored_inits();
                             end_daemon(&mut daemon, &mut lazy_end);
-                            verdict = Some((&mut gated).await);
+                            // What `ps` says meanwhile (the record on disk: `self` is the
+                            // finished restore's until this block ends).
+                            if let Ok(mut st) = wd.load() {
+                                st.note = Some(format!(
+                                    "its restore failed after it was ready: waiting for {}'s verdict",
+                                    opts.from
+                                ));
+                                if let Err(e) = wd.save(&st) {
+                                    diag(&format!("record the wait: {e}"));
+                                }
+                            }
+                            // Bounded like a broken link's wait: a stream's images are then
+                            // kept "unconfirmed", which a late commit still restores.
+                            let grace = grace();
+                            verdict = Some(
+                                tokio::time::timeout(grace, &mut gated)
+                                    .await
+                                    .unwrap_or_else(|_| {
+                                        Verdict::Unknown(format!(
+                                            "its restore failed after it was ready and no verdict came within {}s",
+                                            grace.as_secs()
+                                        ))
+                                    }),
+                            );
                         }
                         break r;
                     }
