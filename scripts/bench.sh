@@ -524,9 +524,11 @@ mig_export() {
   done
   rec "migrate: export+copy+import ${sz}M total = downtime" "$(printf '%s\n' "${xs[@]}" | median)" ms "median of $MIG_RUNS; archive $(awk -v b="$b" 'BEGIN{printf "%.1f", b/1048576}') MiB"
 }
-# mig_raw SIZE: criu dump, cp -r, criu restore -d (same machine; the job is down throughout)
+# mig_raw SIZE COPY: criu dump, a copy of the images, criu restore -d (the job is down
+# throughout). COPY cp: cp -r, the same-filesystem lower bound; scp: scp -r from host A to B
+# over the bed's ssh, the copy between two real hosts (encrypted, as stasis's channels are).
 mig_raw() {
-  local sz=$1 i pid t0 t1 xs=() b=0 img=$W/mig/raw src
+  local sz=$1 how=$2 i pid t0 t1 xs=() b=0 img=$W/mig/raw src
   for i in $(seq 1 "$MIG_RUNS"); do
     setsid "$W/memhog" "$sz" </dev/null >/dev/null 2>&1 & pid=$!
     for src in $(seq 1 1200); do [ "$(awk '/^VmRSS/{print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)" -ge $(( sz*1024*95/100 )) ] && break; sleep 0.05; done
@@ -534,14 +536,18 @@ mig_raw() {
     t0=$(now_us)
     criu dump -t "$pid" -D "$img" -o dump.log >/dev/null 2>&1 || { rec "migrate: raw criu ${sz}M" FAIL - "$(grep -m1 Error "$img/dump.log")"; kill -9 "$pid"; return; }
     wait "$pid" 2>/dev/null
-    cp -r "$img" "$img.copy"
+    if [ "$how" = scp ]; then
+      ip netns exec "$MA" scp -O -q -r -F "$W/mig/ssh_config" "$img" "mb:$img.copy" || { rec "migrate: raw criu ${sz}M ($how)" FAIL - "scp"; return; }
+    else
+      cp -r "$img" "$img.copy"
+    fi
     criu restore -D "$img.copy" -d -o restore.log >/dev/null 2>&1 || { rec "migrate: raw criu ${sz}M" FAIL - "$(grep Error "$img.copy/restore.log" | grep -v RLIMIT | head -n1)"; return; }
     t1=$(now_us)
     xs+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN{print (b-a)/1000}')"); b=$(du -sb "$img" | cut -f1)
     kill -9 "$pid" 2>/dev/null
     rm -rf "$img" "$img.copy"
   done
-  rec "migrate: raw criu dump+copy+restore ${sz}M total = downtime" "$(printf '%s\n' "${xs[@]}" | median)" ms "median of $MIG_RUNS; images $(awk -v b="$b" 'BEGIN{printf "%.1f", b/1048576}') MiB"
+  rec "migrate: raw criu dump+$how+restore ${sz}M total = downtime" "$(printf '%s\n' "${xs[@]}" | median)" ms "median of $MIG_RUNS; images $(awk -v b="$b" 'BEGIN{printf "%.1f", b/1048576}') MiB"
 }
 # mig_podman SIZE: podman container checkpoint --export, cp, restore --import of the same job
 # (podman's import needs an image: the memhog rootfs is imported as a local one; runc as the
@@ -604,7 +610,8 @@ bench_migrate() {
     mig_mode "$sz" stream
     mig_export "$sz"
     mig_podman "$sz"
-    mig_raw "$sz"
+    mig_raw "$sz" cp
+    mig_raw "$sz" scp
   done
 }
 
