@@ -142,6 +142,17 @@ pub fn sigpipe(ignore: bool) {
     unsafe { libc::signal(libc::SIGPIPE, h) };
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process of the host.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// True when the peer of the connected socket `fd` has closed (or shut down) its end:
 /// asked without waiting.
 pub fn peer_closed(fd: BorrowedFd<'_>) -> bool {

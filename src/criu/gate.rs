@@ -17,6 +17,20 @@ pub fn gated(action: &str) -> bool {
     matches!(action, "post-dump" | "post-restore")
 }
 
+/// At `post-resume`: tells the monitor at `sock` when the job resumed, and never fails (the
+/// job runs already; a failing script would only make CRIU report an error).
+pub fn resumed(sock: &Path) -> i32 {
+    let msg = GateMsg::Resumed {
+        mono_ns: crate::sys::monotonic_ns(),
+    };
+    let sent =
+        crate::protocol::connect(sock).and_then(|c| crate::protocol::send(c.as_fd(), &msg, &[]));
+    if let Err(e) = sent {
+        eprintln!("stasis criu-hook: gate {}: {e}", sock.display());
+    }
+    0
+}
+
 /// Waits at `action` for the verdict of the monitor listening at `sock`; the script's exit
 /// code (0: go on).
 pub fn wait(sock: &Path, action: &str) -> i32 {
@@ -80,5 +94,23 @@ mod tests {
             assert_eq!(t.join().unwrap(), want);
         }
         assert!(gated("post-restore") && !gated("pre-dump"));
+    }
+
+    #[test]
+    fn post_resume_says_when_and_never_fails() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("g.sock");
+        assert_eq!(resumed(&p), 0, "nobody listening is no failure");
+        let l = crate::protocol::listen(&p).unwrap();
+        let before = crate::sys::monotonic_ns();
+        assert_eq!(resumed(&p), 0);
+        let c = crate::sys::accept(l.as_fd(), false).unwrap();
+        let (m, _) = crate::protocol::recv::<GateMsg>(c.as_fd())
+            .unwrap()
+            .unwrap();
+        let GateMsg::Resumed { mono_ns } = m else {
+            panic!("{m:?}")
+        };
+        assert!(before <= mono_ns && mono_ns <= crate::sys::monotonic_ns());
     }
 }

@@ -43,6 +43,9 @@ pub fn run() -> i32 {
         if super::gate::gated(&action) {
             return super::gate::wait(Path::new(&sock), &action);
         }
+        if action == "post-resume" {
+            return super::gate::resumed(Path::new(&sock));
+        }
         return 0;
     }
     if action != "post-dump" {

@@ -456,17 +456,20 @@ impl Run<'_> {
             .and_then(|()| self.ctl_step())
         {
             Ok(Step::Running {
-                pid, page_bytes, ..
-            }) => Ok((pid, page_bytes)),
+                pid,
+                page_bytes,
+                resumed_ms_ago,
+                ..
+            }) => Ok((pid, page_bytes, resumed_ms_ago)),
             Ok(other) => Err(format!("{} answered {other:?}", self.dest)),
             Err(why) => Err(why),
         };
-        let running_at = now_ms();
+        let answered_at = now_ms();
         self.phases.switch_ms = ms(t);
-        let (pid, streamed) = match running {
+        let (pid, streamed, resumed_ago) = match running {
             Ok(r) => r,
             Err(why) => match self.resume_commit(o) {
-                Ok(pid) => (pid, 0),
+                Ok(pid) => (pid, 0, 0.0),
                 Err(e) => {
                     let _ = mon.reply();
                     return Err(MigrateError::AfterHandOver(format!(
@@ -476,6 +479,10 @@ impl Run<'_> {
                 }
             },
         };
+        // The job ran from the moment CRIU resumed it, not from when the word of it came
+        // (the target ends CRIU and takes the job over first): never before the commit.
+        let running_at =
+            answered_at.saturating_sub(resumed_ago.clamp(0.0, self.phases.switch_ms) as u64);
         let t = Instant::now();
         let mut page_bytes = 0;
         if self.mode == Mode::PostCopy {

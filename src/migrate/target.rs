@@ -564,6 +564,7 @@ pub fn resume(root: &StateRoot, name: &WorkloadName, token: Option<&str>) -> i32
                     pid,
                     restore_ms: 0.0,
                     page_bytes: 0,
+                    resumed_ms_ago: 0.0,
                 },
             },
             Err(reason) => Wire::Refuse { reason },

@@ -613,12 +613,14 @@ impl Monitor {
                     Mode::PostCopy => 0,
                     _ => pages_size(&opts.stage),
                 };
+                let resumed_ms_ago = resumed_ago(&listener).await;
                 let _ = link
                     .send_msg(
                         &Step::Running {
                             pid,
                             restore_ms,
                             page_bytes,
+                            resumed_ms_ago,
                         },
                         &[],
                     )
@@ -722,6 +724,7 @@ impl Monitor {
                             pid,
                             restore_ms,
                             page_bytes: 0,
+                            resumed_ms_ago: 0.0,
                         },
                         &[],
                     )
@@ -823,6 +826,23 @@ fn end_daemon(
         }
         Ok(st) => *end = Some(Ok(st)),
         Err(TryRecvError::Closed) => *end = Some(Err("vanished".into())),
+    }
+}
+
+/// How long ago the restored job resumed, from what the action script said at post-resume
+/// (0 when it said nothing). CRIU ends only after that script, so by the time its restore
+/// returned the word is waiting on the gate's socket: nothing here waits for it.
+async fn resumed_ago(listener: &Fd) -> f64 {
+    let word = async {
+        let c = Fd::new(listener.accept().await.ok()?).ok()?;
+        match c.recv_msg::<GateMsg>().await {
+            Ok(Some((GateMsg::Resumed { mono_ns }, _))) => Some(mono_ns),
+            _ => None,
+        }
+    };
+    match tokio::time::timeout(Duration::from_millis(1), word).await {
+        Ok(Some(at)) => sys::monotonic_ns().saturating_sub(at) as f64 / 1e6,
+        _ => 0.0,
     }
 }
 

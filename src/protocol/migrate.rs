@@ -92,6 +92,11 @@ pub enum Step {
         /// Stream: the bytes of memory the page server received.
         #[serde(default)]
         page_bytes: u64,
+        /// How long ago CRIU resumed the job (its post-resume script said when): the job ran
+        /// from then on, while CRIU ended and the target took it over, so the source counts
+        /// the downtime to then.
+        #[serde(default)]
+        resumed_ms_ago: f64,
     },
     /// The post-copy window ended: every page is on the target (`ok`), or not.
     PagesDone {
@@ -116,6 +121,9 @@ pub enum GateMsg {
     Go,
     /// Fail CRIU's run (exit 1): a dump resumes the tree, a restore kills what it restored.
     Stop,
+    /// The script runs at `post-resume` (the restored job runs from now on): when, on
+    /// CLOCK_MONOTONIC (ns). It waits for nothing.
+    Resumed { mono_ns: u64 },
 }
 
 #[cfg(test)]
@@ -132,6 +140,7 @@ mod tests {
                 pid: 7,
                 restore_ms: 1.5,
                 page_bytes: 0,
+                resumed_ms_ago: 2.5,
             },
         ] {
             let b = super::super::encode(&s).unwrap();
