@@ -156,14 +156,29 @@ pub fn monotonic_ns() -> u64 {
 /// True when the peer of the connected socket `fd` has closed (or shut down) its end:
 /// asked without waiting.
 pub fn peer_closed(fd: BorrowedFd<'_>) -> bool {
+    poll_now(fd, libc::POLLRDHUP) & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// True when `fd` is ready for `events` (`POLLIN`, `POLLOUT`) right now, or will not block
+/// because it is at its end or failed (a hang-up or an error is ready too): asked without
+/// waiting.
+pub fn ready_now(fd: BorrowedFd<'_>, events: libc::c_short) -> bool {
+    poll_now(fd, events) & (events | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// The events `fd` has now among `events` (plus hang-up and error), without waiting; none
+/// when poll itself fails.
+fn poll_now(fd: BorrowedFd<'_>, events: libc::c_short) -> libc::c_short {
     let mut p = libc::pollfd {
         fd: fd.as_raw_fd(),
-        events: libc::POLLRDHUP,
+        events,
         revents: 0,
     };
     // SAFETY: one valid pollfd, no waiting.
-    let n = unsafe { libc::poll(&mut p, 1, 0) };
-    n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    match unsafe { libc::poll(&mut p, 1, 0) } {
+        1 => p.revents,
+        _ => 0,
+    }
 }
 
 /// Ends the process by `sig` with its default action (the way `yes` ends when its reader
@@ -863,6 +878,22 @@ fn recv_datagram_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pipe_says_at_once_whether_it_can_be_read_or_written() {
+        use std::os::fd::AsFd;
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+        assert!(!ready_now(r.as_fd(), libc::POLLIN), "empty");
+        assert!(ready_now(w.as_fd(), libc::POLLOUT), "room");
+        std::io::Write::write_all(&mut std::fs::File::from(w.try_clone().expect("dup")), b"x")
+            .expect("write");
+        assert!(ready_now(r.as_fd(), libc::POLLIN), "a byte");
+        drop(w);
+        assert!(
+            ready_now(r.as_fd(), libc::POLLIN),
+            "end of file reads at once"
+        );
+    }
 
     #[test]
     fn a_peer_that_closed_is_seen_without_waiting() {

@@ -152,10 +152,17 @@ impl Fd {
             ) {
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Either side may be the one not ready: an empty source or a full sink.
-                    if sys::bytes_readable(self.borrow()).unwrap_or(0) == 0 {
+                    // Either side may be the one not ready: an empty source or a full sink
+                    // (full by the pipe's slots, not its bytes). Each is asked as it is now,
+                    // and only a side that is not ready loses its readiness. Guessing the
+                    // sink from a source found non-empty lost every wakeup when the job wrote
+                    // between the splice and the look: an empty sink never signals again, and
+                    // the session's last output stayed in its pipe, its client waiting for
+                    // end-of-file for good.
+                    if !sys::ready_now(self.borrow(), libc::POLLIN) {
                         rg.clear_ready();
-                    } else {
+                    }
+                    if !sys::ready_now(out.borrow(), libc::POLLOUT) {
                         wg.clear_ready();
                     }
                 }
@@ -260,6 +267,7 @@ pub fn pipe(size: Option<usize>) -> io::Result<(OwnedFd, OwnedFd)> {
 mod tests {
     use super::*;
     use std::rc::Rc;
+    use std::time::Duration;
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_closed_gate_holds_reads_until_it_opens() {
@@ -283,6 +291,58 @@ mod tests {
                 assert_eq!(sys::bytes_readable(r.borrow()).unwrap(), 4);
                 gate.open();
                 assert_eq!(t.await.unwrap(), 4);
+            })
+            .await;
+    }
+
+    /// A session's output pumped to its client's pipe: the job writes in small bursts and
+    /// exits while the pump runs. Every byte arrives and the pump sees end-of-file. (A pump
+    /// that blamed the sink for a source that was empty at its splice but not at its next
+    /// look waited on the sink for good: the session's last lines stayed behind, and its
+    /// client hung. The race is narrow, so many bursts.)
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_pump_into_a_pipe_never_loses_its_wakeup() {
+        const BURSTS: usize = 20_000;
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let (sr, sw) = pipe(None).unwrap();
+                let (kr, kw) = pipe(None).unwrap();
+                let writer = std::thread::spawn(move || {
+                    for i in 0..BURSTS {
+                        nix::unistd::write(&sw, &b"abc"[..1 + i % 3]).unwrap();
+                        if i % 7 == 0 {
+                            std::thread::yield_now();
+                        }
+                    }
+                });
+                let reader = std::thread::spawn(move || {
+                    let mut f = std::fs::File::from(kr);
+                    let mut all = Vec::new();
+                    std::io::Read::read_to_end(&mut f, &mut all).unwrap();
+                    all.len()
+                });
+                let src = Fd::new(sr).unwrap();
+                let sink = Fd::new(kw).unwrap();
+                let gate = Gate::default();
+                let pumped = async {
+                    let mut n = 0;
+                    loop {
+                        match src.splice_to(&sink, 1 << 20, &gate).await.unwrap() {
+                            0 => return n,
+                            k => n += k,
+                        }
+                    }
+                };
+                // A hang is the failure: bounded, so that it reports rather than stalls.
+                let n = tokio::time::timeout(Duration::from_secs(30), pumped)
+                    .await
+                    .expect("the pump lost a wakeup");
+                drop(sink);
+                writer.join().unwrap();
+                let want: usize = (0..BURSTS).map(|i| 1 + i % 3).sum();
+                assert_eq!(n, want);
+                assert_eq!(reader.join().unwrap(), want);
             })
             .await;
     }
