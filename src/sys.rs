@@ -156,19 +156,21 @@ pub fn monotonic_ns() -> u64 {
 /// True when the peer of the connected socket `fd` has closed (or shut down) its end:
 /// asked without waiting.
 pub fn peer_closed(fd: BorrowedFd<'_>) -> bool {
-    poll_now(fd, libc::POLLRDHUP) & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    poll_now(fd, libc::POLLRDHUP)
+        .is_some_and(|r| r & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0)
 }
 
 /// True when `fd` is ready for `events` (`POLLIN`, `POLLOUT`) right now, or will not block
 /// because it is at its end or failed (a hang-up or an error is ready too): asked without
-/// waiting.
+/// waiting. A poll that fails answers "ready": a needless retry costs nothing, a readiness
+/// dropped wrongly can hang its waiter.
 pub fn ready_now(fd: BorrowedFd<'_>, events: libc::c_short) -> bool {
-    poll_now(fd, events) & (events | libc::POLLHUP | libc::POLLERR) != 0
+    poll_now(fd, events).is_none_or(|r| r & (events | libc::POLLHUP | libc::POLLERR) != 0)
 }
 
-/// The events `fd` has now among `events` (plus hang-up and error), without waiting; none
+/// The events `fd` has now among `events` (plus hang-up and error), without waiting; None
 /// when poll itself fails.
-fn poll_now(fd: BorrowedFd<'_>, events: libc::c_short) -> libc::c_short {
+fn poll_now(fd: BorrowedFd<'_>, events: libc::c_short) -> Option<libc::c_short> {
     let mut p = libc::pollfd {
         fd: fd.as_raw_fd(),
         events,
@@ -176,8 +178,8 @@ fn poll_now(fd: BorrowedFd<'_>, events: libc::c_short) -> libc::c_short {
     };
     // SAFETY: one valid pollfd, no waiting.
     match unsafe { libc::poll(&mut p, 1, 0) } {
-        1 => p.revents,
-        _ => 0,
+        n if n >= 0 => Some(p.revents),
+        _ => None,
     }
 }
 

@@ -182,13 +182,17 @@ impl Fd {
                 continue;
             }
             match sys::tee(self.borrow(), out, len, libc::SPLICE_F_NONBLOCK) {
-                // tee reports 0 both at end of file and for an empty pipe: the pipe was
-                // readable, so an empty one means every writer is gone.
-                Ok(0) if sys::bytes_readable(self.borrow()).unwrap_or(0) > 0 => {
-                    g.clear_ready();
-                }
+                // tee reports 0 at end of file (empty, every writer gone). Bytes there all
+                // the same came after the look: take them on the next round (clearing the
+                // readiness of a pipe with bytes in it could wait for good).
+                Ok(0) if sys::bytes_readable(self.borrow()).unwrap_or(0) > 0 => {}
                 Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => g.clear_ready(),
+                // Only a pipe that is still empty now loses its readiness (see `splice_to`).
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !sys::ready_now(self.borrow(), libc::POLLIN) {
+                        g.clear_ready();
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }

@@ -295,6 +295,9 @@ pub async fn await_watchers(mut tasks: Vec<(JoinHandle<()>, Rc<Watcher>)>, idle:
 pub struct Finish {
     at: Cell<Option<Instant>>,
     notify: Notify,
+    /// Bytes the pumps have delivered so far: how `Stdio::drain` tells a slow reader from
+    /// a stuck one.
+    moved: Cell<u64>,
 }
 
 impl Finish {
@@ -313,6 +316,9 @@ impl Finish {
 
 /// How long a pump keeps waiting for end-of-file after its writer exited.
 pub const DRAIN_GRACE: Duration = Duration::from_millis(250);
+
+/// How long a draining pump may deliver nothing before it is stopped (see `Stdio::drain`).
+pub const PUMP_STALL: Duration = Duration::from_secs(5);
 
 /// The log a pump writes to: `None` inside means "not logging right now" (an exec session
 /// with a client attached).
@@ -474,6 +480,7 @@ pub async fn pump_output(src: Rc<Fd>, to: PumpTo) -> u64 {
             }
         };
         total += n as u64;
+        to.finish.moved.set(to.finish.moved.get() + n as u64);
     }
     total
 }
@@ -612,13 +619,33 @@ pub(crate) struct Stdio {
 }
 
 impl Stdio {
-    /// The writer has exited: lets the output pumps deliver what is left.
-    pub async fn drain(mut self) {
+    /// The writer has exited: lets the output pumps deliver what is left. A pump goes on for
+    /// as long as its reader takes what it sends (a pager scrolled slowly); one that moved
+    /// nothing for [`PUMP_STALL`] is stopped, which closes its client's pipe before the
+    /// client is told of the exit. (Left running instead, it still held that pipe: the
+    /// client waited for end-of-file for good, or, once it read on, what followed the
+    /// splice in flight was thrown away.)
+    pub async fn drain(self) {
+        self.drain_stalling_after(PUMP_STALL).await
+    }
+
+    async fn drain_stalling_after(mut self, stall: Duration) {
         self.finish.exited();
-        for p in self.pumps.drain(..) {
-            // A writer that outlived its container cannot exist (PID namespace), but a stuck
-            // pipe must not hold things up forever.
-            let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
+        let finish = self.finish.clone();
+        for mut p in self.pumps.drain(..) {
+            loop {
+                let seen = finish.moved.get();
+                match tokio::time::timeout(stall, &mut p).await {
+                    Ok(_) => break,
+                    Err(_) if finish.moved.get() != seen => continue,
+                    Err(_) => {
+                        p.abort();
+                        // Cancelled at its next await: its fds are closed once this returns.
+                        let _ = (&mut p).await;
+                        break;
+                    }
+                }
+            }
         }
     }
 
@@ -642,6 +669,53 @@ mod tests {
             .build()
             .unwrap();
         tokio::task::LocalSet::new().block_on(&rt, f)
+    }
+
+    /// After its writer exited, a pump whose client reads nothing for `PUMP_STALL` is
+    /// stopped by the drain, and holds the client's pipe no more when the drain returns (the
+    /// client is told of the exit then, and must see end-of-file). Before, the drain let it
+    /// run on, detached, still holding that pipe.
+    #[test]
+    fn a_drain_stops_a_pump_whose_client_reads_nothing() {
+        local(async {
+            let (sr, sw) = super::super::fd::pipe(None).unwrap();
+            let (_kr, kw) = super::super::fd::pipe(None).unwrap();
+            let _ = sys::set_pipe_size(std::os::fd::AsFd::as_fd(&kw), 4096);
+            // More than the client's pipe holds, and the job is gone.
+            let _ = sys::set_pipe_size(std::os::fd::AsFd::as_fd(&sw), 1 << 16);
+            nix::unistd::write(&sw, &[b'x'; 32 * 1024]).unwrap();
+            drop(sw);
+            let sink = Rc::new(Fd::new(kw).unwrap());
+            let sinks: Sinks = Rc::new(RefCell::new(vec![sink.clone()]));
+            let finish = Finish::new();
+            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+            let to = PumpTo {
+                stream: Stream::Stdout,
+                log: None,
+                readers: Readers::Client(sinks.clone()),
+                gate: Rc::new(Gate::default()),
+                finish: finish.clone(),
+                log_dropped: Rc::new(Cell::new(0)),
+                events: tx,
+            };
+            let src = Rc::new(Fd::new(sr).unwrap());
+            let pump = tokio::task::spawn_local(pump_output(src, to));
+            let stdio = Stdio {
+                tty: None,
+                stdin: None,
+                out: None,
+                err: None,
+                pumps: vec![pump],
+                finish,
+            };
+            stdio.drain_stalling_after(Duration::from_millis(50)).await;
+            sinks.borrow_mut().clear();
+            assert_eq!(
+                Rc::strong_count(&sink),
+                1,
+                "the stopped pump still holds the pipe"
+            );
+        });
     }
 
     #[test]
