@@ -604,12 +604,7 @@ fn fault_trials(f: Fault, trials: u32) {
         let mode = if t % 2 == 0 { "post-copy" } else { "stream" };
         a.ok(&["run", "-d", "--name", &name, "--", "sh", "-c", COUNTER]);
         wait_counter(a, &name, 1);
-        let child = a
-            .cmd(&["migrate", "-q", "--mode", mode, &name, &b.alias])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("migrate");
+        let child = spawn_migrate(a, &["--mode", mode, &name, &b.alias]);
         let mpid = child.id() as i32;
         let kinds = f.kinds();
         let kind = kinds[rng.below(kinds.len() as u64) as usize];
@@ -725,6 +720,37 @@ fn faults_target_criu_killed() {
     fault_trials(Fault::TargetCriu, trials());
 }
 
+/// `stasis migrate -q ARGS` on `from`, running: its stdout dropped, its stderr kept.
+fn spawn_migrate(from: &Host, args: &[&str]) -> std::process::Child {
+    let mut all = vec!["migrate", "-q"];
+    all.extend_from_slice(args);
+    from.cmd(&all)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("migrate")
+}
+
+/// Waits until `h`'s CRIU dumps: from then on the job is frozen until a verdict.
+fn wait_dump(h: &Host) {
+    let root = h.root.display().to_string();
+    wait_for("A's dump", || {
+        procs()
+            .iter()
+            .any(|p| p.comm == "criu" && p.cmd.contains(&root) && p.cmd.contains(" dump "))
+    });
+}
+
+/// After a rolled-back move: the job runs on `a` as before (the same init `pid`, its
+/// counter going on without a gap), and `b` drops what it held of the attempt.
+fn assert_back_on(a: &Host, b: &Host, name: &str, pid: i32) {
+    assert_eq!(a.status(name), "running");
+    assert_eq!(a.init_pid(name), Some(pid), "the same job, not a copy");
+    let n = counter_values(&a.logs(name)).len();
+    assert_counter_continuous(&wait_counter(a, name, n + 2));
+    wait_for("B to drop the attempt", || b.status(name).is_empty());
+}
+
 /// A target that goes silent while the source holds the job frozen (B's sshd and every
 /// session under it stopped, as if the network dropped every packet) ends the channel through
 /// ssh's keepalives: the job resumes on the source, untouched, and B, once it wakes, keeps
@@ -748,12 +774,7 @@ fn a_target_gone_silent_lets_the_frozen_source_resume() {
         .spawn()
         .expect("migrate");
     // From the moment A's CRIU dumps, the job is frozen until a verdict, which needs B.
-    let root_a = a.root.display().to_string();
-    wait_for("A's dump", || {
-        procs()
-            .iter()
-            .any(|p| p.comm == "criu" && p.cmd.contains(&root_a) && p.cmd.contains(" dump "))
-    });
+    wait_dump(a);
     let silent = descendants(&procs(), b.sshd_pid().expect("B's sshd"));
     let signal = |sig| {
         for p in &silent {
@@ -765,11 +786,7 @@ fn a_target_gone_silent_lets_the_frozen_source_resume() {
     signal(nix::sys::signal::Signal::SIGCONT);
     assert_eq!(code(&o), 125, "{}", stderr(&o));
     assert!(stderr(&o).contains("keeps running here"), "{}", stderr(&o));
-    assert_eq!(a.status("quiet"), "running");
-    assert_eq!(a.init_pid("quiet"), Some(pid), "the same job, not a copy");
-    let n = counter_values(&a.logs("quiet")).len();
-    assert_counter_continuous(&wait_counter(a, "quiet", n + 2));
-    wait_for("B to drop the attempt", || b.status("quiet").is_empty());
+    assert_back_on(a, b, "quiet", pid);
 }
 
 /// A target whose ssh still answers but whose stasis hangs (stopped here, from the moment A
@@ -780,27 +797,11 @@ fn a_hung_target_is_given_up_after_the_timeout() {
     let bed = Bed::new();
     let (a, b) = (&bed.a, &bed.b);
     let pid = counting(a, "hung");
-    let child = a
-        .cmd(&[
-            "migrate",
-            "-q",
-            "--mode",
-            "stream",
-            "--timeout",
-            "3s",
-            "hung",
-            &b.alias,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("migrate");
-    let root_a = a.root.display().to_string();
-    wait_for("A's dump", || {
-        procs()
-            .iter()
-            .any(|p| p.comm == "criu" && p.cmd.contains(&root_a) && p.cmd.contains(" dump "))
-    });
+    let child = spawn_migrate(
+        a,
+        &["--mode", "stream", "--timeout", "3s", "hung", &b.alias],
+    );
+    wait_dump(a);
     // Every stasis under B's sshd: the receiver, the page channel's helper, any monitor.
     let ps = procs();
     let under = descendants(&ps, b.sshd_pid().expect("B's sshd"));
@@ -827,9 +828,7 @@ fn a_hung_target_is_given_up_after_the_timeout() {
         stderr(&o)
     );
     assert_eq!(stderr(&o).trim().lines().count(), 1, "{}", stderr(&o));
-    let n = counter_values(&a.logs("hung")).len();
-    assert_counter_continuous(&wait_counter(a, "hung", n + 2));
-    wait_for("B to drop the attempt", || b.status("hung").is_empty());
+    assert_back_on(a, b, "hung", pid);
 }
 
 /// The target's CRIU dies with the job restored and held, after the target said `Ready` but
@@ -867,11 +866,7 @@ fn a_post_copy_restore_dying_after_ready_resumes_an_uncommitted_source() {
     });
     assert_eq!(code(&o), 125, "{}", stderr(&o));
     assert!(stderr(&o).contains("keeps running here"), "{}", stderr(&o));
-    assert_eq!(a.status("late"), "running");
-    assert_eq!(a.init_pid("late"), Some(pid), "the same job, not a copy");
-    let n = counter_values(&a.logs("late")).len();
-    assert_counter_continuous(&wait_counter(a, "late", n + 2));
-    wait_for("B to drop the attempt", || b.status("late").is_empty());
+    assert_back_on(a, b, "late", pid);
 }
 
 /// Migrates the counter `late` (started here unless it runs) from A to B in `mode`, and kills
@@ -887,12 +882,7 @@ fn restore_dies_after_ready(
     if a.status("late").is_empty() {
         counting(a, "late");
     }
-    let child = a
-        .cmd(&["migrate", "-q", "--mode", mode, "late", &b.alias])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("migrate");
+    let child = spawn_migrate(a, &["--mode", mode, "late", &b.alias]);
     let stopped = Stopped(child.id() as i32);
     let root_b = b.root.display().to_string();
     let restore = || {
