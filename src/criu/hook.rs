@@ -51,49 +51,48 @@ pub fn run() -> i32 {
     if action != "post-dump" {
         return 0;
     }
-    let Some(dir) = std::env::var_os(ENV_DIR).map(PathBuf::from) else {
-        return 0;
+    match post_dump(|k| std::env::var(k).ok()) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("stasis criu-hook: {e}");
+            1
+        }
+    }
+}
+
+/// The post-dump work, with its settings read through `var` (the environment of the action
+/// script, or the monitor's own list when CRIU notifies it over RPC, see [`super::rpc`]).
+/// An error fails the dump, and CRIU resumes the tree.
+pub fn post_dump(var: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+    let Some(dir) = var(ENV_DIR).map(PathBuf::from) else {
+        return Ok(());
     };
-    if let Some(shm) = std::env::var_os(ENV_SHM_EMPTY).map(PathBuf::from) {
+    if let Some(shm) = var(ENV_SHM_EMPTY).map(PathBuf::from) {
         if !crate::container::shm::is_empty(&shm) {
             // Its content is not in the images: the monitor dumps once more with it.
             let busy = dir.join(crate::container::shm::BUSY);
-            if let Err(e) = std::fs::write(&busy, b"") {
-                eprintln!("stasis criu-hook: {}: {e}", busy.display());
-            }
-            eprintln!(
-                "stasis criu-hook: {} is no longer empty: dumping again with its content",
+            std::fs::write(&busy, b"").map_err(|e| format!("{}: {e}", busy.display()))?;
+            return Err(format!(
+                "{} is no longer empty: dumping again with its content",
                 shm.display()
-            );
-            return 1;
+            ));
         }
     }
-    if let Ok(list) = std::env::var(ENV_SNAPSHOT) {
+    if let Some(list) = var(ENV_SNAPSHOT) {
         for line in list.lines().filter(|l| !l.is_empty()) {
             let Some((src, dst)) = line.split_once('\t') else {
                 continue;
             };
-            if let Err(e) = crate::store::snapshot::copy_one(Path::new(src), Path::new(dst)) {
-                eprintln!("stasis criu-hook: snapshot {src}: {e}");
-                return 1;
-            }
+            crate::store::snapshot::copy_one(Path::new(src), Path::new(dst))
+                .map_err(|e| format!("snapshot {src}: {e}"))?;
         }
     }
-    if let Ok(list) = std::env::var(ENV_WATCH) {
+    if let Some(list) = var(ENV_WATCH) {
         let records =
             crate::store::divergence::record(&crate::store::divergence::decode_list(&list));
-        if let Err(e) = crate::store::divergence::write(&dir, &records) {
-            eprintln!("stasis criu-hook: {e}");
-            return 1;
-        }
+        crate::store::divergence::write(&dir, &records).map_err(|e| e.to_string())?;
     }
-    match std::fs::write(dir.join(COMPLETE), b"") {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("stasis criu-hook: {}: {e}", dir.display());
-            1
-        }
-    }
+    std::fs::write(dir.join(COMPLETE), b"").map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 #[cfg(test)]

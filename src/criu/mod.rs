@@ -15,6 +15,7 @@ pub mod hook;
 pub mod lazy;
 pub mod log;
 pub mod options;
+pub mod rpc;
 pub mod stats;
 
 pub use argv::{DumpOpts, RestoreOpts};

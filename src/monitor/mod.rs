@@ -12,6 +12,7 @@ mod adopt;
 mod checkpoint;
 mod clients;
 mod diag;
+mod dump_rpc;
 pub(crate) mod fd;
 mod files;
 mod gpu;
