@@ -411,6 +411,23 @@ fn descendants(ps: &[Proc], root: i32) -> Vec<i32> {
     under
 }
 
+/// True when `p` is a live CRIU running `verb` ("dump", "restore") for the state root `root`:
+/// by its command line, or, run through CRIU's RPC mode (`criu swrk`, which retitles itself
+/// "VERB --rpc"), by its parent, the monitor, which holds files under `root`.
+fn criu_for(p: &Proc, root: &str, verb: &str) -> bool {
+    if p.comm != "criu" || p.state == 'Z' {
+        return false;
+    }
+    if p.cmd.contains(root) && p.cmd.contains(&format!(" {verb} ")) {
+        return true;
+    }
+    (p.cmd.contains(" swrk ") || p.cmd.contains(&format!("{verb} --rpc")))
+        && std::fs::read_dir(format!("/proc/{}/fd", p.ppid)).is_ok_and(|fds| {
+            fds.flatten()
+                .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.starts_with(root)))
+        })
+}
+
 fn victims(f: Fault, kind: &str, migrate_pid: i32, b: &Host) -> Vec<Proc> {
     let root_b = b.root.display().to_string();
     let ps = procs();
@@ -432,16 +449,14 @@ fn victims(f: Fault, kind: &str, migrate_pid: i32, b: &Host) -> Vec<Proc> {
             (Fault::TargetStasis, _) => {
                 under_b.contains(&p.pid) && p.comm != "stasis-monitor" && p.cmd.contains(kind)
             }
-            (Fault::TargetCriu, "restore") => {
-                p.comm == "criu" && p.cmd.contains(&root_b) && p.cmd.contains(" restore ")
-            }
-            // Its action script runs: the job is restored and held for the verdict (or, the
-            // verdict given, about to run).
+            (Fault::TargetCriu, "restore") => criu_for(p, &root_b, "restore"),
+            // Its tasks are restored (the restored init is the monitor's child, beside CRIU):
+            // the job is held for the verdict (or, the verdict given, about to run).
             (Fault::TargetCriu, "restore at its gate") => {
-                p.comm == "criu"
-                    && p.cmd.contains(&root_b)
-                    && p.cmd.contains(" restore ")
-                    && ps.iter().any(|c| c.ppid == p.pid && c.comm != "criu")
+                criu_for(p, &root_b, "restore")
+                    && ps
+                        .iter()
+                        .any(|c| c.ppid == p.ppid && c.comm == "stasis-init" && c.state != 'Z')
             }
             (Fault::TargetCriu, _) => {
                 p.comm == "criu"
@@ -735,9 +750,7 @@ fn spawn_migrate(from: &Host, args: &[&str]) -> std::process::Child {
 fn wait_dump(h: &Host) {
     let root = h.root.display().to_string();
     wait_for("A's dump", || {
-        procs()
-            .iter()
-            .any(|p| p.comm == "criu" && p.cmd.contains(&root) && p.cmd.contains(" dump "))
+        procs().iter().any(|p| criu_for(p, &root, "dump"))
     });
 }
 
@@ -886,12 +899,9 @@ fn restore_dies_after_ready(
     let stopped = Stopped(child.id() as i32);
     let root_b = b.root.display().to_string();
     let restore = || {
-        procs().into_iter().find(|p| {
-            p.comm == "criu"
-                && p.state != 'Z'
-                && p.cmd.contains(&root_b)
-                && p.cmd.contains(" restore ")
-        })
+        procs()
+            .into_iter()
+            .find(|p| criu_for(p, &root_b, "restore"))
     };
     // Stopped as soon as B starts the monitor that restores (once every file is there, so
     // `migrate` has nothing left to do but wait): it cannot have read B's `Ready` yet, which

@@ -5,6 +5,10 @@
 //! a generation stasis can keep), copies the files declared for snapshot and records the state
 //! of the files the job may write, consistent with the memory just dumped. A migration's runs
 //! are gated instead (see [`super::gate`]).
+//!
+//! The same answers ([`answer`]) serve CRIU's RPC mode, where CRIU asks the monitor over its
+//! socket instead of exec'ing this script (see [`super::rpc`]); the script remains for an
+//! argv that CRIU's configuration file cannot carry.
 
 use std::path::{Path, PathBuf};
 
@@ -38,26 +42,36 @@ pub fn invoked_as_hook(argv0: &std::ffi::OsStr) -> bool {
 /// Runs the hook; returns the exit code CRIU sees (non-zero fails the dump).
 pub fn run() -> i32 {
     let action = std::env::var("CRTOOLS_SCRIPT_ACTION").unwrap_or_default();
-    // A migration's dump or restore waits here for the monitor's verdict.
-    if let Some(sock) = std::env::var_os(super::gate::ENV_GATE) {
-        if super::gate::gated(&action) {
-            return super::gate::wait(Path::new(&sock), &action);
-        }
-        if action == "post-resume" {
-            return super::gate::resumed(Path::new(&sock));
-        }
-        return 0;
-    }
-    if action != "post-dump" {
-        return 0;
-    }
-    match post_dump(|k| std::env::var(k).ok()) {
+    match answer(&action, |k| std::env::var(k).ok()) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("stasis criu-hook: {e}");
             1
         }
     }
+}
+
+/// What stasis does at CRIU's stage `action`, with its settings read through `var`: as the
+/// action script, or in the monitor when CRIU notifies it over RPC (see [`super::rpc`]). An
+/// error fails CRIU's run.
+pub fn answer(action: &str, var: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+    // A migration's dump or restore waits here for the monitor's verdict.
+    if let Some(sock) = var(super::gate::ENV_GATE) {
+        if super::gate::gated(action) {
+            return match super::gate::wait(Path::new(&sock), action) {
+                0 => Ok(()),
+                _ => Err(format!("the gate at {action} said stop")),
+            };
+        }
+        if action == "post-resume" {
+            super::gate::resumed(Path::new(&sock));
+        }
+        return Ok(());
+    }
+    if action != "post-dump" {
+        return Ok(());
+    }
+    post_dump(var)
 }
 
 /// The post-dump work, with its settings read through `var` (the environment of the action

@@ -20,6 +20,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 /// `criu_req_type`: DUMP.
 const REQ_DUMP: u64 = 1;
+/// `criu_req_type`: RESTORE.
+const REQ_RESTORE: u64 = 2;
 /// `criu_req_type`: NOTIFY (a stage CRIU reached; it waits for the answer).
 const REQ_NOTIFY: u64 = 6;
 /// The largest message CRIU sends stasis (a notify or a dump response with its error text).
@@ -64,19 +66,27 @@ fn put_bytes(b: &mut Vec<u8>, field: u64, v: &[u8]) {
     b.extend_from_slice(v);
 }
 
-/// The dump request: criu_req { type = DUMP, opts = { images_dir_fd = -1 (the directory is
-/// in the configuration file), pid, log_level, notify_scripts, config_file } }.
-pub fn dump_request(pid: i32, log_level: u8, config_file: &str) -> Vec<u8> {
+/// The request: criu_req { type = DUMP or RESTORE, opts = { images_dir_fd = -1 (the
+/// directory is in the configuration file), pid (a dump's), log_level, notify_scripts,
+/// config_file } }.
+pub fn request(kind: u64, pid: Option<i32>, log_level: u8, config_file: &str) -> Vec<u8> {
     let mut opts = Vec::new();
     put_int32(&mut opts, 1, -1);
-    put_int32(&mut opts, 2, pid);
+    if let Some(pid) = pid {
+        put_int32(&mut opts, 2, pid);
+    }
     put_int32(&mut opts, 9, i32::from(log_level));
     put_uint(&mut opts, 12, 1);
     put_bytes(&mut opts, 51, config_file.as_bytes());
     let mut req = Vec::new();
-    put_uint(&mut req, 1, REQ_DUMP);
+    put_uint(&mut req, 1, kind);
     put_bytes(&mut req, 2, &opts);
     req
+}
+
+/// The dump request for the tree of `pid`.
+pub fn dump_request(pid: i32, log_level: u8, config_file: &str) -> Vec<u8> {
+    request(REQ_DUMP, Some(pid), log_level, config_file)
 }
 
 /// The answer to a notification: criu_req { type = NOTIFY, notify_success }.
@@ -160,14 +170,18 @@ pub fn parse_response(b: &[u8]) -> Result<Response, RpcError> {
     Ok(r)
 }
 
-/// The configuration file for a dump's argv (as [`super::DumpOpts::argv`] builds it): one
-/// option per line, every value quoted. The leading `dump` and `-vN` are left out (the request
+/// The configuration file for a dump's or restore's argv (as [`super::DumpOpts::argv`] and
+/// [`super::RestoreOpts::argv`] build them): one option per line, every value quoted. The
+/// leading command and `-vN` are left out (the request
 /// carries the level), and so is `--action-script`: in RPC mode CRIU would run it as well as
 /// notifying. A value CRIU's parser cannot read back whole (a quote, a backslash or a newline
 /// in a path) is an error, and the caller uses the command line instead.
 pub fn config_from_argv(argv: &[String]) -> Result<String, RpcError> {
     let mut out = String::new();
-    let mut it = argv.iter().skip_while(|a| *a == "dump").peekable();
+    let mut it = argv
+        .iter()
+        .skip_while(|a| *a == "dump" || *a == "restore")
+        .peekable();
     while let Some(a) = it.next() {
         if a.starts_with("-v") && !a.starts_with("--") {
             continue;
@@ -244,8 +258,8 @@ pub fn converse(
     }
 }
 
-/// Where CRIU finds its end of the socket (`criu swrk 91`).
-pub const FD_IN_CRIU: i32 = 91;
+/// Where CRIU finds its end of the socket (`criu swrk 89`).
+pub const FD_IN_CRIU: i32 = 89;
 
 /// What the caller keeps while CRIU runs a dump in RPC mode.
 pub struct Swrk {
@@ -277,26 +291,32 @@ pub fn swrk_argv() -> Vec<String> {
     vec!["swrk".into(), FD_IN_CRIU.to_string()]
 }
 
-/// Prepares the dump that `argv` (as [`super::DumpOpts::argv`] builds it) describes: the
-/// pid and log level go into the request, everything else into the configuration file.
+/// Prepares the run that `argv` (a `dump` or a `restore`, as [`super::DumpOpts::argv`] and
+/// [`super::RestoreOpts::argv`] build them) describes: a dump's pid and the log level go into
+/// the request, everything else into the configuration file.
 pub fn prepare(argv: &[String]) -> Result<(Swrk, Conversation), RpcError> {
     use std::io::Write;
     let text = config_from_argv(argv)?;
-    let tree = argv
-        .iter()
-        .position(|a| a == "--tree")
-        .and_then(|i| argv.get(i + 1))
-        .and_then(|p| p.parse::<i32>().ok())
-        .ok_or(RpcError::Malformed("no --tree in the dump's argv"))?;
+    let (kind, pid) = match argv.first().map(String::as_str) {
+        Some("dump") => {
+            let tree = argv
+                .iter()
+                .position(|a| a == "--tree")
+                .and_then(|i| argv.get(i + 1))
+                .and_then(|p| p.parse::<i32>().ok())
+                .ok_or(RpcError::Malformed("no --tree in the dump's argv"))?;
+            (REQ_DUMP, Some(tree))
+        }
+        Some("restore") => (REQ_RESTORE, None),
+        _ => return Err(RpcError::Malformed("neither a dump nor a restore")),
+    };
     let level = argv
         .iter()
         .find_map(|a| a.strip_prefix("-v").and_then(|l| l.parse::<u8>().ok()))
         .unwrap_or(2);
-    let config = nix::sys::memfd::memfd_create(
-        c"stasis-criu-dump.conf",
-        nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
-    )
-    .map_err(io::Error::from)?;
+    let config =
+        nix::sys::memfd::memfd_create(c"stasis-criu.conf", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .map_err(io::Error::from)?;
     let mut f = std::fs::File::from(config);
     f.write_all(text.as_bytes())?;
     let config = OwnedFd::from(f);
@@ -306,7 +326,7 @@ pub fn prepare(argv: &[String]) -> Result<(Swrk, Conversation), RpcError> {
         Swrk { criu_end, config },
         Conversation {
             ours,
-            request: dump_request(tree, level, &path),
+            request: request(kind, pid, level, &path),
         },
     ))
 }
@@ -329,6 +349,31 @@ mod tests {
             c,
             "tree \"42\"\nimages-dir \"/g/.tmp-3\"\nlog-file \"/w/dump.log\"\nexternal \"mnt[/sys]:m0\"\nleave-running\nghost-limit \"4194304\"\nlibdir \"/usr/lib/criu\"\n"
         );
+    }
+
+    #[test]
+    fn a_restore_request_carries_no_pid_and_its_config_has_every_option() {
+        let argv = args("restore --images-dir /g/3 --log-file /w/r.log -v4 --restore-detached --restore-sibling --inherit-fd fd[5]:pipe:[77] --action-script /h --lazy-pages");
+        let (_swrk, talk) = prepare(&argv).expect("prepare");
+        let (mut kind, mut opts) = (0, vec![]);
+        fields(&talk.request, |f, v, b| match (f, v, b) {
+            (1, Some(v), _) => kind = v,
+            (2, _, Some(o)) => opts = o.to_vec(),
+            _ => {}
+        })
+        .expect("request");
+        assert_eq!(kind, REQ_RESTORE);
+        let mut seen = vec![];
+        fields(&opts, |f, v, _| seen.push((f, v))).expect("opts");
+        assert!(!seen.iter().any(|(f, _)| *f == 2), "a pid in {seen:?}");
+        assert!(seen.contains(&(9, Some(4))), "log level 4 in {seen:?}");
+        assert!(seen.contains(&(12, Some(1))), "notify_scripts in {seen:?}");
+        assert_eq!(
+            config_from_argv(&argv).expect("config"),
+            "images-dir \"/g/3\"\nlog-file \"/w/r.log\"\nrestore-detached\nrestore-sibling\ninherit-fd \"fd[5]:pipe:[77]\"\nlazy-pages\n"
+        );
+        assert!(prepare(&args("check")).is_err());
+        assert!(prepare(&args("dump --images-dir /d")).is_err());
     }
 
     #[test]

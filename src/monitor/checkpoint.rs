@@ -346,7 +346,7 @@ impl Monitor {
             }
             let t0 = Instant::now();
             let ran = self
-                .run_criu_dump(&criu, &dump_opts(shm.is_some()).argv(), &env)
+                .run_criu_rpc(&criu, &dump_opts(shm.is_some()).argv(), &[], &env, None)
                 .await;
             if ran.is_err() && shm.is_some() && tmp.join(shm::BUSY).exists() {
                 // The job wrote to /dev/shm between the look and the freeze; CRIU resumed it.

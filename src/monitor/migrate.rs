@@ -168,7 +168,7 @@ impl Monitor {
         let lazy_bytes = Cell::new(0u64);
         let mut v = None;
         let ran = {
-            let run = self.run_criu(&criu, &argv, &criu_fds, Some(&env), true);
+            let run = self.run_criu_rpc(&criu, &argv, &criu_fds, &env, None);
             let gated = async {
                 let hook = match hook_waiting(&listener).await {
                     Ok(h) => h,

@@ -11,8 +11,8 @@
 mod adopt;
 mod checkpoint;
 mod clients;
+mod criu_rpc;
 mod diag;
-mod dump_rpc;
 pub(crate) mod fd;
 mod files;
 mod gpu;

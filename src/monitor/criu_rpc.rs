@@ -1,0 +1,92 @@
+//! CRIU runs in its RPC mode (see [`crate::criu::rpc`]): a checkpoint's dump, and a
+//! migration's gated dump and restore. CRIU notifies each stage over its socket and waits for
+//! the answer, which [`crate::criu::hook::answer`] gives here, in a thread of the monitor: the
+//! post-dump work while the tree is frozen, a migration's gate, the moment the job resumed.
+//! The action script that CRIU would fork and exec at every stage is then not needed.
+
+use super::{diag, Monitor};
+use crate::criu::{self, Criu};
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+impl Monitor {
+    /// Runs the dump or restore that `argv` describes, with `fds` and `env` for CRIU (and
+    /// `env` for the stages' answers too), the workload lock handed on, as
+    /// [`Self::run_criu_bounded`]. An argv that CRIU's configuration file cannot carry runs
+    /// through the command line, where its `--action-script` answers the stages instead.
+    pub(crate) async fn run_criu_rpc(
+        &self,
+        criu: &Criu,
+        argv: &[String],
+        fds: &[(i32, i32)],
+        env: &[(String, String)],
+        deadline: Option<Duration>,
+    ) -> Result<(), String> {
+        let (swrk, talk) = match criu::rpc::prepare(argv) {
+            Ok(p) => p,
+            Err(e) => {
+                diag(&format!("criu through its command line: {e}"));
+                return self
+                    .run_criu_bounded(criu, argv, fds, Some(env), true, deadline)
+                    .await;
+            }
+        };
+        let vars: HashMap<String, String> = env.iter().cloned().collect();
+        // A thread of its own, not tokio's blocking pool: a CRIU that dies while a stage
+        // waits at a migration's gate leaves that stage waiting for the verdict, as its
+        // action script would, and nothing must wait for it (the runtime's shutdown would).
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("criu-rpc".into())
+            .spawn(move || {
+                let out = talk.run(|stage| criu::hook::answer(stage, |k| vars.get(k).cloned()));
+                let _ = tx.send(out);
+            });
+        if let Err(e) = spawned {
+            diag(&format!(
+                "criu through its command line: a thread for its rpc: {e}"
+            ));
+            return self
+                .run_criu_bounded(criu, argv, fds, Some(env), true, deadline)
+                .await;
+        }
+        let mut all = fds.to_vec();
+        all.push((swrk.criu_end.as_raw_fd(), criu::rpc::FD_IN_CRIU));
+        let ran = self
+            .run_criu_bounded(
+                criu,
+                &criu::rpc::swrk_argv(),
+                &all,
+                Some(env),
+                true,
+                deadline,
+            )
+            .await;
+        // CRIU is gone: a conversation still waiting for its answer now reads the end.
+        drop(swrk);
+        // A CRIU that succeeded answered the request before it exited, so the conversation
+        // ends now. After a failure its words only add to the log, and a stage may still be
+        // held at a gate: waited for briefly, for the diagnostics alone.
+        let said = match &ran {
+            Ok(()) => rx.await.ok(),
+            Err(_) => tokio::time::timeout(Duration::from_millis(100), rx)
+                .await
+                .ok()
+                .and_then(Result::ok),
+        };
+        match said {
+            Some(Ok(out)) => {
+                if let Some(e) = &out.stage_error {
+                    diag(&format!("criu {}: {e}", argv[0]));
+                }
+                if let (Err(_), Some(m)) = (&ran, &out.errmsg) {
+                    diag(&format!("criu {}: {m}", argv[0]));
+                }
+            }
+            Some(Err(e)) => diag(&format!("criu {}: {e}", argv[0])),
+            None => {}
+        }
+        ran
+    }
+}
