@@ -778,3 +778,21 @@ fn another_restores_dev_shm_never_reaches_a_container() {
     assert_eq!(env.status("b"), "running");
     env.ok(&["rm", "-f", "b"]);
 }
+
+/// CRIU's configuration file (how stasis hands CRIU its options in RPC mode) cannot carry a
+/// path with a space or a `#`: such a state root checkpoints and restores through CRIU's
+/// command line and the action script instead, and the job comes back whole.
+#[test]
+fn a_state_root_criu_config_cannot_name_goes_through_the_command_line() {
+    require_criu();
+    let env = Env::with_prefix("st a#");
+    counter(&env, "c", &[]);
+    env.ok(&["checkpoint", "c"]);
+    assert_eq!(env.status("c"), "checkpointed");
+    env.ok(&["restore", "c"]);
+    let vals = wait_counter(&env, "c", counter_values(&env.logs("c")).len() + 2);
+    assert_counter_continuous(&vals);
+    let log = std::fs::read_to_string(env.root().join("workloads/c/monitor.log")).expect("log");
+    assert!(log.contains("criu through its command line"), "{log}");
+    env.ok(&["rm", "-f", "c"]);
+}

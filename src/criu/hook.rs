@@ -42,7 +42,7 @@ pub fn invoked_as_hook(argv0: &std::ffi::OsStr) -> bool {
 /// Runs the hook; returns the exit code CRIU sees (non-zero fails the dump).
 pub fn run() -> i32 {
     let action = std::env::var("CRTOOLS_SCRIPT_ACTION").unwrap_or_default();
-    match answer(&action, |k| std::env::var(k).ok()) {
+    match answer(&action, |k| std::env::var(k).ok(), &mark_complete) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("stasis criu-hook: {e}");
@@ -53,8 +53,13 @@ pub fn run() -> i32 {
 
 /// What stasis does at CRIU's stage `action`, with its settings read through `var`: as the
 /// action script, or in the monitor when CRIU notifies it over RPC (see [`super::rpc`]). An
-/// error fails CRIU's run.
-pub fn answer(action: &str, var: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+/// error fails CRIU's run. `mark` marks a dump's images complete, last of the post-dump work
+/// ([`mark_complete`], or that behind a check that the run still waits for it).
+pub fn answer(
+    action: &str,
+    var: impl Fn(&str) -> Option<String>,
+    mark: &dyn Fn(&Path) -> Result<(), String>,
+) -> Result<(), String> {
     // A migration's dump or restore waits here for the monitor's verdict.
     if let Some(sock) = var(super::gate::ENV_GATE) {
         if super::gate::gated(action) {
@@ -71,13 +76,21 @@ pub fn answer(action: &str, var: impl Fn(&str) -> Option<String>) -> Result<(), 
     if action != "post-dump" {
         return Ok(());
     }
-    post_dump(var)
+    post_dump(var, mark)
+}
+
+/// Marks the images in `dir` complete: every image is written (see [`images_complete`]).
+pub fn mark_complete(dir: &Path) -> Result<(), String> {
+    std::fs::write(dir.join(COMPLETE), b"").map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 /// The post-dump work, with its settings read through `var` (the environment of the action
 /// script, or the monitor's own list when CRIU notifies it over RPC, see [`super::rpc`]).
 /// An error fails the dump, and CRIU resumes the tree.
-pub fn post_dump(var: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+pub fn post_dump(
+    var: impl Fn(&str) -> Option<String>,
+    mark: &dyn Fn(&Path) -> Result<(), String>,
+) -> Result<(), String> {
     let Some(dir) = var(ENV_DIR).map(PathBuf::from) else {
         return Ok(());
     };
@@ -106,7 +119,7 @@ pub fn post_dump(var: impl Fn(&str) -> Option<String>) -> Result<(), String> {
             crate::store::divergence::record(&crate::store::divergence::decode_list(&list));
         crate::store::divergence::write(&dir, &records).map_err(|e| e.to_string())?;
     }
-    std::fs::write(dir.join(COMPLETE), b"").map_err(|e| format!("{}: {e}", dir.display()))
+    mark(&dir)
 }
 
 #[cfg(test)]

@@ -171,12 +171,25 @@ pub fn parse_response(b: &[u8]) -> Result<Response, RpcError> {
 }
 
 /// The configuration file for a dump's or restore's argv (as [`super::DumpOpts::argv`] and
-/// [`super::RestoreOpts::argv`] build them): one option per line, every value quoted. The
-/// leading command and `-vN` are left out (the request
-/// carries the level), and so is `--action-script`: in RPC mode CRIU would run it as well as
-/// notifying. A value CRIU's parser cannot read back whole (a quote, a backslash or a newline
-/// in a path) is an error, and the caller uses the command line instead.
+/// [`super::RestoreOpts::argv`] build them): one option per line, its value after a space, or
+/// joined by `=` where the argv joined it (an optional argument, which CRIU's parser takes only
+/// that way). The leading command and `-vN` are left out (the request carries the level), and
+/// so is `--action-script`: in RPC mode CRIU would run it as well as notifying.
+///
+/// CRIU's parser of these files cuts a value at the first `#` (even in quotes), and a space in
+/// a quoted value can make it refuse the line, or CRIU exit before it logs anything. So a value
+/// with whitespace, `#`, a quote or a backslash, or an empty one, is an error, and the caller
+/// uses the command line instead.
 pub fn config_from_argv(argv: &[String]) -> Result<String, RpcError> {
+    fn plain(name: &str, v: &str) -> Result<(), RpcError> {
+        if v.is_empty() || v.contains(|c: char| c.is_whitespace() || "#\"\\".contains(c)) {
+            return Err(RpcError::Unrepresentable {
+                option: name.to_string(),
+                value: v.to_string(),
+            });
+        }
+        Ok(())
+    }
     let mut out = String::new();
     let mut it = argv
         .iter()
@@ -189,25 +202,21 @@ pub fn config_from_argv(argv: &[String]) -> Result<String, RpcError> {
         let Some(name) = a.strip_prefix("--") else {
             return Err(RpcError::NotAnOption(a.clone()));
         };
-        let (name, inline) = match name.split_once('=') {
-            Some((n, v)) => (n, Some(v.to_string())),
-            None => (name, None),
-        };
-        let value = inline.or_else(|| it.next_if(|v| !v.starts_with('-')).cloned());
+        if let Some((n, v)) = name.split_once('=') {
+            plain(n, v)?;
+            out.push_str(name);
+            out.push('\n');
+            continue;
+        }
+        let value = it.next_if(|v| !v.starts_with('-'));
         if name == "action-script" {
             continue;
         }
         out.push_str(name);
         if let Some(v) = value {
-            if v.contains(['"', '\\', '\n']) {
-                return Err(RpcError::Unrepresentable {
-                    option: name.to_string(),
-                    value: v,
-                });
-            }
-            out.push_str(" \"");
-            out.push_str(&v);
-            out.push('"');
+            plain(name, v)?;
+            out.push(' ');
+            out.push_str(v);
         }
         out.push('\n');
     }
@@ -347,8 +356,11 @@ mod tests {
         .expect("config");
         assert_eq!(
             c,
-            "tree \"42\"\nimages-dir \"/g/.tmp-3\"\nlog-file \"/w/dump.log\"\nexternal \"mnt[/sys]:m0\"\nleave-running\nghost-limit \"4194304\"\nlibdir \"/usr/lib/criu\"\n"
+            "tree 42\nimages-dir /g/.tmp-3\nlog-file /w/dump.log\nexternal mnt[/sys]:m0\nleave-running\nghost-limit 4194304\nlibdir /usr/lib/criu\n"
         );
+        let optional =
+            config_from_argv(&args("restore --manage-cgroups=soft --root /")).expect("config");
+        assert_eq!(optional, "manage-cgroups=soft\nroot /\n");
     }
 
     #[test]
@@ -370,7 +382,7 @@ mod tests {
         assert!(seen.contains(&(12, Some(1))), "notify_scripts in {seen:?}");
         assert_eq!(
             config_from_argv(&argv).expect("config"),
-            "images-dir \"/g/3\"\nlog-file \"/w/r.log\"\nrestore-detached\nrestore-sibling\ninherit-fd \"fd[5]:pipe:[77]\"\nlazy-pages\n"
+            "images-dir /g/3\nlog-file /w/r.log\nrestore-detached\nrestore-sibling\ninherit-fd fd[5]:pipe:[77]\nlazy-pages\n"
         );
         assert!(prepare(&args("check")).is_err());
         assert!(prepare(&args("dump --images-dir /d")).is_err());
@@ -378,16 +390,20 @@ mod tests {
 
     #[test]
     fn a_value_criu_cannot_read_back_is_refused() {
-        let bad = vec!["--images-dir".to_string(), "/a\"b".to_string()];
+        for v in ["/a\"b", "/a b", "/srv/a#b", "/a\\b", "/a\tb", "/a\nb", ""] {
+            let bad = vec!["--images-dir".to_string(), v.to_string()];
+            assert!(
+                matches!(
+                    config_from_argv(&bad),
+                    Err(RpcError::Unrepresentable { .. })
+                ),
+                "{v:?}"
+            );
+        }
         assert!(matches!(
-            config_from_argv(&bad),
+            config_from_argv(&["--manage-cgroups=so ft".to_string()]),
             Err(RpcError::Unrepresentable { .. })
         ));
-        let path_with_space = vec!["--images-dir".to_string(), "/a b".to_string()];
-        assert_eq!(
-            config_from_argv(&path_with_space).expect("config"),
-            "images-dir \"/a b\"\n"
-        );
         assert!(matches!(
             config_from_argv(&["stray".to_string()]),
             Err(RpcError::NotAnOption(_))

@@ -337,6 +337,10 @@ impl Monitor {
             }
             // Should this monitor die while CRIU works, the next one finishes the generation.
             // (Without waiting for the disk: it serves a monitor's death, not a power cut.)
+            // Through CRIU's RPC mode the monitor answers the post-dump stage itself: dead
+            // before that answer, it fails the dump and CRIU resumes the tree (no generation,
+            // the job runs on, unmonitored until adopted); dead after it, CRIU finishes, and
+            // this marker lets the next monitor keep the images.
             let pending = tmp.join(generations::PENDING);
             let written = crate::store::atomic::to_json(&pending, &manifest)
                 .and_then(|d| crate::store::atomic::write_atomic_quick(&pending, &d));

@@ -8,6 +8,8 @@ use super::{diag, Monitor};
 use crate::criu::{self, Criu};
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 impl Monitor {
@@ -33,6 +35,10 @@ impl Monitor {
             }
         };
         let vars: HashMap<String, String> = env.iter().cloned().collect();
+        // Set once CRIU failed: a post-dump stage still at work then must not mark the images
+        // complete (the monitor has already judged them, and a retry may reuse the directory).
+        let abandoned = Arc::new(Mutex::new(false));
+        let gone = abandoned.clone();
         // A thread of its own, not tokio's blocking pool: a CRIU that dies while a stage
         // waits at a migration's gate leaves that stage waiting for the verdict, as its
         // action script would, and nothing must wait for it (the runtime's shutdown would).
@@ -40,7 +46,15 @@ impl Monitor {
         let spawned = std::thread::Builder::new()
             .name("criu-rpc".into())
             .spawn(move || {
-                let out = talk.run(|stage| criu::hook::answer(stage, |k| vars.get(k).cloned()));
+                let mark = |dir: &Path| {
+                    let gone = gone.lock().map_err(|_| "a poisoned lock".to_string())?;
+                    if *gone {
+                        return Err("CRIU ended before its post-dump stage was answered".into());
+                    }
+                    criu::hook::mark_complete(dir)
+                };
+                let out =
+                    talk.run(|stage| criu::hook::answer(stage, |k| vars.get(k).cloned(), &mark));
                 let _ = tx.send(out);
             });
         if let Err(e) = spawned {
@@ -65,6 +79,12 @@ impl Monitor {
             .await;
         // CRIU is gone: a conversation still waiting for its answer now reads the end.
         drop(swrk);
+        if ran.is_err() {
+            match abandoned.lock() {
+                Ok(mut g) => *g = true,
+                Err(e) => *e.into_inner() = true,
+            }
+        }
         // A CRIU that succeeded answered the request before it exited, so the conversation
         // ends now. After a failure its words only add to the log, and a stage may still be
         // held at a gate: waited for briefly, for the diagnostics alone.

@@ -53,6 +53,16 @@ impl Env {
         Env { dir }
     }
 
+    /// A state root whose path starts with `prefix` (under /tmp).
+    pub fn with_prefix(prefix: &str) -> Env {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in("/tmp")
+            .expect("temp root");
+        Env { dir }
+    }
+
     pub fn root(&self) -> &Path {
         self.dir.path()
     }
