@@ -168,7 +168,10 @@ impl Monitor {
         let lazy_bytes = Cell::new(0u64);
         let mut v = None;
         let ran = {
-            let run = self.run_criu_rpc(&criu, &argv, &criu_fds, &env, None);
+            // Through the command line and its action script, not RPC (see `criu_rpc`): the
+            // RPC gate hung a post-copy move in 2 of 12 runs of tests/migrate.rs, cause not
+            // found yet.
+            let run = self.run_criu(&criu, &argv, &criu_fds, Some(&env), true);
             let gated = async {
                 let hook = match hook_waiting(&listener).await {
                     Ok(h) => h,

@@ -142,16 +142,10 @@ impl Monitor {
         let t0 = Instant::now();
         let mut all_env = gpu.env;
         all_env.extend(extra.env);
-        // A gated restore's stages are answered over CRIU's RPC socket (see `criu_rpc`).
-        let gated = ropts.extra.iter().any(|a| a == "--action-script");
         let env = (!all_env.is_empty()).then_some(all_env.as_slice());
-        let mut run = if gated {
-            self.run_criu_rpc(&criu, &ropts.argv(), &[], &all_env, deadline)
-                .await
-        } else {
-            self.run_criu_bounded(&criu, &ropts.argv(), &[], env, true, deadline)
-                .await
-        };
+        let mut run = self
+            .run_criu_bounded(&criu, &ropts.argv(), &[], env, true, deadline)
+            .await;
         placeholders.remove();
         // A host mount that vanished while CRIU worked (after the check above) fails the
         // restore; once more, it gets its stand-in like one gone before.
@@ -163,13 +157,9 @@ impl Monitor {
                 ext_mounts: again,
                 ..ropts
             };
-            run = if gated {
-                self.run_criu_rpc(&criu, &ropts.argv(), &[], &all_env, deadline)
-                    .await
-            } else {
-                self.run_criu_bounded(&criu, &ropts.argv(), &[], env, true, deadline)
-                    .await
-            };
+            run = self
+                .run_criu_bounded(&criu, &ropts.argv(), &[], env, true, deadline)
+                .await;
             placeholders.remove();
         }
         drop(shm);
