@@ -411,21 +411,13 @@ fn descendants(ps: &[Proc], root: i32) -> Vec<i32> {
     under
 }
 
-/// True when `p` is a live CRIU running `verb` ("dump", "restore") for the state root `root`:
-/// by its command line, or, run through CRIU's RPC mode (`criu swrk`, which retitles itself
-/// "VERB --rpc"), by its parent, the monitor, which holds files under `root`.
+/// True when `p` is a live CRIU running `verb` ("dump", "restore") for the state root `root`
+/// (a migration runs CRIU through its command line).
 fn criu_for(p: &Proc, root: &str, verb: &str) -> bool {
-    if p.comm != "criu" || p.state == 'Z' {
-        return false;
-    }
-    if p.cmd.contains(root) && p.cmd.contains(&format!(" {verb} ")) {
-        return true;
-    }
-    (p.cmd.contains(" swrk ") || p.cmd.contains(&format!("{verb} --rpc")))
-        && std::fs::read_dir(format!("/proc/{}/fd", p.ppid)).is_ok_and(|fds| {
-            fds.flatten()
-                .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.starts_with(root)))
-        })
+    p.comm == "criu"
+        && p.state != 'Z'
+        && p.cmd.contains(root)
+        && p.cmd.contains(&format!(" {verb} "))
 }
 
 fn victims(f: Fault, kind: &str, migrate_pid: i32, b: &Host) -> Vec<Proc> {

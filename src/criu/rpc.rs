@@ -20,8 +20,6 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 /// `criu_req_type`: DUMP.
 const REQ_DUMP: u64 = 1;
-/// `criu_req_type`: RESTORE.
-const REQ_RESTORE: u64 = 2;
 /// `criu_req_type`: NOTIFY (a stage CRIU reached; it waits for the answer).
 const REQ_NOTIFY: u64 = 6;
 /// The largest message CRIU sends stasis (a notify or a dump response with its error text).
@@ -66,27 +64,20 @@ fn put_bytes(b: &mut Vec<u8>, field: u64, v: &[u8]) {
     b.extend_from_slice(v);
 }
 
-/// The request: criu_req { type = DUMP or RESTORE, opts = { images_dir_fd = -1 (the
-/// directory is in the configuration file), pid (a dump's), log_level, notify_scripts,
+/// The dump request for the tree of `pid`: criu_req { type = DUMP, opts = { images_dir_fd =
+/// -1 (the directory is in the configuration file), pid, log_level, notify_scripts,
 /// config_file } }.
-pub fn request(kind: u64, pid: Option<i32>, log_level: u8, config_file: &str) -> Vec<u8> {
+pub fn dump_request(pid: i32, log_level: u8, config_file: &str) -> Vec<u8> {
     let mut opts = Vec::new();
     put_int32(&mut opts, 1, -1);
-    if let Some(pid) = pid {
-        put_int32(&mut opts, 2, pid);
-    }
+    put_int32(&mut opts, 2, pid);
     put_int32(&mut opts, 9, i32::from(log_level));
     put_uint(&mut opts, 12, 1);
     put_bytes(&mut opts, 51, config_file.as_bytes());
     let mut req = Vec::new();
-    put_uint(&mut req, 1, kind);
+    put_uint(&mut req, 1, REQ_DUMP);
     put_bytes(&mut req, 2, &opts);
     req
-}
-
-/// The dump request for the tree of `pid`.
-pub fn dump_request(pid: i32, log_level: u8, config_file: &str) -> Vec<u8> {
-    request(REQ_DUMP, Some(pid), log_level, config_file)
 }
 
 /// The answer to a notification: criu_req { type = NOTIFY, notify_success }.
@@ -170,8 +161,8 @@ pub fn parse_response(b: &[u8]) -> Result<Response, RpcError> {
     Ok(r)
 }
 
-/// The configuration file for a dump's or restore's argv (as [`super::DumpOpts::argv`] and
-/// [`super::RestoreOpts::argv`] build them): one option per line, its value after a space, or
+/// The configuration file for a dump's argv (as [`super::DumpOpts::argv`] builds it): one
+/// option per line, its value after a space, or
 /// joined by `=` where the argv joined it (an optional argument, which CRIU's parser takes only
 /// that way). The leading command and `-vN` are left out (the request carries the level), and
 /// so is `--action-script`: in RPC mode CRIU would run it as well as notifying.
@@ -191,10 +182,7 @@ pub fn config_from_argv(argv: &[String]) -> Result<String, RpcError> {
         Ok(())
     }
     let mut out = String::new();
-    let mut it = argv
-        .iter()
-        .skip_while(|a| *a == "dump" || *a == "restore")
-        .peekable();
+    let mut it = argv.iter().skip_while(|a| *a == "dump").peekable();
     while let Some(a) = it.next() {
         if a.starts_with("-v") && !a.starts_with("--") {
             continue;
@@ -300,25 +288,20 @@ pub fn swrk_argv() -> Vec<String> {
     vec!["swrk".into(), FD_IN_CRIU.to_string()]
 }
 
-/// Prepares the run that `argv` (a `dump` or a `restore`, as [`super::DumpOpts::argv`] and
-/// [`super::RestoreOpts::argv`] build them) describes: a dump's pid and the log level go into
-/// the request, everything else into the configuration file.
+/// Prepares the dump that `argv` (as [`super::DumpOpts::argv`] builds it) describes: the pid
+/// and the log level go into the request, everything else into the configuration file.
 pub fn prepare(argv: &[String]) -> Result<(Swrk, Conversation), RpcError> {
     use std::io::Write;
     let text = config_from_argv(argv)?;
-    let (kind, pid) = match argv.first().map(String::as_str) {
-        Some("dump") => {
-            let tree = argv
-                .iter()
-                .position(|a| a == "--tree")
-                .and_then(|i| argv.get(i + 1))
-                .and_then(|p| p.parse::<i32>().ok())
-                .ok_or(RpcError::Malformed("no --tree in the dump's argv"))?;
-            (REQ_DUMP, Some(tree))
-        }
-        Some("restore") => (REQ_RESTORE, None),
-        _ => return Err(RpcError::Malformed("neither a dump nor a restore")),
-    };
+    if argv.first().map(String::as_str) != Some("dump") {
+        return Err(RpcError::Malformed("not a dump"));
+    }
+    let tree = argv
+        .iter()
+        .position(|a| a == "--tree")
+        .and_then(|i| argv.get(i + 1))
+        .and_then(|p| p.parse::<i32>().ok())
+        .ok_or(RpcError::Malformed("no --tree in the dump's argv"))?;
     let level = argv
         .iter()
         .find_map(|a| a.strip_prefix("-v").and_then(|l| l.parse::<u8>().ok()))
@@ -335,7 +318,7 @@ pub fn prepare(argv: &[String]) -> Result<(Swrk, Conversation), RpcError> {
         Swrk { criu_end, config },
         Conversation {
             ours,
-            request: request(kind, pid, level, &path),
+            request: dump_request(tree, level, &path),
         },
     ))
 }
@@ -359,13 +342,13 @@ mod tests {
             "tree 42\nimages-dir /g/.tmp-3\nlog-file /w/dump.log\nexternal mnt[/sys]:m0\nleave-running\nghost-limit 4194304\nlibdir /usr/lib/criu\n"
         );
         let optional =
-            config_from_argv(&args("restore --manage-cgroups=soft --root /")).expect("config");
+            config_from_argv(&args("dump --manage-cgroups=soft --root /")).expect("config");
         assert_eq!(optional, "manage-cgroups=soft\nroot /\n");
     }
 
     #[test]
-    fn a_restore_request_carries_no_pid_and_its_config_has_every_option() {
-        let argv = args("restore --images-dir /g/3 --log-file /w/r.log -v4 --restore-detached --restore-sibling --inherit-fd fd[5]:pipe:[77] --action-script /h --lazy-pages");
+    fn a_prepared_dump_carries_its_pid_and_level_in_the_request_and_the_rest_in_its_config() {
+        let argv = args("dump --tree 7 --images-dir /g/3 --log-file /w/r.log -v4 --inherit-fd fd[5]:pipe:[77] --action-script /h --lazy-pages");
         let (_swrk, talk) = prepare(&argv).expect("prepare");
         let (mut kind, mut opts) = (0, vec![]);
         fields(&talk.request, |f, v, b| match (f, v, b) {
@@ -374,17 +357,17 @@ mod tests {
             _ => {}
         })
         .expect("request");
-        assert_eq!(kind, REQ_RESTORE);
+        assert_eq!(kind, REQ_DUMP);
         let mut seen = vec![];
         fields(&opts, |f, v, _| seen.push((f, v))).expect("opts");
-        assert!(!seen.iter().any(|(f, _)| *f == 2), "a pid in {seen:?}");
+        assert!(seen.contains(&(2, Some(7))), "pid 7 in {seen:?}");
         assert!(seen.contains(&(9, Some(4))), "log level 4 in {seen:?}");
         assert!(seen.contains(&(12, Some(1))), "notify_scripts in {seen:?}");
         assert_eq!(
             config_from_argv(&argv).expect("config"),
-            "images-dir /g/3\nlog-file /w/r.log\nrestore-detached\nrestore-sibling\ninherit-fd fd[5]:pipe:[77]\nlazy-pages\n"
+            "tree 7\nimages-dir /g/3\nlog-file /w/r.log\ninherit-fd fd[5]:pipe:[77]\nlazy-pages\n"
         );
-        assert!(prepare(&args("check")).is_err());
+        assert!(prepare(&args("restore --images-dir /d")).is_err());
         assert!(prepare(&args("dump --images-dir /d")).is_err());
     }
 

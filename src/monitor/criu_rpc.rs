@@ -3,10 +3,10 @@
 //! gives here, in a thread of the monitor: the post-dump work while the tree is frozen. The
 //! action script that CRIU would fork and exec at every stage is then not needed.
 //!
-//! The same run answers a migration's gate as well (the answers are the action script's), and
-//! it took 20 to 30 ms off post-copy's downtime. A migration still runs CRIU through the
-//! command line, though: with its gated dump and restore through here, a post-copy move of
-//! tests/migrate.rs hung in 2 of 12 runs of the suite (the source's monitor stopped answering),
+//! A migration's gated dump and restore were run this way too (with a restore request, since
+//! removed from `criu::rpc`), and it took 20 to 30 ms off post-copy's downtime. A migration
+//! still runs CRIU through the command line, though: so run, a post-copy move of
+//! tests/migrate.rs hung in 2 of 13 runs of the suite (the source's monitor stopped answering),
 //! and the cause is not found yet.
 
 use super::{diag, Monitor};
@@ -18,9 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 impl Monitor {
-    /// Runs the dump or restore that `argv` describes, with `fds` and `env` for CRIU (and
-    /// `env` for the stages' answers too), the workload lock handed on, as
-    /// [`Self::run_criu_bounded`]. An argv that CRIU's configuration file cannot carry runs
+    /// Runs the dump that `argv` describes, with `fds` and `env` for CRIU (and `env` for the
+    /// stages' answers too), the workload lock handed on, as [`Self::run_criu_bounded`]. An
+    /// argv that CRIU's configuration file cannot carry (or a thread that cannot be had) runs
     /// through the command line, where its `--action-script` answers the stages instead.
     pub(crate) async fn run_criu_rpc(
         &self,
@@ -30,13 +30,12 @@ impl Monitor {
         env: &[(String, String)],
         deadline: Option<Duration>,
     ) -> Result<(), String> {
+        let cli = || self.run_criu_bounded(criu, argv, fds, Some(env), true, deadline);
         let (swrk, talk) = match criu::rpc::prepare(argv) {
             Ok(p) => p,
             Err(e) => {
                 diag(&format!("criu through its command line: {e}"));
-                return self
-                    .run_criu_bounded(criu, argv, fds, Some(env), true, deadline)
-                    .await;
+                return cli().await;
             }
         };
         let vars: HashMap<String, String> = env.iter().cloned().collect();
@@ -66,9 +65,7 @@ impl Monitor {
             diag(&format!(
                 "criu through its command line: a thread for its rpc: {e}"
             ));
-            return self
-                .run_criu_bounded(criu, argv, fds, Some(env), true, deadline)
-                .await;
+            return cli().await;
         }
         let mut all = fds.to_vec();
         all.push((swrk.criu_end.as_raw_fd(), criu::rpc::FD_IN_CRIU));
