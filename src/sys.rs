@@ -499,15 +499,65 @@ pub fn read_signalfd(fd: BorrowedFd<'_>) -> io::Result<Option<i32>> {
     Ok(Some(info.ssi_signo as i32))
 }
 
-/// Unblocks every signal and resets every handler to its default (for a child before exec).
-pub fn reset_signals() {
+/// Unblocks every signal and resets only `ignored` to their default action, for a child of a
+/// process that knows which signals it ignores: execve resets caught signals itself and keeps
+/// only ignored ones, so this is all the resetting such a child needs (and 60-odd fewer
+/// syscalls on the way to every exec session than [`reset_signals`]).
+pub fn reset_ignored_signals(ignored: &[i32]) {
     let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
-    for s in 1..libc::SIGRTMAX() {
+    for &s in ignored {
+        // SAFETY: resetting to SIG_DFL installs no code of ours.
+        unsafe { libc::signal(s, libc::SIG_DFL) };
+    }
+}
+
+/// A fresh random value from the kernel (getrandom(2), no file to open).
+pub fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
+    let mut b = [0u8; N];
+    // SAFETY: getrandom writes at most N bytes into b.
+    let got = unsafe { libc::getrandom(b.as_mut_ptr().cast(), N, 0) };
+    cvt(got as libc::c_long)?;
+    if got as usize != N {
+        return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+    }
+    Ok(b)
+}
+
+/// Unblocks every signal and resets every disposition to its default (for a child before
+/// exec), signals 32 and 33 included. glibc's `signal()` refuses those two (it uses them
+/// itself), and its `posix_spawn` leaves them *ignored* in the children of a threaded parent
+/// (Rust's `Command` is one), and an ignored signal stays ignored across exec: without the raw
+/// syscall, a job started by such a parent ran with them ignored.
+pub fn reset_signals() {
+    // The kernel's struct sigaction, not glibc's (whose mask is 128 bytes).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
+    let dfl = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for s in 1..=64 {
         if s == libc::SIGKILL || s == libc::SIGSTOP {
             continue;
         }
-        // SAFETY: resetting to SIG_DFL installs no code of ours.
-        unsafe { libc::signal(s, libc::SIG_DFL) };
+        // SAFETY: installs SIG_DFL (no code of ours) through a struct of the kernel's layout.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                s,
+                &dfl as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            )
+        };
     }
 }
 

@@ -55,6 +55,30 @@ fn exit_table_for_exec() {
     assert_eq!(code(&o), 128 + 10);
 }
 
+/// A session (and the workload) starts as a fresh program would: no signal blocked or
+/// ignored, although init ignores SIGPIPE and blocks the signals it forwards.
+#[test]
+fn a_session_starts_with_no_signal_blocked_or_ignored() {
+    let env = Env::new();
+    workload(&env, "w", &[]);
+    let masks = |status: &str| -> Vec<String> {
+        status
+            .lines()
+            .filter(|l| l.starts_with("SigBlk:") || l.starts_with("SigIgn:"))
+            .map(str::to_string)
+            .collect()
+    };
+    let want = vec![
+        "SigBlk:\t0000000000000000".to_string(),
+        "SigIgn:\t0000000000000000".to_string(),
+    ];
+    let out = env.ok(&["exec", "w", "--", "cat", "/proc/self/status"]);
+    assert_eq!(masks(&out), want, "{out}");
+    let out = env.ok(&["run", "--rm", "--", "cat", "/proc/self/status"]);
+    assert_eq!(masks(&out), want, "{out}");
+    env.ok(&["rm", "-f", "w"]);
+}
+
 /// The 21 catchable signals a user can mean for a session (not KILL/STOP, not CHLD, not the
 /// fault signals SEGV/BUS/FPE/ILL, not job control TSTP/TTIN/TTOU).
 const SIGNALS: [(&str, i32); 21] = [

@@ -30,7 +30,7 @@ pub enum Shell {
     Fish,
 }
 
-/// `stasis completion SHELL`.
+// `stasis completion SHELL`.
 #[derive(clap::Args, Debug)]
 pub struct CompletionArgs {
     /// The shell to print the completion script for.

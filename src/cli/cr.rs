@@ -43,8 +43,8 @@ pub struct CheckpointArgs {
     pub name: Option<WorkloadName>,
 }
 
-/// CRIU options for one checkpoint, on top of the spec's `criu:` (see `stasis help` and
-/// config/job.yaml for what each does and its default).
+// CRIU options for one checkpoint, on top of the spec's `criu:` (see `stasis help` and
+// config/job.yaml for what each does and its default).
 #[derive(Args, Debug, Default)]
 pub struct CriuFlags {
     /// Dump established TCP connections; the restore brings them back (the addresses must

@@ -53,7 +53,7 @@ pub struct MigrateArgs {
     pub dest: String,
 }
 
-/// `stasis __migrate-pages NAME TOKEN`.
+// `stasis __migrate-pages NAME TOKEN`.
 #[derive(Args, Debug)]
 pub struct PagesArgs {
     /// The workload arriving.

@@ -34,7 +34,11 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
+/// Each command's arguments are built only when it is the one invoked (`defer`): building
+/// all of them took about 0.2 ms of every CLI call, a tenth of an `exec true`'s own cost.
+/// Whatever walks the whole definition (help checks, man pages, completion) calls `build()`.
 #[derive(Subcommand, Debug)]
+#[command(defer = true)]
 pub enum Cmd {
     /// Run a workload in a new container (attached, like ssh, unless -d).
     Run(Box<run::RunArgs>),
@@ -285,6 +289,31 @@ mod tests {
         assert_eq!(fmt_time(1_795_000_000_000), "2026-11-18 11:06:40");
     }
 
+    /// With `defer`, an argument struct's doc comment would replace its command's about
+    /// text (it is applied after the variant's): every command's about must be the doc
+    /// comment of its variant in `Cmd`.
+    #[test]
+    fn each_command_is_described_by_its_own_variant() {
+        use clap::CommandFactory;
+        let src = include_str!("mod.rs");
+        let enum_src = &src[src.find("pub enum Cmd {").expect("Cmd")..];
+        let enum_src = &enum_src[..enum_src.find("\n}\n").expect("end of Cmd")];
+        let mut c = Cli::command();
+        c.build();
+        let mut seen = 0;
+        for sub in c.get_subcommands().filter(|s| s.get_name() != "help") {
+            let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+            let head: String = about.chars().take(40).collect();
+            assert!(
+                enum_src.contains(&format!("/// {head}")),
+                "{}: about {about:?} is not its variant's doc comment",
+                sub.get_name()
+            );
+            seen += 1;
+        }
+        assert!(seen > 20, "{seen} commands");
+    }
+
     #[test]
     fn cli_parses() {
         use clap::CommandFactory;
@@ -311,7 +340,14 @@ mod tests {
             }
         }
         let mut missing = vec![];
-        walk(&Cli::command(), "stasis", &mut missing);
+        let mut c = Cli::command();
+        c.build();
+        assert!(
+            c.find_subcommand("exec")
+                .is_some_and(|e| e.get_arguments().any(|a| a.get_id() == "detach")),
+            "the walk sees every command's arguments"
+        );
+        walk(&c, "stasis", &mut missing);
         assert!(missing.is_empty(), "no help text: {missing:#?}");
     }
 }

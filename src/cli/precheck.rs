@@ -10,7 +10,7 @@ use stasis::store::name::WorkloadName;
 use stasis::store::state::StateRoot;
 use std::io::Read;
 
-/// `stasis host-facts`: this host's stasis, CRIU and (for an image on stdin) CPU check.
+// `stasis host-facts`: this host's stasis, CRIU and (for an image on stdin) CPU check.
 #[derive(Args, Debug)]
 pub struct HostFactsArgs {
     /// Output format (JSON is what `check --target` reads).

@@ -292,7 +292,8 @@ pub fn main() -> ! {
         .and_then(|a| a.parse().ok())
         .unwrap_or(WORKLOAD_GRACE_MS);
     sys::set_name("stasis-init");
-    // A vanished reader is an error to handle here, never a reason for PID 1 to die.
+    // A vanished reader is an error to handle here, never a reason for PID 1 to die. (The
+    // only signal init ignores: `spawn::IGNORED_BY_PARENT`, which its children reset.)
     sys::sigpipe(true);
     let mut sigs = forwarded_signals();
     sigs.push(libc::SIGCHLD);

@@ -394,7 +394,7 @@ fn errno_text(e: &io::Error) -> String {
 /// In a freshly forked child: applies `p` and execs. Never returns; on failure writes the
 /// reason to `err_pipe` (CLOEXEC, so a successful exec closes it and the parent reads EOF).
 pub fn exec_child(p: &ProcSpec, prep: &Prepared, fds: &[OwnedFd], err_pipe: BorrowedFd<'_>) -> ! {
-    sys::reset_signals();
+    sys::reset_ignored_signals(&IGNORED_BY_PARENT);
     if let Err(e) = ::nix::unistd::setsid() {
         fail(err_pipe, CODE_STASIS_ERROR, format!("setsid: {e}"));
     }
@@ -574,6 +574,12 @@ fn drop_privileges(p: &ProcSpec) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The only signals a spawning process ignores. init starts with every disposition at its
+/// default (the container's first child resets them all before it execs init, and CRIU
+/// restores what it dumped), then ignores SIGPIPE; Rust's runtime ignores SIGPIPE in the test
+/// harness too. Its other handlers are caught, which execve resets by itself.
+pub const IGNORED_BY_PARENT: [i32; 1] = [libc::SIGPIPE];
 
 /// Forks a child that applies `p` and execs, from a single-threaded process (init). Returns
 /// the child's pid once it has exec'd, or why it could not.

@@ -101,14 +101,12 @@ impl<'de> Deserialize<'de> for SessionId {
 
 /// 12 random hex digits.
 pub fn random_hex() -> String {
-    let mut b = [0u8; 6];
-    if fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .is_err()
-    {
+    let b = crate::sys::random_bytes::<6>().unwrap_or_else(|_| {
         let t = crate::store::state::now_ms() ^ (std::process::id() as u64) << 20;
+        let mut b = [0u8; 6];
         b.copy_from_slice(&t.to_le_bytes()[..6]);
-    }
+        b
+    });
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -122,10 +120,18 @@ pub fn log_path(wd: &WorkloadDir, id: &SessionId) -> PathBuf {
     wd.exec_dir().join(format!("{id}.log"))
 }
 
-/// Writes a session record atomically.
+/// Writes a session record atomically and durably.
 pub fn save(wd: &WorkloadDir, rec: &SessionRecord) -> Result<(), FsError> {
     atomic::mkdir_p(&wd.exec_dir(), 0o700)?;
     atomic::write_json_atomic(&record_path(wd, &rec.id), rec)
+}
+
+/// Writes a session record atomically without waiting for the disk: readers see it at once,
+/// a power cut may bring back the older one (or none), as for the workload's running state.
+pub fn save_quick(wd: &WorkloadDir, rec: &SessionRecord) -> Result<(), FsError> {
+    atomic::mkdir_p(&wd.exec_dir(), 0o700)?;
+    let path = record_path(wd, &rec.id);
+    atomic::write_atomic_quick(&path, &atomic::to_json(&path, rec)?)
 }
 
 /// Reads one session record.
@@ -191,7 +197,11 @@ mod tests {
                 finished_at: None,
                 error: None,
             };
-            save(&w, &rec).unwrap();
+            if i == 0 {
+                save(&w, &rec).unwrap();
+            } else {
+                save_quick(&w, &rec).unwrap();
+            }
         }
         let l = list(&w);
         assert_eq!(
