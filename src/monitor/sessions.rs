@@ -454,6 +454,8 @@ impl Monitor {
         for cid in s.client.into_iter().chain(s.waiters.iter().copied()) {
             self.reply(cid, r.clone());
         }
+        // The clients' writers send the exit first: init's housekeeping is nobody's wait.
+        tokio::task::yield_now().await;
         if let Some(live) = &self.live {
             let _ = live.link.tell(&ToInit::Forget { id: init_id(id) }).await;
         }
