@@ -1,4 +1,5 @@
-//! A dump through CRIU's RPC mode (`criu swrk FD`) instead of its command line.
+//! A dump, or a lazy restore, through CRIU's RPC mode (`criu swrk FD`) instead of its
+//! command line.
 //!
 //! Why: with `--action-script`, CRIU forks and execs the script at every stage of a dump:
 //! pre-dump, post-dump (inside the frozen window) and, for a job with its own network
@@ -11,6 +12,11 @@
 //! own settings), so one argv (see [`super::argv`]) serves both modes. Only the log level and
 //! the pid travel in the request, as CRIU's RPC mode takes them from there.
 //!
+//! A lazy restore uses the mode for another reason: CRIU takes about 7 ms here to start (its
+//! libraries and set-up) before it does anything, and `criu swrk` can do that while the
+//! lazy-pages daemon, itself a CRIU starting up, gets ready to listen. The request goes once
+//! it does (a restore connects to the daemon early on).
+//!
 //! The messages are CRIU's `rpc.proto` (criu_req, criu_resp, criu_notify). The few fields
 //! stasis uses are written and read here by hand rather than through a protobuf code
 //! generator: nine fields do not justify a build step.
@@ -20,6 +26,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 /// `criu_req_type`: DUMP.
 const REQ_DUMP: u64 = 1;
+/// `criu_req_type`: RESTORE.
+const REQ_RESTORE: u64 = 2;
 /// `criu_req_type`: NOTIFY (a stage CRIU reached; it waits for the answer).
 const REQ_NOTIFY: u64 = 6;
 /// The largest message CRIU sends stasis (a notify or a dump response with its error text).
@@ -64,20 +72,29 @@ fn put_bytes(b: &mut Vec<u8>, field: u64, v: &[u8]) {
     b.extend_from_slice(v);
 }
 
-/// The dump request for the tree of `pid`: criu_req { type = DUMP, opts = { images_dir_fd =
-/// -1 (the directory is in the configuration file), pid, log_level, notify_scripts,
-/// config_file } }.
-pub fn dump_request(pid: i32, log_level: u8, config_file: &str) -> Vec<u8> {
+/// A request: criu_req { type, opts = { images_dir_fd = -1 (the directory is in the
+/// configuration file), pid (a dump's), log_level, notify_scripts (where the command line
+/// would have run an action script), config_file } }.
+fn request(kind: u64, pid: Option<i32>, log_level: u8, notify: bool, config: &str) -> Vec<u8> {
     let mut opts = Vec::new();
     put_int32(&mut opts, 1, -1);
-    put_int32(&mut opts, 2, pid);
+    if let Some(pid) = pid {
+        put_int32(&mut opts, 2, pid);
+    }
     put_int32(&mut opts, 9, i32::from(log_level));
-    put_uint(&mut opts, 12, 1);
-    put_bytes(&mut opts, 51, config_file.as_bytes());
+    if notify {
+        put_uint(&mut opts, 12, 1);
+    }
+    put_bytes(&mut opts, 51, config.as_bytes());
     let mut req = Vec::new();
-    put_uint(&mut req, 1, REQ_DUMP);
+    put_uint(&mut req, 1, kind);
     put_bytes(&mut req, 2, &opts);
     req
+}
+
+/// The dump request for the tree of `pid`, its stages notified.
+pub fn dump_request(pid: i32, log_level: u8, config_file: &str) -> Vec<u8> {
+    request(REQ_DUMP, Some(pid), log_level, true, config_file)
 }
 
 /// The answer to a notification: criu_req { type = NOTIFY, notify_success }.
@@ -161,8 +178,8 @@ pub fn parse_response(b: &[u8]) -> Result<Response, RpcError> {
     Ok(r)
 }
 
-/// The configuration file for a dump's argv (as [`super::DumpOpts::argv`] builds it): one
-/// option per line, its value after a space, or
+/// The configuration file for a dump's or a restore's argv (as [`super::DumpOpts::argv`] and
+/// [`super::RestoreOpts::argv`] build them): one option per line, its value after a space, or
 /// joined by `=` where the argv joined it (an optional argument, which CRIU's parser takes only
 /// that way). The leading command and `-vN` are left out (the request carries the level), and
 /// so is `--action-script`: in RPC mode CRIU would run it as well as notifying.
@@ -182,7 +199,10 @@ pub fn config_from_argv(argv: &[String]) -> Result<String, RpcError> {
         Ok(())
     }
     let mut out = String::new();
-    let mut it = argv.iter().skip_while(|a| *a == "dump").peekable();
+    let mut it = argv
+        .iter()
+        .skip_while(|a| *a == "dump" || *a == "restore")
+        .peekable();
     while let Some(a) = it.next() {
         if a.starts_with("-v") && !a.starts_with("--") {
             continue;
@@ -211,10 +231,10 @@ pub fn config_from_argv(argv: &[String]) -> Result<String, RpcError> {
     Ok(out)
 }
 
-/// How a dump's conversation ended.
+/// How a dump's or a restore's conversation ended.
 #[derive(Debug, Default, PartialEq)]
 pub struct Outcome {
-    /// CRIU's answer to the dump, if it got that far.
+    /// CRIU's answer to the request, if it got that far.
     pub success: Option<bool>,
     pub errmsg: Option<String>,
     /// The stages CRIU notified, in order.
@@ -258,7 +278,7 @@ pub fn converse(
 /// Where CRIU finds its end of the socket (`criu swrk 89`).
 pub const FD_IN_CRIU: i32 = 89;
 
-/// What the caller keeps while CRIU runs a dump in RPC mode.
+/// What the caller keeps while CRIU runs in RPC mode.
 pub struct Swrk {
     /// CRIU's end of the socket, to hand it at [`FD_IN_CRIU`]. The caller closes it once CRIU
     /// has exited: a CRIU that died without answering then ends the conversation.
@@ -288,20 +308,27 @@ pub fn swrk_argv() -> Vec<String> {
     vec!["swrk".into(), FD_IN_CRIU.to_string()]
 }
 
-/// Prepares the dump that `argv` (as [`super::DumpOpts::argv`] builds it) describes: the pid
-/// and the log level go into the request, everything else into the configuration file.
+/// Prepares the dump or restore that `argv` (as [`super::DumpOpts::argv`] and
+/// [`super::RestoreOpts::argv`] build them) describes: a dump's pid and the log level go into
+/// the request, everything else into the configuration file. CRIU notifies its stages only
+/// where the argv names an action script (which it then does not run).
 pub fn prepare(argv: &[String]) -> Result<(Swrk, Conversation), RpcError> {
     use std::io::Write;
     let text = config_from_argv(argv)?;
-    if argv.first().map(String::as_str) != Some("dump") {
-        return Err(RpcError::Malformed("not a dump"));
-    }
-    let tree = argv
-        .iter()
-        .position(|a| a == "--tree")
-        .and_then(|i| argv.get(i + 1))
-        .and_then(|p| p.parse::<i32>().ok())
-        .ok_or(RpcError::Malformed("no --tree in the dump's argv"))?;
+    let (kind, pid) = match argv.first().map(String::as_str) {
+        Some("dump") => {
+            let tree = argv
+                .iter()
+                .position(|a| a == "--tree")
+                .and_then(|i| argv.get(i + 1))
+                .and_then(|p| p.parse::<i32>().ok())
+                .ok_or(RpcError::Malformed("no --tree in the dump's argv"))?;
+            (REQ_DUMP, Some(tree))
+        }
+        Some("restore") => (REQ_RESTORE, None),
+        _ => return Err(RpcError::Malformed("neither a dump nor a restore")),
+    };
+    let notify = argv.iter().any(|a| a == "--action-script");
     let level = argv
         .iter()
         .find_map(|a| a.strip_prefix("-v").and_then(|l| l.parse::<u8>().ok()))
@@ -318,7 +345,7 @@ pub fn prepare(argv: &[String]) -> Result<(Swrk, Conversation), RpcError> {
         Swrk { criu_end, config },
         Conversation {
             ours,
-            request: dump_request(tree, level, &path),
+            request: request(kind, pid, level, notify, &path),
         },
     ))
 }
@@ -367,8 +394,43 @@ mod tests {
             config_from_argv(&argv).expect("config"),
             "tree 7\nimages-dir /g/3\nlog-file /w/r.log\ninherit-fd fd[5]:pipe:[77]\nlazy-pages\n"
         );
-        assert!(prepare(&args("restore --images-dir /d")).is_err());
         assert!(prepare(&args("dump --images-dir /d")).is_err());
+        assert!(prepare(&args("check --images-dir /d")).is_err());
+    }
+
+    #[test]
+    fn a_prepared_restore_carries_no_pid_and_asks_no_stage_without_a_script() {
+        let argv = args("restore --images-dir /g/3 --log-file /w/r.log -v2 --restore-detached --restore-sibling --pidfile /r/p --root / --manage-cgroups=soft --lazy-pages");
+        let (_swrk, talk) = prepare(&argv).expect("prepare");
+        let (mut kind, mut opts) = (0, vec![]);
+        fields(&talk.request, |f, v, b| match (f, v, b) {
+            (1, Some(v), _) => kind = v,
+            (2, _, Some(o)) => opts = o.to_vec(),
+            _ => {}
+        })
+        .expect("request");
+        assert_eq!(kind, REQ_RESTORE);
+        let mut seen = vec![];
+        fields(&opts, |f, v, _| seen.push((f, v))).expect("opts");
+        assert!(!seen.iter().any(|(f, _)| *f == 2), "a pid in {seen:?}");
+        assert!(!seen.iter().any(|(f, _)| *f == 12), "notify in {seen:?}");
+        assert!(seen.contains(&(9, Some(2))), "log level 2 in {seen:?}");
+        assert_eq!(
+            config_from_argv(&argv).expect("config"),
+            "images-dir /g/3\nlog-file /w/r.log\nrestore-detached\nrestore-sibling\npidfile /r/p\nroot /\nmanage-cgroups=soft\nlazy-pages\n"
+        );
+        let (_swrk, gated) =
+            prepare(&args("restore --images-dir /g/3 --action-script /h")).expect("prepare");
+        let mut opts = vec![];
+        fields(&gated.request, |f, _, b| {
+            if let (2, Some(o)) = (f, b) {
+                opts = o.to_vec()
+            }
+        })
+        .expect("request");
+        let mut seen = vec![];
+        fields(&opts, |f, v, _| seen.push((f, v))).expect("opts");
+        assert!(seen.contains(&(12, Some(1))), "notify_scripts in {seen:?}");
     }
 
     #[test]

@@ -350,7 +350,14 @@ impl Monitor {
             }
             let t0 = Instant::now();
             let ran = self
-                .run_criu_rpc(&criu, &dump_opts(shm.is_some()).argv(), &[], &env, None)
+                .run_criu_rpc(
+                    &criu,
+                    &dump_opts(shm.is_some()).argv(),
+                    &[],
+                    &env,
+                    None,
+                    std::future::ready(Ok(())),
+                )
                 .await;
             if ran.is_err() && shm.is_some() && tmp.join(shm::BUSY).exists() {
                 // The job wrote to /dev/shm between the look and the freeze; CRIU resumed it.

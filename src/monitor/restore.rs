@@ -130,11 +130,6 @@ impl Monitor {
             flags: manifest.criu.clone(),
             extra: gpu.args.into_iter().chain(extra.argv).collect(),
         };
-        if let Some((status, daemon_log)) = ready {
-            super::lazy::daemon_listens(&status, &daemon_log)
-                .await
-                .map_err(|e| err_reply(CODE_STASIS_ERROR, e))?;
-        }
         let was = self.st.status;
         self.st.status = Status::Restoring;
         self.st.restoring_since = Some(crate::store::state::now_ms());
@@ -143,9 +138,25 @@ impl Monitor {
         let mut all_env = gpu.env;
         all_env.extend(extra.env);
         let env = (!all_env.is_empty()).then_some(all_env.as_slice());
-        let mut run = self
-            .run_criu_bounded(&criu, &ropts.argv(), &[], env, true, deadline)
-            .await;
+        let mut run = match &ready {
+            // A lazy restore: CRIU starts up (about 7 ms) while the lazy-pages daemon gets
+            // ready, and gets its request once the daemon listens.
+            Some((status, daemon_log)) => {
+                self.run_criu_rpc(
+                    &criu,
+                    &ropts.argv(),
+                    &[],
+                    &all_env,
+                    deadline,
+                    super::lazy::daemon_listens(status, daemon_log),
+                )
+                .await
+            }
+            None => {
+                self.run_criu_bounded(&criu, &ropts.argv(), &[], env, true, deadline)
+                    .await
+            }
+        };
         placeholders.remove();
         // A host mount that vanished while CRIU worked (after the check above) fails the
         // restore; once more, it gets its stand-in like one gone before.
