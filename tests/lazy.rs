@@ -131,3 +131,44 @@ fn restore_on_crash_is_lazy_and_exact() {
         "memory differs after a lazy restore-on-crash"
     );
 }
+
+/// A lazy-pages daemon that cannot start is no failed restore: the restore goes on fully, the
+/// job runs, and its events record a restore, not a `restore-failed`.
+#[test]
+fn a_daemon_that_cannot_start_gives_a_full_restore_and_no_failure() {
+    let env = Env::new();
+    let criu = stasis::criu::locate().expect("criu").path;
+    // CRIU as it is, except that `criu lazy-pages` exits at once.
+    let wrapper = env.root().join("criu-no-lazy");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = lazy-pages ] && exit 3\nexec {} \"$@\"\n",
+            criu.display()
+        ),
+    )
+    .expect("write wrapper");
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod wrapper");
+    let with_wrapper = |args: &[&str]| {
+        let o = env
+            .cmd(args)
+            .env("STASIS_CRIU", &wrapper)
+            .output()
+            .expect("stasis");
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    };
+    with_wrapper(&["run", "-d", "--name", "d", "--", "sleep", "100000"]);
+    with_wrapper(&["checkpoint", "d"]);
+    with_wrapper(&["restore", "--lazy", "d"]);
+    assert_eq!(env.status("d"), "running");
+    let events = env.ok(&["events", "--format", "json", "d"]);
+    assert!(events.contains("\"restore\""), "{events}");
+    assert!(!events.contains("restore-failed"), "{events}");
+    let log = std::fs::read_to_string(env.root().join("workloads/d/monitor.log")).expect("log");
+    assert!(log.contains("restoring fully"), "{log}");
+    env.ok(&["rm", "-f", "d"]);
+}

@@ -138,19 +138,34 @@ impl Monitor {
         let mut all_env = gpu.env;
         all_env.extend(extra.env);
         let env = (!all_env.is_empty()).then_some(all_env.as_slice());
+        // Why a lazy restore's daemon never listened: CRIU was then sent nothing, so this is
+        // no failed restore (no event, no CRIU log to quote); the caller restores fully.
+        let daemon_failed: std::cell::RefCell<Option<String>> = Default::default();
         let mut run = match &ready {
             // A lazy restore: CRIU starts up (about 7 ms) while the lazy-pages daemon gets
             // ready, and gets its request once the daemon listens.
             Some((status, daemon_log)) => {
-                self.run_criu_rpc(
-                    &criu,
-                    &ropts.argv(),
-                    &[],
-                    &all_env,
-                    deadline,
-                    super::lazy::daemon_listens(status, daemon_log),
-                )
-                .await
+                let listens = async {
+                    // Bounded like CRIU's run: a daemon that neither listens nor exits must
+                    // not hold the restore (and the job's status) for ever.
+                    let waited = super::lazy::daemon_listens(status, daemon_log);
+                    let r = match deadline {
+                        Some(d) => tokio::time::timeout(d, waited).await.unwrap_or_else(|_| {
+                            Err(format!(
+                                "criu lazy-pages did not listen within {} s (log: {})",
+                                d.as_secs(),
+                                daemon_log.display()
+                            ))
+                        }),
+                        None => waited.await,
+                    };
+                    if let Err(e) = &r {
+                        *daemon_failed.borrow_mut() = Some(e.clone());
+                    }
+                    r
+                };
+                self.run_criu_rpc(&criu, &ropts.argv(), &[], &all_env, deadline, listens)
+                    .await
             }
             None => {
                 self.run_criu_bounded(&criu, &ropts.argv(), &[], env, true, deadline)
@@ -158,6 +173,13 @@ impl Monitor {
             }
         };
         placeholders.remove();
+        if let Some(why) = daemon_failed.take() {
+            drop(shm);
+            self.st.status = was;
+            self.st.restoring_since = None;
+            self.save();
+            return Err(err_reply(CODE_STASIS_ERROR, why));
+        }
         // A host mount that vanished while CRIU worked (after the check above) fails the
         // restore; once more, it gets its stand-in like one gone before.
         if run.is_err() && live.iter().any(|p| !p.exists()) {
