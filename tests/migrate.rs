@@ -28,13 +28,18 @@ fn the_bed_reaches_each_host_over_ssh() {
 }
 
 /// Waits until `f` holds (30 s at most).
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+fn wait_for(what: &str, f: impl FnMut() -> bool) {
+    wait_for_or(what, f, || {});
+}
+
+/// As [`wait_for`]; `explain` says what it can before a timeout fails the test.
+fn wait_for_or(what: &str, mut f: impl FnMut() -> bool, explain: impl FnOnce()) {
     let t0 = Instant::now();
     while !f() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
+        if t0.elapsed() >= Duration::from_secs(30) {
+            explain();
+            panic!("timed out waiting for {what}");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -753,16 +758,13 @@ fn assert_back_on(a: &Host, b: &Host, name: &str, pid: i32) {
     assert_eq!(a.init_pid(name), Some(pid), "the same job, not a copy");
     let n = counter_values(&a.logs(name)).len();
     assert_counter_continuous(&wait_counter(a, name, n + 2));
-    let t0 = Instant::now();
-    while !b.status(name).is_empty() {
-        if t0.elapsed() > Duration::from_secs(30) {
-            // Flaky once in a few runs of the whole file (2026-11-27), never alone: say what
-            // B holds, so the next failure explains itself.
-            explain_target(b, name);
-            panic!("timed out waiting for B to drop the attempt");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Flaky once in a few runs of the whole file (2026-11-27), never alone: say what B holds,
+    // so the next failure explains itself.
+    wait_for_or(
+        "B to drop the attempt",
+        || b.status(name).is_empty(),
+        || explain_target(b, name),
+    );
 }
 
 /// Prints what B says of `name` (inspect, events, its logs) and the host's processes.

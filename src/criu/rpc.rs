@@ -373,10 +373,9 @@ mod tests {
         assert_eq!(optional, "manage-cgroups=soft\nroot /\n");
     }
 
-    #[test]
-    fn a_prepared_dump_carries_its_pid_and_level_in_the_request_and_the_rest_in_its_config() {
-        let argv = args("dump --tree 7 --images-dir /g/3 --log-file /w/r.log -v4 --inherit-fd fd[5]:pipe:[77] --action-script /h --lazy-pages");
-        let (_swrk, talk) = prepare(&argv).expect("prepare");
+    /// The request `prepare` makes of `argv`: its type, and its options' varint fields.
+    fn prepared(argv: &[String]) -> (u64, Vec<(u64, Option<u64>)>) {
+        let (_swrk, talk) = prepare(argv).expect("prepare");
         let (mut kind, mut opts) = (0, vec![]);
         fields(&talk.request, |f, v, b| match (f, v, b) {
             (1, Some(v), _) => kind = v,
@@ -384,9 +383,16 @@ mod tests {
             _ => {}
         })
         .expect("request");
-        assert_eq!(kind, REQ_DUMP);
         let mut seen = vec![];
         fields(&opts, |f, v, _| seen.push((f, v))).expect("opts");
+        (kind, seen)
+    }
+
+    #[test]
+    fn a_prepared_dump_carries_its_pid_and_level_in_the_request_and_the_rest_in_its_config() {
+        let argv = args("dump --tree 7 --images-dir /g/3 --log-file /w/r.log -v4 --inherit-fd fd[5]:pipe:[77] --action-script /h --lazy-pages");
+        let (kind, seen) = prepared(&argv);
+        assert_eq!(kind, REQ_DUMP);
         assert!(seen.contains(&(2, Some(7))), "pid 7 in {seen:?}");
         assert!(seen.contains(&(9, Some(4))), "log level 4 in {seen:?}");
         assert!(seen.contains(&(12, Some(1))), "notify_scripts in {seen:?}");
@@ -401,17 +407,8 @@ mod tests {
     #[test]
     fn a_prepared_restore_carries_no_pid_and_asks_no_stage_without_a_script() {
         let argv = args("restore --images-dir /g/3 --log-file /w/r.log -v2 --restore-detached --restore-sibling --pidfile /r/p --root / --manage-cgroups=soft --lazy-pages");
-        let (_swrk, talk) = prepare(&argv).expect("prepare");
-        let (mut kind, mut opts) = (0, vec![]);
-        fields(&talk.request, |f, v, b| match (f, v, b) {
-            (1, Some(v), _) => kind = v,
-            (2, _, Some(o)) => opts = o.to_vec(),
-            _ => {}
-        })
-        .expect("request");
+        let (kind, seen) = prepared(&argv);
         assert_eq!(kind, REQ_RESTORE);
-        let mut seen = vec![];
-        fields(&opts, |f, v, _| seen.push((f, v))).expect("opts");
         assert!(!seen.iter().any(|(f, _)| *f == 2), "a pid in {seen:?}");
         assert!(!seen.iter().any(|(f, _)| *f == 12), "notify in {seen:?}");
         assert!(seen.contains(&(9, Some(2))), "log level 2 in {seen:?}");
@@ -419,17 +416,7 @@ mod tests {
             config_from_argv(&argv).expect("config"),
             "images-dir /g/3\nlog-file /w/r.log\nrestore-detached\nrestore-sibling\npidfile /r/p\nroot /\nmanage-cgroups=soft\nlazy-pages\n"
         );
-        let (_swrk, gated) =
-            prepare(&args("restore --images-dir /g/3 --action-script /h")).expect("prepare");
-        let mut opts = vec![];
-        fields(&gated.request, |f, _, b| {
-            if let (2, Some(o)) = (f, b) {
-                opts = o.to_vec()
-            }
-        })
-        .expect("request");
-        let mut seen = vec![];
-        fields(&opts, |f, v, _| seen.push((f, v))).expect("opts");
+        let (_, seen) = prepared(&args("restore --images-dir /g/3 --action-script /h"));
         assert!(seen.contains(&(12, Some(1))), "notify_scripts in {seen:?}");
     }
 
