@@ -85,6 +85,73 @@ pub unsafe fn fork() -> io::Result<Option<i32>> {
     }
 }
 
+/// Runs `child` in a new process that shares this one's memory, and blocks this thread until
+/// the child has exec'd or exited (`clone(CLONE_VM | CLONE_VFORK)`, as glibc's posix_spawn
+/// does). No page table is copied and no page is copied on write, on either side: that is
+/// most of what a fork costs a small process, and an exec session pays it on its way in.
+/// Returns the child's pid.
+///
+/// # Safety
+/// The caller must be single-threaded. `child` runs on a stack of its own but on this
+/// process's heap and globals, with its own fd table, credentials and signal dispositions: it
+/// must end in execve or `_exit` without unwinding (should it return, the child `_exit`s with
+/// 127), and any memory it writes is seen here afterwards.
+pub unsafe fn vfork_run(child: &mut dyn FnMut()) -> io::Result<i32> {
+    const STACK: usize = 256 * 1024;
+    const GUARD: usize = 4096;
+    extern "C" fn trampoline(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: arg points at the `&mut dyn FnMut` below, alive while the parent waits.
+        let f = unsafe { &mut *(arg as *mut &mut dyn FnMut()) };
+        f();
+        exit_now(127)
+    }
+    // SAFETY: a fresh private anonymous mapping that nothing else refers to.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            GUARD + STACK,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the range lies inside the mapping just made; its lowest page stays PROT_NONE, a
+    // guard against the child's stack overflowing into whatever is mapped below.
+    let opened = unsafe {
+        libc::mprotect(
+            base.cast::<u8>().add(GUARD).cast(),
+            STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+        )
+    };
+    let pid = if opened == 0 {
+        let mut f: &mut dyn FnMut() = child;
+        // SAFETY: the stack is ours and grows down from its top; CLONE_VFORK keeps `f` and the
+        // stack alive until the child no longer uses them (it exec'd or exited).
+        unsafe {
+            libc::clone(
+                trampoline,
+                base.cast::<u8>().add(GUARD + STACK).cast(),
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                (&mut f as *mut &mut dyn FnMut()).cast(),
+            )
+        }
+    } else {
+        -1
+    };
+    let err = io::Error::last_os_error();
+    // SAFETY: the mapping is ours, and no process runs on it any more.
+    unsafe { libc::munmap(base, GUARD + STACK) };
+    if pid == -1 {
+        return Err(err);
+    }
+    Ok(pid)
+}
+
 /// Gives the heap's free pages back to the kernel (`malloc_trim(0)`). The monitor is forked
 /// from the CLI, whose argument parsing leaves freed memory behind: every monitor would keep
 /// it as private pages for as long as its job runs.
@@ -255,6 +322,84 @@ pub fn set_parent_death_signal(sig: i32) -> io::Result<()> {
 pub fn set_no_new_privs() -> io::Result<()> {
     // SAFETY: prctl with integer arguments.
     cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } as libc::c_long)?;
+    Ok(())
+}
+
+/// The capability sets of this thread, as capget(2) reports them (version 3: 64 bits each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapSets {
+    pub effective: u64,
+    pub permitted: u64,
+    pub inheritable: u64,
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_V3: u32 = 0x2008_0522;
+
+/// capget(2) for this thread, without allocating (a vfork child calls it).
+pub fn caps_get() -> io::Result<CapSets> {
+    let mut h = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    let mut d = [CapData::default(); 2];
+    // SAFETY: a v3 header and the two data structs that version reads and writes.
+    cvt(unsafe { libc::syscall(libc::SYS_capget, &mut h as *mut CapHeader, d.as_mut_ptr()) })?;
+    let join = |lo: u32, hi: u32| u64::from(lo) | (u64::from(hi) << 32);
+    Ok(CapSets {
+        effective: join(d[0].effective, d[1].effective),
+        permitted: join(d[0].permitted, d[1].permitted),
+        inheritable: join(d[0].inheritable, d[1].inheritable),
+    })
+}
+
+/// capset(2) for this thread, without allocating.
+pub fn caps_set(c: CapSets) -> io::Result<()> {
+    let mut h = CapHeader {
+        version: CAP_V3,
+        pid: 0,
+    };
+    let split = |v: u64| (v as u32, (v >> 32) as u32);
+    let (e0, e1) = split(c.effective);
+    let (p0, p1) = split(c.permitted);
+    let (i0, i1) = split(c.inheritable);
+    let d = [
+        CapData {
+            effective: e0,
+            permitted: p0,
+            inheritable: i0,
+        },
+        CapData {
+            effective: e1,
+            permitted: p1,
+            inheritable: i1,
+        },
+    ];
+    // SAFETY: a v3 header and the two data structs that version reads.
+    cvt(unsafe { libc::syscall(libc::SYS_capset, &mut h as *mut CapHeader, d.as_ptr()) })?;
+    Ok(())
+}
+
+/// Removes capability number `cap` from this thread's bounding set.
+pub fn caps_bound_drop(cap: u8) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    cvt(
+        unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) }
+            as libc::c_long,
+    )?;
     Ok(())
 }
 
@@ -447,6 +592,44 @@ pub fn execve(path: &CString, argv: &[CString], envp: &[CString]) -> io::Error {
     // SAFETY: all pointers point into CStrings that outlive the call; both arrays end in NULL.
     unsafe { libc::execve(path.as_ptr(), a.as_ptr(), e.as_ptr()) };
     io::Error::last_os_error()
+}
+
+/// `execve` through NULL-terminated pointer arrays built in advance (a vfork child must not
+/// allocate); returns only on failure.
+pub fn execve_prepared(
+    path: &std::ffi::CStr,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> io::Error {
+    if argv.last().is_some_and(|p| p.is_null()) && envp.last().is_some_and(|p| p.is_null()) {
+        // SAFETY: both arrays end in NULL, and the caller's pointers point into C strings that
+        // outlive the call.
+        unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        io::Error::last_os_error()
+    } else {
+        io::Error::from_raw_os_error(libc::EINVAL)
+    }
+}
+
+/// chdir(2) to a prepared C string, without allocating.
+pub fn chdir_c(path: &std::ffi::CStr) -> io::Result<()> {
+    // SAFETY: a NUL-terminated path.
+    cvt(unsafe { libc::chdir(path.as_ptr()) } as libc::c_long)?;
+    Ok(())
+}
+
+/// setgroups(2), without allocating.
+pub fn setgroups_raw(groups: &[libc::gid_t]) -> io::Result<()> {
+    // SAFETY: a pointer and length of gids.
+    cvt(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Makes the terminal on fd 0 this session's controlling terminal.
+pub fn set_controlling_tty_stdin() -> io::Result<()> {
+    // SAFETY: TIOCSCTTY takes an int argument, not a pointer.
+    cvt(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } as libc::c_long)?;
+    Ok(())
 }
 
 /// `_exit(code)`: leaves a forked child without running the parent's atexit handlers or

@@ -657,7 +657,7 @@ fn capabilities_are_reduced_and_no_new_privs_set() {
         "--",
         "sh",
         "-c",
-        "grep -E '^(CapBnd|CapEff|NoNewPrivs)' /proc/self/status",
+        "grep -E '^(Cap(Bnd|Eff|Prm|Inh)|NoNewPrivs)' /proc/self/status",
     ]);
     let text = stdout(&o);
     let cap = |text: &str, k: &str| {
@@ -673,6 +673,10 @@ fn capabilities_are_reduced_and_no_new_privs_set() {
     // the default set lacks CAP_SYS_ADMIN (21)
     assert_eq!(cap(&text, "CapBnd:") & (1 << 21), 0, "{text}");
     assert_ne!(cap(&text, "CapEff:") & 1, 0, "CAP_CHOWN expected: {text}");
+    // exactly docker's default set, in the bounding, effective, permitted and inheritable sets
+    for set in ["CapBnd:", "CapEff:", "CapPrm:", "CapInh:"] {
+        assert_eq!(cap(&text, set), 0xa804_25fb, "{set} {text}");
+    }
     assert!(text.contains("NoNewPrivs:\t1"), "{text}");
     let o = env.run(&[
         "run",

@@ -10,6 +10,7 @@
 //! init never depends on a monitor being there: its reports are sent without blocking, and
 //! what it knows (its process table) is handed whole to the next monitor that says hello.
 
+mod child;
 pub mod spawn;
 
 use crate::exit::ExitStatus;
