@@ -7,6 +7,11 @@
 //! groups, the capability masks, room for the moved fds. On its way to exec the child only
 //! makes syscalls. It allocates only to report a failure, just before `_exit`, while init
 //! (single-threaded) waits in clone: that leaks a few bytes into init's heap, never corrupts it.
+//!
+//! CRIU cannot dump a parent waiting on a vfork child (it stops for ptrace only once the child
+//! has exec'd). No dump ever meets one: the monitor handles spawn requests and dumps (checkpoint,
+//! migration) one at a time on its event loop, and awaits init's answer to a spawn, sent after
+//! the child's exec, before it takes the next request.
 
 use super::spawn::{ProcSpec, DEFAULT_PATH};
 use crate::exit::{CODE_CANNOT_EXECUTE, CODE_NOT_FOUND, CODE_STASIS_ERROR};
