@@ -483,13 +483,6 @@ fn cpath(p: &Path) -> io::Result<CString> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-/// Makes `fd` (a tty) the controlling terminal of this session.
-pub fn set_controlling_tty(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: TIOCSCTTY takes an int argument, not a pointer.
-    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) } as libc::c_long)?;
-    Ok(())
-}
-
 /// Window size of a terminal: (rows, cols).
 pub fn get_winsize(fd: BorrowedFd<'_>) -> io::Result<(u16, u16)> {
     // SAFETY: winsize is plain old data; TIOCGWINSZ fills it.
