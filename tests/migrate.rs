@@ -758,8 +758,9 @@ fn assert_back_on(a: &Host, b: &Host, name: &str, pid: i32) {
     assert_eq!(a.init_pid(name), Some(pid), "the same job, not a copy");
     let n = counter_values(&a.logs(name)).len();
     assert_counter_continuous(&wait_counter(a, name, n + 2));
-    // Flaky once in a few runs of the whole file (2026-11-27), never alone: say what B holds,
-    // so the next failure explains itself.
+    // This wait once failed in a few runs of the whole file: its own polling (`ps` on B) met
+    // B's record half removed and wrote a ghost record there (fixed: a reader never creates
+    // the lock). Should it fail again, say what B holds.
     wait_for_or(
         "B to drop the attempt",
         || b.status(name).is_empty(),

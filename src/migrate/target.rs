@@ -230,11 +230,11 @@ fn receive(
         stdin.as_fd(),
     )?);
     let stage = wd.dir.join(".migrate-stage");
-    crate::store::atomic::mkdir_p(&stage, 0o700).map_err(|e| e.to_string())?;
+    crate::store::atomic::mkdir_in(&stage, 0o700).map_err(|e| e.to_string())?;
     let mut server = None;
     if mode == Mode::Stream {
         let log = wd.criu_logs().join("page-server.log");
-        crate::store::atomic::mkdir_p(&wd.criu_logs(), 0o700).map_err(|e| e.to_string())?;
+        crate::store::atomic::mkdir_in(&wd.criu_logs(), 0o700).map_err(|e| e.to_string())?;
         let Some(ch) = pages.take() else {
             return Err("no page channel".into());
         };

@@ -58,7 +58,7 @@ impl Monitor {
 
     pub(crate) fn criu_log(&self, what: &str, gen: u32) -> PathBuf {
         let d = self.wd.criu_logs();
-        if let Err(e) = crate::store::atomic::mkdir_p(&d, 0o700) {
+        if let Err(e) = crate::store::atomic::mkdir_in(&d, 0o700) {
             diag(&format!("criu log dir: {e}"));
         }
         d.join(format!("{what}-{gen}.log"))

@@ -65,7 +65,7 @@ impl Session {
         self.out_sinks.borrow_mut().clear();
         self.err_sinks.borrow_mut().clear();
         if self.log.borrow().is_none() {
-            if let Err(e) = crate::store::atomic::mkdir_p(&wd.exec_dir(), 0o700) {
+            if let Err(e) = crate::store::atomic::mkdir_in(&wd.exec_dir(), 0o700) {
                 diag(&format!("session {} log: {e}", self.rec.id));
             }
             match LogWriter::open_rotating(&sessions::log_path(wd, &self.rec.id), *rotation) {

@@ -151,6 +151,17 @@ pub fn mkdir_p(path: &Path, mode: u32) -> Result<(), FsError> {
         .map_err(|e| FsError::new("mkdir", path, e))
 }
 
+/// Creates one directory (its parent must exist) with the given mode; one that exists is
+/// fine. For a workload's subdirectories: unlike [`mkdir_p`], it never brings back a workload
+/// directory that was removed meanwhile (a ghost record).
+pub fn mkdir_in(path: &Path, mode: u32) -> Result<(), FsError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match fs::DirBuilder::new().mode(mode).create(path) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(FsError::new("mkdir", path, e)),
+        _ => Ok(()),
+    }
+}
+
 /// Total size in bytes of the regular files under `dir`.
 pub fn dir_size(dir: &Path) -> u64 {
     let mut total = 0;

@@ -122,14 +122,14 @@ pub fn log_path(wd: &WorkloadDir, id: &SessionId) -> PathBuf {
 
 /// Writes a session record atomically and durably.
 pub fn save(wd: &WorkloadDir, rec: &SessionRecord) -> Result<(), FsError> {
-    atomic::mkdir_p(&wd.exec_dir(), 0o700)?;
+    atomic::mkdir_in(&wd.exec_dir(), 0o700)?;
     atomic::write_json_atomic(&record_path(wd, &rec.id), rec)
 }
 
 /// Writes a session record atomically without waiting for the disk: readers see it at once,
 /// a power cut may bring back the older one (or none), as for the workload's running state.
 pub fn save_quick(wd: &WorkloadDir, rec: &SessionRecord) -> Result<(), FsError> {
-    atomic::mkdir_p(&wd.exec_dir(), 0o700)?;
+    atomic::mkdir_in(&wd.exec_dir(), 0o700)?;
     let path = record_path(wd, &rec.id);
     atomic::write_atomic_quick(&path, &atomic::to_json(&path, rec)?)
 }

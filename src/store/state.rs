@@ -232,11 +232,20 @@ impl WorkloadDir {
 
     /// Opens the lock file (creating it).
     pub fn open_lock(&self) -> Result<File, StateError> {
+        self.open_lock_as(true)
+    }
+
+    /// Opens the lock file, creating it only if `create`. Readers never create it: the
+    /// monitor (or `rm`) removes a record file by file while it holds the lock, and a reader
+    /// that made a fresh lock file there would find it free, take the record for one whose
+    /// monitor died, and write a state into the directory being removed: a ghost record
+    /// ("monitor lost before the workload started") that `rmdir` then fails on.
+    fn open_lock_as(&self, create: bool) -> Result<File, StateError> {
         let p = self.lock_path();
         OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
+            .create(create)
             .truncate(false)
             .mode(0o600)
             .custom_flags(libc::O_CLOEXEC)
@@ -246,7 +255,20 @@ impl WorkloadDir {
 
     /// Takes the workload lock if no live process holds it. `None` means a monitor is alive.
     pub fn try_lock(&self) -> Result<Option<File>, StateError> {
-        let f = self.open_lock()?;
+        self.try_lock_as(true)
+    }
+
+    /// [`WorkloadDir::try_lock`] for a reader: `None` also when there is no lock file (the
+    /// record is being made or removed, and either way not this reader's to change).
+    pub fn try_lock_existing(&self) -> Result<Option<File>, StateError> {
+        match self.try_lock_as(false) {
+            Err(StateError::Fs(e)) if e.source.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            other => other,
+        }
+    }
+
+    fn try_lock_as(&self, create: bool) -> Result<Option<File>, StateError> {
+        let f = self.open_lock_as(create)?;
         // A plain flock, not nix's Flock guard: the lock must stay with the monitor when the
         // CLI that took it closes its own copy after forking, and a guard unlocks on drop.
         match crate::sys::flock_try_exclusive(f.as_fd()) {
@@ -271,7 +293,7 @@ impl WorkloadDir {
     /// True when a live monitor holds the lock. Probes with a shared lock, so concurrent
     /// readers never disturb each other or a CLI about to start a monitor.
     pub fn monitor_alive(&self) -> bool {
-        let Ok(f) = self.open_lock() else {
+        let Ok(f) = self.open_lock_as(false) else {
             return false;
         };
         matches!(crate::sys::flock_try_shared(f.as_fd()), Ok(false))
@@ -464,8 +486,9 @@ pub fn observe(wd: &WorkloadDir) -> Result<Observed, StateError> {
         });
     }
     // No monitor: reconcile under the exclusive lock. If someone else holds it right now (a
-    // monitor starting, another reader reconciling), report what the file says.
-    let Some(_lock) = wd.try_lock()? else {
+    // monitor starting, another reader reconciling), or there is none (the record is being
+    // removed), report what the file says.
+    let Some(_lock) = wd.try_lock_existing()? else {
         let st = load()?;
         let alive = wd.monitor_alive();
         return Ok(Observed {
@@ -719,6 +742,28 @@ mod tests {
         assert!(w.monitor_alive());
         drop(held);
         assert!(!w.monitor_alive());
+    }
+
+    /// A reader that meets a record being removed (its lock already unlinked by the monitor
+    /// that holds it) writes nothing there: before, it made a fresh lock, found it free, and
+    /// recorded "monitor lost before the workload started" in the half-removed directory.
+    #[test]
+    fn a_reader_never_writes_into_a_record_being_removed() {
+        let (_d, r) = root();
+        let w = r.workload(&crate::store::name::n("a"));
+        w.create().unwrap();
+        let held = w.try_lock().unwrap().expect("free lock");
+        w.save(&WorkloadState::new(&w.name)).unwrap();
+        // the monitor's remove_dir_all, part way: the lock and the state are gone
+        fs::remove_file(w.lock_path()).unwrap();
+        fs::remove_file(w.state_path()).unwrap();
+        assert!(!w.monitor_alive());
+        let seen = observe(&w).unwrap();
+        assert!(!seen.monitor_alive);
+        let left: Vec<_> = fs::read_dir(&w.dir).unwrap().flatten().collect();
+        assert!(left.is_empty(), "a reader wrote {left:?}");
+        drop(held);
+        fs::remove_dir(&w.dir).unwrap();
     }
 
     #[test]
