@@ -776,6 +776,15 @@ fn explain_target(b: &Host, name: &str) {
         stdout(&b.run(&["inspect", "--format", "json", name]))
     );
     eprintln!("== B events ==\n{}", stdout(&b.run(&["events", name])));
+    let dir = b.root.join("workloads").join(name);
+    if let Ok(rd) = std::fs::read_dir(&dir) {
+        let mut names: Vec<String> = rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        eprintln!("== {} holds ==\n{names:?}", dir.display());
+    }
     if let Ok(o) = std::process::Command::new("ps")
         .args(["-eo", "pid,ppid,stat,etimes,comm,args"])
         .output()

@@ -199,6 +199,9 @@ fn receive(
         std::fs::create_dir(&staged.dir).map_err(|e| format!("{}: {e}", staged.dir.display()))?;
         crate::store::atomic::write_atomic(&token_path(&staged), token.as_bytes())
             .map_err(|e| e.to_string())?;
+        // The record is born with its lock file: no one else ever has to make one there (an
+        // abort or a reader that made one in a record being removed would keep it there).
+        staged.open_lock().map_err(|e| e.to_string())?;
         crate::store::atomic::write_json_atomic(&staged.spec_path(), &spec)
             .map_err(|e| e.to_string())?;
         staged.save(&st).map_err(|e| e.to_string())
@@ -627,7 +630,9 @@ fn resume_abort(
                 told = protocol::send(c.as_fd(), &abort, &[]).is_ok();
             }
         }
-        let lock = match wd.try_lock() {
+        // No lock file: the record is being removed (its monitor undid it) and the loop sees
+        // it gone; a lock made here would be left in it.
+        let lock = match wd.try_lock_existing() {
             Ok(l) => l,
             // Removed meanwhile (its monitor undid it): nothing of it is left.
             Err(_) if !claimed_by(&wd, token) => return Ok(()),

@@ -474,11 +474,19 @@ pub fn observe(wd: &WorkloadDir) -> Result<Observed, StateError> {
     if !wd.exists() {
         return Err(StateError::NotFound(wd.name.clone()));
     }
-    // A new workload has no state.json until its monitor writes the first one.
+    // A new workload has no state.json until its monitor writes the first one, and one being
+    // removed has none any more: neither has anything to reconcile, and a state written now
+    // would be a ghost record in a directory about to go.
     let load = || match wd.load() {
         Err(StateError::NotFound(_)) if wd.exists() => Ok(WorkloadState::new(&wd.name)),
         other => other,
     };
+    if !wd.state_path().exists() {
+        return Ok(Observed {
+            state: load()?,
+            monitor_alive: wd.monitor_alive(),
+        });
+    }
     if wd.monitor_alive() {
         return Ok(Observed {
             state: load()?,
