@@ -64,10 +64,15 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 bash scripts/install-criu.sh
 cargo build --release --quiet || exit 1
-S=$PWD/target/x86_64-unknown-linux-gnu/release/stasis
 BL=${BASELINE:-}
 [ -z "$BL" ] || [ -x "$BL" ] || { echo "bench.sh: BASELINE=$BL is not an executable" >&2; exit 1; }
 W=$(mktemp -d /tmp/stbench.XXXXXX)          # ext4 here
+# Both binaries run from fresh copies made the same way: here the very same bytes ran 8-15%
+# slower from the file the linker wrote than from a `cp` of it (how each file's pages sit in
+# the page cache), which biased every "this build / baseline" ratio against this build.
+cp target/x86_64-unknown-linux-gnu/release/stasis "$W/stasis"
+S=$W/stasis
+if [ -n "$BL" ]; then cp "$BL" "$W/stasis-baseline"; BL=$W/stasis-baseline; fi
 SHM=$(mktemp -d /dev/shm/stbench.XXXXXX)     # tmpfs
 R=$W/root                                    # the main state root (ext4)
 RS=$SHM/root                                 # a state root on tmpfs
