@@ -403,6 +403,12 @@ pub fn caps_bound_drop(cap: u8) -> io::Result<()> {
     Ok(())
 }
 
+/// Marks this process dumpable (`PR_SET_DUMPABLE`), which a credential change clears.
+pub fn set_dumpable() {
+    // SAFETY: prctl with integer arguments; it cannot fail for the value 1.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) };
+}
+
 /// Keeps permitted capabilities across setuid (re-dropped explicitly afterwards).
 pub fn set_keep_caps(on: bool) -> io::Result<()> {
     // SAFETY: prctl with integer arguments.

@@ -317,6 +317,9 @@ pub fn spawn(p: &ProcSpec, fds: &[OwnedFd]) -> Result<i32, ChildFailure> {
         unsafe { sys::vfork_run(&mut || exec_child(p, &prep, fds, &mut moved, wr.as_fd())) };
     // Only the child's copy of the write end may keep the pipe open: it closes at its exec.
     drop(wr);
+    // A child that changed its uid or gid cleared the dumpable flag of the memory it shared
+    // with init: init's own again, as it was.
+    sys::set_dumpable();
     let pid = started.map_err(|e| ChildFailure {
         code: CODE_STASIS_ERROR,
         message: format!("clone: {e}"),

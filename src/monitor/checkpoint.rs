@@ -56,6 +56,21 @@ impl Monitor {
         Ok(c)
     }
 
+    /// Why the container must not be dumped now, if a spawn init was asked for is still
+    /// unanswered: init spawns with `CLONE_VFORK` and stops for ptrace only once its child has
+    /// exec'd, so CRIU would wait on it for good. Spawns and dumps never overlap on the event
+    /// loop; this is the case of a child stuck before its exec (a hung `chdir` or `execve` on
+    /// a dead network filesystem) after its requester gave up waiting.
+    pub(crate) fn spawn_unanswered(&self) -> Option<String> {
+        let live = self.live.as_ref()?;
+        let pending = live.link.pending.borrow();
+        let id = pending.keys().next()?;
+        Some(format!(
+            "{}: its init is still starting a process ({id}) and cannot be dumped until that process has started",
+            self.wd.name
+        ))
+    }
+
     pub(crate) fn criu_log(&self, what: &str, gen: u32) -> PathBuf {
         let d = self.wd.criu_logs();
         if let Err(e) = crate::store::atomic::mkdir_in(&d, 0o700) {
@@ -223,6 +238,9 @@ impl Monitor {
                 format!("{} is not running", self.wd.name),
             );
         };
+        if let Some(why) = self.spawn_unanswered() {
+            return err_reply(CODE_STASIS_ERROR, why);
+        }
         if self.lazy.busy() {
             return err_reply(
                 CODE_STASIS_ERROR,

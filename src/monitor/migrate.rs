@@ -126,6 +126,9 @@ impl Monitor {
         if self.lazy.busy() {
             return Err("its memory is still arriving from a lazy restore".into());
         }
+        if let Some(why) = self.spawn_unanswered() {
+            return Err(why);
+        }
         let criu = self.criu(opts.criu.as_ref()).await.map_err(reply_text)?;
         let init = self
             .live
