@@ -386,8 +386,8 @@ pub fn rm(root: &StateRoot, name: &WorkloadName, force: bool) -> Result<(), ApiE
     kill_orphan(root, &wd, &st);
     crate::container::shm::detach_leftover(&root.runtime, name.as_str());
     let _ = std::fs::remove_file(&wd.socket);
-    // Removed under the lock: a reader meanwhile finds it held, or gone, never free.
-    std::fs::remove_dir_all(&wd.dir).map_err(io_err(format!("remove {}", wd.dir.display())))?;
+    // Removed whole (renamed aside first) under the lock.
+    wd.remove_all().map_err(StateError::from)?;
     drop(lock);
     Ok(())
 }

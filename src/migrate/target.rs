@@ -117,7 +117,9 @@ struct Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         if self.armed {
-            let _ = std::fs::remove_dir_all(&self.wd.dir);
+            if let Err(e) = self.wd.remove_all() {
+                eprintln!("stasis: {e}");
+            }
         }
     }
 }
@@ -630,9 +632,9 @@ fn resume_abort(
                 told = protocol::send(c.as_fd(), &abort, &[]).is_ok();
             }
         }
-        // No lock file: the record is being removed (its monitor undid it) and the loop sees
-        // it gone; a lock made here would be left in it.
-        let lock = match wd.try_lock_existing() {
+        // A record is removed whole (renamed aside first), so a lock made here can only be
+        // made in a record that is there, whole (one claimed by an older stasis has none).
+        let lock = match wd.try_lock() {
             Ok(l) => l,
             // Removed meanwhile (its monitor undid it): nothing of it is left.
             Err(_) if !claimed_by(&wd, token) => return Ok(()),
@@ -651,8 +653,7 @@ fn resume_abort(
                     ));
                 }
             }
-            std::fs::remove_dir_all(&wd.dir)
-                .map_err(|e| format!("remove {}: {e}", wd.dir.display()))?;
+            wd.remove_all().map_err(|e| e.to_string())?;
             let cg = crate::container::cgroup::Cgroup::for_workload(&root.key(), name.as_str());
             if let Err(e) = cg.try_remove() {
                 eprintln!("stasis: {e}");

@@ -775,7 +775,9 @@ impl Monitor {
             self.event(HistEvent::new("migrate-unconfirmed", why.to_string()));
             return;
         }
-        let _ = std::fs::remove_dir_all(&self.wd.dir);
+        if let Err(e) = self.wd.remove_all() {
+            diag(&format!("remove the undone migration's record: {e}"));
+        }
     }
 
     /// A stream migration's images are complete here: they become a generation.

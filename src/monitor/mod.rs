@@ -1055,7 +1055,7 @@ impl Monitor {
         // The socket first, while the directory still holds the name: a new workload of the
         // same name binds a socket at the same path.
         let _ = std::fs::remove_file(&self.wd.socket);
-        match std::fs::remove_dir_all(&self.wd.dir) {
+        match self.wd.remove_all() {
             Ok(()) => self.record_removed = true,
             Err(e) => {
                 diag::warn(&format!("remove {}: {e}", self.wd.dir.display()));

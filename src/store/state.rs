@@ -200,6 +200,23 @@ impl WorkloadDir {
         }
     }
 
+    /// Removes the record: renamed aside first (`workloads/.gone-RANDOM`, never a workload
+    /// name), then deleted there. A reader sees the whole record or none: deleted in place,
+    /// file by file, it was a directory with some files and not others, which a reader (or an
+    /// `rm`, or an abort) could take for a record whose monitor had died, and write to. A
+    /// record already gone is not an error.
+    pub fn remove_all(&self) -> Result<(), FsError> {
+        let tag: String = crate::sys::random_bytes::<8>()
+            .map(|b| b.iter().map(|x| format!("{x:02x}")).collect())
+            .unwrap_or_else(|_| format!("{}", std::process::id()));
+        let aside = self.dir.with_file_name(format!(".gone-{tag}"));
+        match fs::rename(&self.dir, &aside) {
+            Ok(()) => fs::remove_dir_all(&aside).map_err(|e| FsError::new("remove", &aside, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(FsError::new("rename", &self.dir, e)),
+        }
+    }
+
     /// Reads state.json.
     pub fn load(&self) -> Result<WorkloadState, StateError> {
         let p = self.state_path();
@@ -474,19 +491,11 @@ pub fn observe(wd: &WorkloadDir) -> Result<Observed, StateError> {
     if !wd.exists() {
         return Err(StateError::NotFound(wd.name.clone()));
     }
-    // A new workload has no state.json until its monitor writes the first one, and one being
-    // removed has none any more: neither has anything to reconcile, and a state written now
-    // would be a ghost record in a directory about to go.
+    // A new workload has no state.json until its monitor writes the first one.
     let load = || match wd.load() {
         Err(StateError::NotFound(_)) if wd.exists() => Ok(WorkloadState::new(&wd.name)),
         other => other,
     };
-    if !wd.state_path().exists() {
-        return Ok(Observed {
-            state: load()?,
-            monitor_alive: wd.monitor_alive(),
-        });
-    }
     if wd.monitor_alive() {
         return Ok(Observed {
             state: load()?,
@@ -772,6 +781,44 @@ mod tests {
         assert!(left.is_empty(), "a reader wrote {left:?}");
         drop(held);
         fs::remove_dir(&w.dir).unwrap();
+    }
+
+    /// A record whose monitor died before it wrote the first state (only the CLI's lock is
+    /// there) is reconciled as before: exited, "monitor lost before the workload started".
+    #[test]
+    fn a_record_whose_monitor_never_wrote_a_state_is_reconciled() {
+        let (_d, r) = root();
+        let w = r.workload(&crate::store::name::n("a"));
+        w.create().unwrap();
+        drop(w.try_lock().unwrap().expect("free lock"));
+        let seen = observe(&w).unwrap();
+        assert_eq!(seen.state.status, Status::Exited);
+        assert!(seen
+            .state
+            .exit
+            .unwrap()
+            .reason
+            .unwrap()
+            .contains("before the workload started"));
+    }
+
+    #[test]
+    fn a_removed_record_goes_whole_and_leaves_nothing_aside() {
+        let (_d, r) = root();
+        let w = r.workload(&crate::store::name::n("a"));
+        w.create().unwrap();
+        let held = w.try_lock().unwrap().expect("free lock");
+        w.save(&WorkloadState::new(&w.name)).unwrap();
+        w.remove_all().unwrap();
+        drop(held);
+        assert!(!w.exists());
+        let left: Vec<_> = fs::read_dir(w.dir.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        // gone already: not an error
+        w.remove_all().unwrap();
     }
 
     #[test]
