@@ -126,12 +126,19 @@ pub fn save(wd: &WorkloadDir, rec: &SessionRecord) -> Result<(), FsError> {
     atomic::write_json_atomic(&record_path(wd, &rec.id), rec)
 }
 
+/// The monitor's spare file for [`save_quick`] (only the monitor, which holds the workload's
+/// lock, writes records quickly; no `.json`, so never listed).
+const SPARE: &str = ".spare";
+
 /// Writes a session record atomically without waiting for the disk: readers see it at once,
 /// a power cut may bring back the older one (or none), as for the workload's running state.
+/// Through a swap with a spare file ([`atomic::swap_in_quick`]), so a session's records make
+/// one inode in all, not one per write.
 pub fn save_quick(wd: &WorkloadDir, rec: &SessionRecord) -> Result<(), FsError> {
-    atomic::mkdir_in(&wd.exec_dir(), 0o700)?;
+    let dir = wd.exec_dir();
+    atomic::mkdir_in(&dir, 0o700)?;
     let path = record_path(wd, &rec.id);
-    atomic::write_atomic_quick(&path, &atomic::to_json(&path, rec)?)
+    atomic::swap_in_quick(&path, &dir.join(SPARE), &atomic::to_json(&path, rec)?)
 }
 
 /// Reads one session record.
@@ -216,5 +223,47 @@ mod tests {
         );
         remove(&w, &SessionId::parse("aaaaaaaaaaaa").unwrap());
         assert!(load(&w, &SessionId::parse("aaaaaaaaaaaa").unwrap()).is_none());
+    }
+
+    /// A session's running and ended records cost one inode in all: the ended one is swapped
+    /// in through the spare, which keeps the running one's inode for the next session. The
+    /// spare never shows as a session.
+    #[test]
+    fn a_session_end_swaps_its_record_without_a_new_inode() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let r = StateRoot::from_flag(Some(d.path().into()));
+        r.ensure().unwrap();
+        let w = r.workload(&crate::store::name::n("a"));
+        w.create().unwrap();
+        let id = SessionId::parse("cccccccccccc").unwrap();
+        let mut rec = SessionRecord {
+            id: id.clone(),
+            command: vec!["true".into()],
+            status: SessionStatus::Running,
+            tty: false,
+            stdin: false,
+            detached: false,
+            created_at: 1,
+            pid: Some(9),
+            exit_code: None,
+            exit_status: None,
+            finished_at: None,
+            error: None,
+        };
+        save_quick(&w, &rec).unwrap();
+        let running = fs::metadata(record_path(&w, &id)).unwrap().ino();
+        rec.status = SessionStatus::Exited;
+        rec.exit_code = Some(3);
+        save_quick(&w, &rec).unwrap();
+        let spare = w.exec_dir().join(SPARE);
+        // the ended record is the spare's inode; the spare now holds the running one's
+        assert_eq!(fs::metadata(&spare).unwrap().ino(), running);
+        assert_eq!(load(&w, &id).unwrap().exit_code, Some(3));
+        rec.exit_code = Some(4);
+        save_quick(&w, &rec).unwrap();
+        assert_eq!(fs::metadata(record_path(&w, &id)).unwrap().ino(), running);
+        assert_eq!(load(&w, &id).unwrap().exit_code, Some(4));
+        assert_eq!(list(&w).len(), 1);
     }
 }
