@@ -116,10 +116,12 @@ pub fn write_atomic_quick(path: &Path, data: &[u8]) -> Result<(), FsError> {
     r
 }
 
-/// Replaces `path` with `data` the way [`write_atomic_quick`] does (readers see the old
-/// content or the new, never part of either, and nothing waits for the disk), but by writing
-/// `spare` and swapping the two names (`renameat2(RENAME_EXCHANGE)`): no inode is made or
-/// freed, and `spare` keeps the old content for the next swap. On ext4 without a journal
+/// Replaces `path` with `data` without waiting for the disk, by writing `spare` and swapping
+/// the two names (`renameat2(RENAME_EXCHANGE)`): no inode is made or freed, and `spare` keeps
+/// the old content for the next swap. A reader that opens `path` after the swap sees the new
+/// content whole, but one that opened it before holds what is now the spare, which the next
+/// call rewrites: readers must check what they read and read again (see
+/// `store::sessions::load`), unlike with [`write_atomic_quick`]. On ext4 without a journal
 /// (this project's VM), every inode freed stays "recently deleted" for a while and makes each
 /// later allocation in its group scan past it: an exec session's two record writes cost a
 /// tenth of its time that way. `spare` must be the caller's alone. Where `path` does not
@@ -147,7 +149,10 @@ pub fn swap_in_quick(path: &Path, spare: &Path, data: &[u8]) -> Result<(), FsErr
         Err(nix::errno::Errno::ENOENT) => {
             fs::rename(spare, path).map_err(|e| FsError::new("rename", path, e))
         }
-        Err(nix::errno::Errno::EINVAL) => write_atomic_quick(path, data),
+        // No exchange on this filesystem (EINVAL) or kernel (ENOSYS).
+        Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOSYS) => {
+            write_atomic_quick(path, data)
+        }
         Err(e) => Err(FsError::new("rename", path, e.into())),
     }
 }

@@ -141,11 +141,29 @@ pub fn save_quick(wd: &WorkloadDir, rec: &SessionRecord) -> Result<(), FsError> 
     atomic::swap_in_quick(&path, &dir.join(SPARE), &atomic::to_json(&path, rec)?)
 }
 
+/// How often a reader reads a record again that was rewritten under it.
+const READ_TRIES: usize = 20;
+
+/// Reads the record at `path`, which must be session `id`'s. A record is swapped in through
+/// the monitor's spare file ([`save_quick`]): a reader that opened the record just before a
+/// swap holds the old file, which the monitor may then rewrite as the spare, for this or
+/// another session. What such a reader gets is torn (it does not parse) or another
+/// session's: it reads the record again, by its name. One that stays unreadable (damaged)
+/// counts as missing.
+fn read_record(path: &std::path::Path, id: &SessionId) -> Option<SessionRecord> {
+    for _ in 0..READ_TRIES {
+        let data = fs::read(path).ok()?;
+        match serde_json::from_slice::<SessionRecord>(&data) {
+            Ok(r) if r.id == *id => return Some(r),
+            _ => std::thread::yield_now(),
+        }
+    }
+    None
+}
+
 /// Reads one session record.
 pub fn load(wd: &WorkloadDir, id: &SessionId) -> Option<SessionRecord> {
-    fs::read(record_path(wd, id))
-        .ok()
-        .and_then(|d| serde_json::from_slice(&d).ok())
+    read_record(&record_path(wd, id), id)
 }
 
 /// All session records, oldest first.
@@ -153,9 +171,11 @@ pub fn list(wd: &WorkloadDir) -> Vec<SessionRecord> {
     let mut v: Vec<SessionRecord> = fs::read_dir(wd.exec_dir())
         .map(|rd| {
             rd.flatten()
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                .filter_map(|e| fs::read(e.path()).ok())
-                .filter_map(|d| serde_json::from_slice(&d).ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let id = SessionId::parse(name.strip_suffix(".json")?).ok()?;
+                    read_record(&e.path(), &id)
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -265,5 +285,52 @@ mod tests {
         assert_eq!(fs::metadata(record_path(&w, &id)).unwrap().ino(), running);
         assert_eq!(load(&w, &id).unwrap().exit_code, Some(4));
         assert_eq!(list(&w).len(), 1);
+    }
+
+    /// A reader racing the monitor's swaps gets session A's record every time: never
+    /// nothing, never B's (the old file it opened may be the spare, rewritten meanwhile).
+    #[test]
+    fn a_reader_racing_the_swaps_always_gets_the_right_record() {
+        let d = tempfile::tempdir().unwrap();
+        let r = StateRoot::from_flag(Some(d.path().into()));
+        r.ensure().unwrap();
+        let w = r.workload(&crate::store::name::n("a"));
+        w.create().unwrap();
+        let rec = |id: &str, n: i32| SessionRecord {
+            id: SessionId::parse(id).unwrap(),
+            command: vec!["x".repeat(2000)],
+            status: SessionStatus::Running,
+            tty: false,
+            stdin: false,
+            detached: false,
+            created_at: 1,
+            pid: Some(n),
+            exit_code: None,
+            exit_status: None,
+            finished_at: None,
+            error: None,
+        };
+        let a = SessionId::parse("aaaaaaaaaaaa").unwrap();
+        save_quick(&w, &rec("aaaaaaaaaaaa", 0)).unwrap();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (w2, done2, a2) = (w.clone(), done.clone(), a.clone());
+        let reader = std::thread::spawn(move || {
+            let mut reads = 0u32;
+            while !done2.load(std::sync::atomic::Ordering::Relaxed) {
+                let got = load(&w2, &a2).expect("A's record");
+                assert_eq!(got.id, a2);
+                assert_eq!(list(&w2).iter().filter(|r| r.id == a2).count(), 1);
+                reads += 1;
+            }
+            reads
+        });
+        let b = SessionId::parse("bbbbbbbbbbbb").unwrap();
+        for n in 1..400 {
+            save_quick(&w, &rec("aaaaaaaaaaaa", n)).unwrap();
+            save_quick(&w, &rec("bbbbbbbbbbbb", n)).unwrap();
+            remove(&w, &b);
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
     }
 }
