@@ -194,6 +194,34 @@ mod tests {
     use super::*;
     use crate::store::state::StateRoot;
 
+    /// A fresh state root (kept alive by the TempDir) with workload `a` made.
+    fn workload() -> (tempfile::TempDir, WorkloadDir) {
+        let d = tempfile::tempdir().unwrap();
+        let r = StateRoot::from_flag(Some(d.path().into()));
+        r.ensure().unwrap();
+        let w = r.workload(&crate::store::name::n("a"));
+        w.create().unwrap();
+        (d, w)
+    }
+
+    /// A running session's record.
+    fn record(id: &str, command: &str, created_at: u64, pid: i32, detached: bool) -> SessionRecord {
+        SessionRecord {
+            id: SessionId::parse(id).unwrap(),
+            command: vec![command.into()],
+            status: SessionStatus::Running,
+            tty: false,
+            stdin: false,
+            detached,
+            created_at,
+            pid: Some(pid),
+            exit_code: None,
+            exit_status: None,
+            finished_at: None,
+            error: None,
+        }
+    }
+
     #[test]
     fn ids_are_12_hex_and_differ() {
         let a = random_hex();
@@ -204,26 +232,9 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_list_in_order() {
-        let d = tempfile::tempdir().unwrap();
-        let r = StateRoot::from_flag(Some(d.path().into()));
-        r.ensure().unwrap();
-        let w = r.workload(&crate::store::name::n("a"));
-        w.create().unwrap();
+        let (_d, w) = workload();
         for (i, id) in ["bbbbbbbbbbbb", "aaaaaaaaaaaa"].iter().enumerate() {
-            let rec = SessionRecord {
-                id: SessionId::parse(id).unwrap(),
-                command: vec!["true".into()],
-                status: SessionStatus::Running,
-                tty: false,
-                stdin: false,
-                detached: true,
-                created_at: i as u64,
-                pid: Some(7),
-                exit_code: None,
-                exit_status: None,
-                finished_at: None,
-                error: None,
-            };
+            let rec = record(id, "true", i as u64, 7, true);
             if i == 0 {
                 save(&w, &rec).unwrap();
             } else {
@@ -251,26 +262,9 @@ mod tests {
     #[test]
     fn a_session_end_swaps_its_record_without_a_new_inode() {
         use std::os::unix::fs::MetadataExt;
-        let d = tempfile::tempdir().unwrap();
-        let r = StateRoot::from_flag(Some(d.path().into()));
-        r.ensure().unwrap();
-        let w = r.workload(&crate::store::name::n("a"));
-        w.create().unwrap();
+        let (_d, w) = workload();
         let id = SessionId::parse("cccccccccccc").unwrap();
-        let mut rec = SessionRecord {
-            id: id.clone(),
-            command: vec!["true".into()],
-            status: SessionStatus::Running,
-            tty: false,
-            stdin: false,
-            detached: false,
-            created_at: 1,
-            pid: Some(9),
-            exit_code: None,
-            exit_status: None,
-            finished_at: None,
-            error: None,
-        };
+        let mut rec = record(id.as_str(), "true", 1, 9, false);
         save_quick(&w, &rec).unwrap();
         let running = fs::metadata(record_path(&w, &id)).unwrap().ino();
         rec.status = SessionStatus::Exited;
@@ -291,25 +285,9 @@ mod tests {
     /// nothing, never B's (the old file it opened may be the spare, rewritten meanwhile).
     #[test]
     fn a_reader_racing_the_swaps_always_gets_the_right_record() {
-        let d = tempfile::tempdir().unwrap();
-        let r = StateRoot::from_flag(Some(d.path().into()));
-        r.ensure().unwrap();
-        let w = r.workload(&crate::store::name::n("a"));
-        w.create().unwrap();
-        let rec = |id: &str, n: i32| SessionRecord {
-            id: SessionId::parse(id).unwrap(),
-            command: vec!["x".repeat(2000)],
-            status: SessionStatus::Running,
-            tty: false,
-            stdin: false,
-            detached: false,
-            created_at: 1,
-            pid: Some(n),
-            exit_code: None,
-            exit_status: None,
-            finished_at: None,
-            error: None,
-        };
+        let (_d, w) = workload();
+        let long = "x".repeat(2000);
+        let rec = |id: &str, n: i32| record(id, &long, 1, n, false);
         let a = SessionId::parse("aaaaaaaaaaaa").unwrap();
         save_quick(&w, &rec("aaaaaaaaaaaa", 0)).unwrap();
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

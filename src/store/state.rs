@@ -664,6 +664,14 @@ pub fn reconcile_dead_monitor(
 mod tests {
     use super::*;
 
+    /// Workload `a`, made, in a fresh root.
+    fn made() -> (tempfile::TempDir, WorkloadDir) {
+        let (d, r) = root();
+        let w = r.workload(&crate::store::name::n("a"));
+        w.create().unwrap();
+        (d, w)
+    }
+
     fn root() -> (tempfile::TempDir, StateRoot) {
         let d = tempfile::tempdir().unwrap();
         let r = StateRoot::from_flag(Some(d.path().to_path_buf()));
@@ -766,9 +774,7 @@ mod tests {
     /// recorded "monitor lost before the workload started" in the half-removed directory.
     #[test]
     fn a_reader_never_writes_into_a_record_being_removed() {
-        let (_d, r) = root();
-        let w = r.workload(&crate::store::name::n("a"));
-        w.create().unwrap();
+        let (_d, w) = made();
         let held = w.try_lock().unwrap().expect("free lock");
         w.save(&WorkloadState::new(&w.name)).unwrap();
         // the monitor's remove_dir_all, part way: the lock and the state are gone
@@ -787,9 +793,7 @@ mod tests {
     /// there) is reconciled as before: exited, "monitor lost before the workload started".
     #[test]
     fn a_record_whose_monitor_never_wrote_a_state_is_reconciled() {
-        let (_d, r) = root();
-        let w = r.workload(&crate::store::name::n("a"));
-        w.create().unwrap();
+        let (_d, w) = made();
         drop(w.try_lock().unwrap().expect("free lock"));
         let seen = observe(&w).unwrap();
         assert_eq!(seen.state.status, Status::Exited);
@@ -804,9 +808,7 @@ mod tests {
 
     #[test]
     fn a_removed_record_goes_whole_and_leaves_nothing_aside() {
-        let (_d, r) = root();
-        let w = r.workload(&crate::store::name::n("a"));
-        w.create().unwrap();
+        let (_d, w) = made();
         let held = w.try_lock().unwrap().expect("free lock");
         w.save(&WorkloadState::new(&w.name)).unwrap();
         w.remove_all().unwrap();
